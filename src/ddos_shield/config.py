@@ -1,0 +1,384 @@
+"""The configuration: one typed schema, validated whole, passed in (never a global).
+
+Load with :func:`load` (a file) or :func:`parse` (text); both raise
+:class:`~ddos_shield.errors.ConfigError` naming the line and the field of the first
+mistakes.  Every field carries a description; :func:`example` renders the annotated
+example that ``ddos-shield config example`` prints and ``docs/configuration.md`` lists.
+
+Host groups (``[[groups]]``) are the one place where thresholds, actions and hold times
+live.  The group named ``default`` covers every protected destination that no other
+group claims; the most specific prefix wins.
+
+>>> cfg = parse('protected = ["203.0.113.0/24"]\\n')
+>>> cfg.group_for_name("default").thresholds.udp.pps
+20000
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ddos_shield.errors import ConfigError
+from ddos_shield.records import Category, IPNetwork, as_network
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+def _networks(values: list[str]) -> list[IPNetwork]:
+    out = []
+    for v in values:
+        try:
+            out.append(as_network(v))
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not a prefix in CIDR form ({e})") from None
+    return out
+
+
+class Threshold(_Model):
+    """Per-category limit: an attack when either rate is exceeded (0 = no limit)."""
+
+    pps: int = Field(0, ge=0, description="packets per second at one destination")
+    bps: int = Field(0, ge=0, description="bits per second at one destination")
+
+
+class Thresholds(_Model):
+    syn: Threshold = Field(Threshold(pps=10000, bps=0), description="TCP SYN (no ACK)")
+    tcp: Threshold = Field(Threshold(pps=50000, bps=0), description="other TCP")
+    udp: Threshold = Field(Threshold(pps=20000, bps=0), description="UDP")
+    icmp: Threshold = Field(Threshold(pps=5000, bps=0), description="ICMP and ICMPv6")
+    frag: Threshold = Field(Threshold(pps=5000, bps=0), description="non-first IP fragments")
+    other: Threshold = Field(Threshold(pps=5000, bps=0), description="other IP protocols")
+
+    def for_category(self, cat: Category) -> Threshold:
+        t: Threshold = getattr(self, _CAT_FIELD[cat])
+        return t
+
+
+_CAT_FIELD = {
+    Category.TCP_SYN: "syn",
+    Category.TCP: "tcp",
+    Category.UDP: "udp",
+    Category.ICMP: "icmp",
+    Category.FRAG: "frag",
+    Category.OTHER: "other",
+}
+
+
+class Group(_Model):
+    """A host group: destinations that share thresholds and a response."""
+
+    name: str = Field(description="unique name; 'default' covers every protected destination no other group claims")
+    prefixes: list[str] = Field(default_factory=list, description="destination prefixes of this group")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="per-category limits")
+    action: Literal["drop", "rate_limit", "observe"] = Field(
+        "drop", description="drop the attack's traffic, rate-limit it, or only observe (alert, no rule)"
+    )
+    rate_limit_pps: PositiveInt = Field(1000, description="with action = 'rate_limit': packets per second let through")
+    hold_seconds: float = Field(
+        60.0, ge=0, description="how long a rule stays after its attack ends (also the rule's kernel expiry)"
+    )
+    end_after_seconds: float = Field(
+        3.0, gt=0, description="an attack ends after this long below its thresholds (hysteresis)"
+    )
+
+    @field_validator("prefixes")
+    @classmethod
+    def _check_prefixes(cls, v: list[str]) -> list[str]:
+        _networks(v)
+        return v
+
+    def networks(self) -> list[IPNetwork]:
+        return _networks(self.prefixes)
+
+
+class Shield(_Model):
+    interfaces: list[str] = Field(default_factory=list, description="interfaces to watch and protect (the outside link)")
+    dataplane: Literal["auto", "xdp", "nftables"] = Field(
+        "auto", description="'auto' uses XDP and falls back to nftables where XDP cannot attach"
+    )
+    xdp_mode: Literal["auto", "native", "generic"] = Field(
+        "auto", description="XDP attach mode: native (driver) where supported, generic otherwise"
+    )
+    interval_ms: int = Field(100, ge=10, le=1000, description="control loop period: counters are read this often")
+    pin_dir: str = Field("/sys/fs/bpf/ddos_shield", description="bpffs directory where program, links and maps are pinned")
+    detach_on_stop: bool = Field(False, description="detach the data plane when the shield stops (default: protection stays)")
+    ipv6_prefix_len: int = Field(64, ge=8, le=128, description="IPv6 destinations are counted per prefix of this length")
+    sample_target_pps: int = Field(
+        4000, gt=0, description="samples per second to aim for; the 1-in-N sampling rate adapts to the load"
+    )
+    dry_run: bool = Field(False, description="decide and report everything, enforce nothing")
+    state_dir: str = Field("/var/lib/ddos-shield", description="where the running shield keeps its pid file and control socket")
+
+
+class Mitigation(_Model):
+    max_sources_per_attack: int = Field(
+        32, ge=0, description="block by source prefix when at most this many sources carry the attack; otherwise by fingerprint"
+    )
+    source_share: float = Field(
+        0.9, gt=0, le=1, description="the chosen sources (or fingerprint) must cover this share of the attack's samples"
+    )
+    max_rules_total: int = Field(10000, gt=0, description="upper bound on rules the shield installs")
+    min_samples: int = Field(20, gt=0, description="samples of an attack needed before a rule is built from them")
+
+
+class Events(_Model):
+    file: str = Field("-", description="where JSON events go, one per line: '-' for stdout, or a file path (appended)")
+
+
+class Config(_Model):
+    """The whole configuration (``ddos-shield config example`` prints it annotated)."""
+
+    protected: list[str] = Field(description="destination prefixes the shield watches and protects")
+    allowlist: list[str] = Field(
+        default_factory=list, description="source prefixes never dropped nor rate-limited (checked first, in the kernel)"
+    )
+    shield: Shield = Field(default_factory=Shield)
+    mitigation: Mitigation = Field(default_factory=Mitigation)
+    events: Events = Field(default_factory=Events)
+    groups: list[Group] = Field(default_factory=list, description="host groups; a 'default' group is added if absent")
+
+    @field_validator("protected", "allowlist")
+    @classmethod
+    def _check_nets(cls, v: list[str]) -> list[str]:
+        _networks(v)
+        return v
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> Config:
+        names = [g.name for g in self.groups]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"group names must be unique, repeated: {sorted(dup)}")
+        if "default" not in names:
+            object.__setattr__(self, "groups", [*self.groups, Group(name="default")])
+        protected = self.protected_networks()
+        for g in self.groups:
+            for net in g.networks():
+                if not any(net.version == p.version and net.subnet_of(p) for p in protected):  # type: ignore[arg-type]
+                    raise ValueError(f"group {g.name!r}: prefix {net} lies outside every protected prefix")
+        return self
+
+    def protected_networks(self) -> list[IPNetwork]:
+        return _networks(self.protected)
+
+    def allow_networks(self) -> list[IPNetwork]:
+        return _networks(self.allowlist)
+
+    def group_for_name(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def group_ids(self) -> dict[str, int]:
+        """Stable small integers for groups, as the data plane stores them (default = 0)."""
+        ids = {"default": 0}
+        for g in self.groups:
+            if g.name != "default":
+                ids[g.name] = len(ids)
+        return ids
+
+    def prefix_groups(self) -> dict[IPNetwork, int]:
+        """Every prefix the data plane must watch, mapped to its group id."""
+        ids = self.group_ids()
+        out: dict[IPNetwork, int] = {p: 0 for p in self.protected_networks()}
+        for g in self.groups:
+            for net in g.networks():
+                out[net] = ids[g.name]
+        return out
+
+    def group_of(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address | IPNetwork) -> Group:
+        """The most specific group whose prefixes cover ``addr`` (default otherwise)."""
+        best: tuple[int, Group] | None = None
+        net = addr if isinstance(addr, ipaddress.IPv4Network | ipaddress.IPv6Network) else ipaddress.ip_network(addr)
+        for g in self.groups:
+            for p in g.networks():
+                if p.version == net.version and net.subnet_of(p):  # type: ignore[arg-type]
+                    if best is None or p.prefixlen > best[0]:
+                        best = (p.prefixlen, g)
+        return best[1] if best else self.group_for_name("default")
+
+
+# ---- loading with line numbers -------------------------------------------------------
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from e
+    return parse(text, str(p))
+
+
+def parse(text: str, name: str = "<config>") -> Config:
+    """Parse and validate TOML text; errors name ``file:line: field: problem``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{name}: {e}") from e
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = [x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-"))]
+            field = _dotted(loc)
+            line = _find_line(text, loc)
+            where = f"{name}:{line}" if line else name
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+                msg += f", got {err['input']!r}"
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append(f"{where}: {field or '(top level)'}: {msg}")
+        raise ConfigError("\n".join(problems)) from e
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
+
+
+def _find_line(text: str, loc: list[Any]) -> int | None:
+    """Best line for a field path: the key's own line, else its table's header.
+
+    tomllib keeps no positions (and tomlkit's are not exposed), so this walks the
+    headers and keys, counting ``[[array]]`` tables to resolve list indices.
+    """
+    path = [p for p in loc]
+    table: list[Any] = []
+    counts: dict[tuple[Any, ...], int] = {}
+    best: tuple[int, int] | None = None  # (matched depth, line)
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        h = _HEADER.match(line)
+        if h:
+            parts = [x.strip().strip('"') for x in h.group(2).split(".")]
+            if h.group(1) == "[[":
+                key = tuple(parts)
+                counts[key] = counts.get(key, -1) + 1
+                # resolve earlier array parents as their current index
+                table = []
+                for i, part in enumerate(parts):
+                    table.append(part)
+                    sub = tuple(parts[: i + 1])
+                    if sub in counts and (i < len(parts) - 1 or True):
+                        table.append(counts[sub])
+            else:
+                table = []
+                for i, part in enumerate(parts):
+                    table.append(part)
+                    sub = tuple(parts[: i + 1])
+                    if sub in counts:
+                        table.append(counts[sub])
+            depth = _prefix_depth(table, path)
+            if depth == len(table) and (best is None or depth > best[0]):
+                best = (depth, lineno)
+            continue
+        k = _KEY.match(line)
+        if k:
+            full = [*table, k.group(1)]
+            depth = _prefix_depth(full, path)
+            if depth == len(full) and (best is None or depth > best[0]):
+                best = (depth, lineno)
+    return best[1] if best else None
+
+
+def _prefix_depth(a: list[Any], b: list[Any]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+# ---- the annotated example -----------------------------------------------------------
+
+
+def example() -> str:
+    """An annotated example configuration; every comment comes from the schema."""
+    d = Config.model_fields
+    s = Shield.model_fields
+    g = Group.model_fields
+    m = Mitigation.model_fields
+
+    def c(desc: str | None) -> str:
+        return f"# {desc}" if desc else ""
+
+    lines = [
+        "# DDoS Shield configuration (TOML).  `ddos-shield config check FILE` validates it.",
+        "",
+        c(d["protected"].description),
+        'protected = ["203.0.113.0/24", "2001:db8:2::/64"]',
+        "",
+        c(d["allowlist"].description),
+        'allowlist = ["198.51.100.53/32"]',
+        "",
+        "[shield]",
+    ]
+    for key, f in s.items():
+        lines.append(c(f.description))
+        val = f.default if key != "interfaces" else ["out0"]
+        lines.append(f"{key} = {_toml(val)}")
+    lines += ["", "[mitigation]"]
+    for key, f in m.items():
+        lines.append(c(f.description))
+        lines.append(f"{key} = {_toml(f.default)}")
+    lines += ["", "[events]", c(Events.model_fields["file"].description), 'file = "-"', ""]
+    lines.append("# " + (d["groups"].description or ""))
+    lines.append("# Thresholds are per destination, per category: syn, tcp, udp, icmp, frag, other.")
+    lines += ["[[groups]]", c(g["name"].description), 'name = "default"']
+    for key in ("action", "rate_limit_pps", "hold_seconds", "end_after_seconds"):
+        lines.append(c(g[key].description))
+        lines.append(f"{key} = {_toml(g[key].default)}")
+    lines.append("[groups.thresholds]")
+    for key, f in Thresholds.model_fields.items():
+        t = f.default
+        lines.append(f"{key} = {{ pps = {t.pps}, bps = {t.bps} }}  {c(f.description)}")
+    lines += [
+        "",
+        "[[groups]]",
+        'name = "dns"',
+        c(g["prefixes"].description),
+        'prefixes = ["203.0.113.53/32"]',
+        'action = "rate_limit"',
+        "rate_limit_pps = 5000",
+        "[groups.thresholds]",
+        "udp = { pps = 50000, bps = 400000000 }",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,1 @@
+"""The kernel side: the XDP program (``bpf/``), its loader, and the nftables fallback."""

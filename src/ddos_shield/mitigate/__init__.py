@@ -1,0 +1,1 @@
+"""Enforcement backends behind one interface (:class:`~ddos_shield.mitigate.base.Backend`)."""

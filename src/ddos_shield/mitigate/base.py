@@ -1,0 +1,63 @@
+"""The one enforcement interface every backend implements.
+
+A backend enforces :class:`~ddos_shield.records.Rule` objects: ``apply`` installs a rule
+(or, for a rule whose ``rule_id`` it already holds, updates it in place -- that is how
+the engine refreshes expiry), ``withdraw`` removes one, ``list`` reads back what is
+really enforced (so the engine can adopt it after a restart) and ``stats`` returns hit
+counters.  A backend also holds the allow-list (sources it must never drop) and the
+kill switch.
+
+Backends enforce expiry themselves: a rule past ``expires_at`` stops matching even if
+nobody withdraws it.
+
+Example::
+
+    >>> from ddos_shield.mitigate.memory import MemoryBackend
+    >>> from ddos_shield.records import Action, Match, Rule, as_network
+    >>> b = MemoryBackend()
+    >>> r = b.apply(Rule(Match(src=as_network("198.18.0.1/32")), Action.DROP, expires_at=2e9))
+    >>> [x.rule_id for x in b.list()] == [r.rule_id]
+    True
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+from ddos_shield.records import IPNetwork, Rule, RuleStats
+
+
+class Backend(abc.ABC):
+    """An enforcement point (see the module docstring)."""
+
+    #: Short name used in events, logs and configuration.
+    name: str = ""
+
+    @abc.abstractmethod
+    def apply(self, rule: Rule) -> Rule:
+        """Enforce ``rule``; returns it with ``rule_id`` set.  A ``rule_id`` this
+        backend already holds updates that rule (match, action, expiry) in place."""
+
+    @abc.abstractmethod
+    def withdraw(self, rule_id: int) -> None:
+        """Stop enforcing a rule.  Unknown ids are ignored (withdrawal is idempotent)."""
+
+    @abc.abstractmethod
+    def list(self) -> list[Rule]:
+        """Every rule this backend enforces now, read back from the enforcement point."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[int, RuleStats]:
+        """Hit counters by rule id."""
+
+    @abc.abstractmethod
+    def set_allowlist(self, sources: Sequence[IPNetwork]) -> None:
+        """Replace the allow-list: these sources are never dropped nor rate-limited."""
+
+    @abc.abstractmethod
+    def set_bypass(self, on: bool) -> None:
+        """The operator's kill switch: when on, nothing is dropped."""
+
+    def close(self) -> None:
+        """Release user-space resources; enforcement stays in place."""

@@ -1,0 +1,75 @@
+"""In-memory backend: decides everything, enforces nothing.
+
+It is the dry-run backend and the reference for what the others must do.  ``offer``
+lets a test or a preview ask what the rules would do to a traffic batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ddos_shield.mitigate.base import Backend
+from ddos_shield.records import Action, IPNetwork, Rule, RuleStats, TrafficBatch, addresses_in
+
+
+class MemoryBackend(Backend):
+    """See the module docstring."""
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._rules: dict[int, Rule] = {}
+        self._hits: dict[int, list[int]] = {}
+        self._ids = itertools.count(1)
+        self._clock = clock
+        self.allowlist: list[IPNetwork] = []
+        self.bypass = False
+
+    def apply(self, rule: Rule) -> Rule:
+        if rule.rule_id == 0:
+            rule = rule.with_id(next(self._ids))
+        self._rules[rule.rule_id] = rule
+        self._hits.setdefault(rule.rule_id, [0, 0, 0])
+        return rule
+
+    def withdraw(self, rule_id: int) -> None:
+        self._rules.pop(rule_id, None)
+        self._hits.pop(rule_id, None)
+
+    def list(self) -> list[Rule]:
+        now = self._clock()
+        return [r for r in self._rules.values() if r.expires_at > now]
+
+    def stats(self) -> dict[int, RuleStats]:
+        return {i: RuleStats(i, *h) for i, h in self._hits.items()}
+
+    def set_allowlist(self, sources: Sequence[IPNetwork]) -> None:
+        self.allowlist = list(sources)
+
+    def set_bypass(self, on: bool) -> None:
+        self.bypass = on
+
+    def close(self) -> None:
+        pass
+
+    def offer(self, batch: TrafficBatch) -> np.ndarray:
+        """Boolean mask of the rows that the enforced rules would drop, counting hits."""
+        dropped = np.zeros(len(batch), dtype=bool)
+        if self.bypass or len(batch) == 0:
+            return dropped
+        allowed = np.zeros(len(batch), dtype=bool)
+        for net in self.allowlist:
+            allowed |= addresses_in(batch["src"], net)
+        for rule in self.list():
+            hit = rule.match.matches(batch) & ~allowed & ~dropped
+            h = self._hits[rule.rule_id]
+            h[0] += int(batch["packets"][hit].sum())
+            h[1] += int(batch["bytes"][hit].sum())
+            if rule.action == Action.DROP:
+                dropped |= hit
+                h[2] += int(batch["packets"][hit].sum())
+        return dropped
