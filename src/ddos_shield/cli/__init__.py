@@ -1,0 +1,1 @@
+"""Thin command-line entry points: arguments -> config -> engine, lab or API client."""
