@@ -186,7 +186,7 @@ def addresses_in(column: npt.NDArray[Any], net: IPNetwork) -> npt.NDArray[np.boo
     plen, raw = net_key(net)
     want = np.frombuffer(raw, dtype=np.uint8)
     full, rest = divmod(plen, 8)
-    ok = np.all(column[:, :full] == want[:full], axis=1)
+    ok: npt.NDArray[np.bool_] = np.all(column[:, :full] == want[:full], axis=1)
     if rest:
         m = (0xFF << (8 - rest)) & 0xFF
         ok &= (column[:, full] & m) == (want[full] & m)
