@@ -204,9 +204,9 @@ class Config(_Model):
         net = addr if isinstance(addr, ipaddress.IPv4Network | ipaddress.IPv6Network) else ipaddress.ip_network(addr)
         for g in self.groups:
             for p in g.networks():
-                if p.version == net.version and net.subnet_of(p):  # type: ignore[arg-type]
-                    if best is None or p.prefixlen > best[0]:
-                        best = (p.prefixlen, g)
+                covers = p.version == net.version and net.subnet_of(p)  # type: ignore[arg-type]
+                if covers and (best is None or p.prefixlen > best[0]):
+                    best = (p.prefixlen, g)
         return best[1] if best else self.group_for_name("default")
 
 
@@ -309,7 +309,7 @@ def _find_line(text: str, loc: list[Any]) -> int | None:
 
 def _prefix_depth(a: list[Any], b: list[Any]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1

@@ -59,5 +59,5 @@ class Backend(abc.ABC):
     def set_bypass(self, on: bool) -> None:
         """The operator's kill switch: when on, nothing is dropped."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release user-space resources; enforcement stays in place."""
