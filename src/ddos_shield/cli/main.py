@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from ddos_shield.errors import ShieldError
 
@@ -12,18 +19,236 @@ DESCRIPTION = """\
 DDoS Shield watches the traffic of the protected prefixes on the interfaces it is
 given, detects floods within a fraction of a second and blocks them in the kernel
 (XDP, or nftables where XDP cannot attach), keeping legitimate users served.
+
+commands:
+  run --config FILE        run the shield: attach the data plane, detect, mitigate,
+                           write JSON events (one per line) and show a live view
+  stop [--detach]          stop the running shield; protection stays in the kernel
+                           unless --detach removes it
+  config example|check     print an annotated example configuration / validate one
+  lab up|down|status       build, remove or inspect the namespace test network
+  lab attack KIND          launch a real, bounded attack inside the lab
+  demo [--json]            lab + shield + attacks one after another, then a summary
+  build                    compile the XDP program (set-up does it)
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddos-shield", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="ddos-shield", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", help="compile the XDP program (done by set-up; again after an upgrade)")
+    r = sub.add_parser("run", help="run the shield", description="Attach the data plane, detect and mitigate.")
+    r.add_argument("--config", "-c", required=True, help="configuration file (TOML)")
+    r.add_argument("--dry-run", action="store_true", help="decide and report everything, enforce nothing")
+    r.add_argument("--no-live", action="store_true", help="no live view on the terminal")
+    r.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("stop", help="stop the running shield")
+    s.add_argument("--config", "-c", help="configuration file (for its state and pin directories)")
+    s.add_argument("--detach", action="store_true", help="also detach the data plane and remove its rules")
+    s.set_defaults(func=_cmd_stop)
+
+    c = sub.add_parser("config", help="example configuration, validation")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    csub.add_parser("example", help="print an annotated example configuration").set_defaults(func=_cmd_config_example)
+    chk = csub.add_parser("check", help="validate a configuration file; names the line and field of each mistake")
+    chk.add_argument("file")
+    chk.set_defaults(func=_cmd_config_check)
+
+    lab = sub.add_parser("lab", help="the namespace test network")
+    lsub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
+    up = lsub.add_parser("up", help="build the lab (tears down leftovers first)")
+    up.add_argument("--capacity-mbit", type=float, default=10.0, help="bottleneck in front of the victim")
+    up.add_argument("--queue-packets", type=int, default=100, help="bottleneck queue length in packets")
+    up.set_defaults(func=_cmd_lab_up)
+    lsub.add_parser("down", help="remove the lab").set_defaults(func=_cmd_lab_down)
+    lsub.add_parser("status", help="show the lab as JSON").set_defaults(func=_cmd_lab_status)
+    atk = lsub.add_parser("attack", help="launch a bounded attack at the lab's victim")
+    atk.add_argument("kind", help="syn, udp, icmp, frag, udp-spoofed or syn-spoofed")
+    atk.add_argument("--family", type=int, choices=(4, 6), default=4)
+    atk.add_argument("--pps", type=int, default=20000, help="offered packets per second")
+    atk.add_argument("--seconds", type=float, default=5.0, help="duration (the packet count is pps x seconds)")
+    atk.add_argument("--dport", type=int, default=80)
+    atk.add_argument("--cpu", type=int, help="pin the generator to this CPU")
+    atk.set_defaults(func=_cmd_lab_attack)
+
+    d = sub.add_parser("demo", help="lab + shield + real attacks, then a summary")
+    d.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    d.add_argument("--attacks", default=None, help="comma-separated KIND[/6] list (default: all kinds)")
+    d.add_argument("--pps", type=int, default=20000, help="attack rate")
+    d.add_argument("--seconds", type=float, default=5.0, help="attack duration")
+    d.set_defaults(func=_cmd_demo)
+
+    b = sub.add_parser("build", help="compile the XDP program")
     b.add_argument("--force", action="store_true", help="rebuild even if the object is up to date")
     b.set_defaults(func=_cmd_build)
     return p
+
+
+# ---- run / stop ---------------------------------------------------------------------
+
+
+def _pid_file(state_dir: str) -> Path:
+    return Path(state_dir) / "shield.pid"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ddos_shield import config as configmod
+    from ddos_shield.dataplane import open_dataplane
+    from ddos_shield.engine import Engine
+    from ddos_shield.events import EventSink
+    from ddos_shield.mitigate.memory import MemoryBackend
+
+    cfg = configmod.load(args.config)
+    if args.dry_run:
+        cfg = cfg.model_copy(update={"shield": cfg.shield.model_copy(update={"dry_run": True})})
+    state = Path(cfg.shield.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    pidf = _pid_file(cfg.shield.state_dir)
+    _refuse_second_instance(pidf)
+    events = EventSink.open(cfg.events.file)
+    dataplane = open_dataplane(cfg)
+    backend = MemoryBackend() if cfg.shield.dry_run else dataplane.backend
+    engine = Engine(cfg, dataplane, backend, events)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    pidf.write_text(f"{os.getpid()}\n")
+    detached = False
+    try:
+        engine.start(time.time())
+        print("ready", file=sys.stderr, flush=True)
+        live = None
+        if not args.no_live and sys.stderr.isatty():
+            from ddos_shield.cli.live import LiveView
+
+            live = LiveView(engine)
+            live.start()
+        try:
+            engine.run(stop)
+        finally:
+            if live is not None:
+                live.stop()
+    finally:
+        detached = cfg.shield.detach_on_stop
+        dataplane.close(detach=detached)
+        events.emit("stopped", time.time(), detached=detached)
+        events.close()
+        pidf.unlink(missing_ok=True)
+    return 0
+
+
+def _refuse_second_instance(pidf: Path) -> None:
+    try:
+        pid = int(pidf.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # stale pid file of a killed shield: take over
+    raise ShieldError(f"a shield is already running (pid {pid}, {pidf}); stop it first")
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from ddos_shield import config as configmod
+
+    cfg = configmod.load(args.config) if args.config else None
+    state_dir = cfg.shield.state_dir if cfg else configmod.Shield().state_dir
+    pidf = _pid_file(state_dir)
+    try:
+        pid = int(pidf.read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                os.kill(pid, 0)
+                time.sleep(0.1)
+            print(f"ddos-shield: pid {pid} did not stop within 10 s", file=sys.stderr)
+            return 1
+        except ProcessLookupError:
+            print(f"stopped pid {pid}")
+    else:
+        print("no shield running")
+    if args.detach:
+        from ddos_shield.dataplane import detach_all
+
+        if cfg is None:
+            cfg = configmod.Config(protected=[])
+        for what in detach_all(cfg):
+            print(f"removed {what}")
+    return 0
+
+
+# ---- config -------------------------------------------------------------------------
+
+
+def _cmd_config_example(args: argparse.Namespace) -> int:
+    from ddos_shield.config import example
+
+    print(example())
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from ddos_shield.config import load
+
+    cfg = load(args.file)
+    groups = ", ".join(g.name for g in cfg.groups)
+    print(f"{args.file}: ok ({len(cfg.protected)} protected prefixes; groups: {groups})")
+    return 0
+
+
+# ---- lab and demo -------------------------------------------------------------------
+
+
+def _cmd_lab_up(args: argparse.Namespace) -> int:
+    from ddos_shield.lab.topology import Lab
+
+    Lab().up(capacity_mbit=args.capacity_mbit, queue_packets=args.queue_packets)
+    print("lab up")
+    return 0
+
+
+def _cmd_lab_down(args: argparse.Namespace) -> int:
+    from ddos_shield.lab.topology import Lab
+
+    Lab().down()
+    print("lab down")
+    return 0
+
+
+def _cmd_lab_status(args: argparse.Namespace) -> int:
+    from ddos_shield.lab.topology import Lab
+
+    print(json.dumps(Lab().status(), indent=2))
+    return 0
+
+
+def _cmd_lab_attack(args: argparse.Namespace) -> int:
+    from ddos_shield.lab.attack import AttackSpec, launch
+
+    spec = AttackSpec(
+        kind=args.kind, family=args.family, pps=args.pps, seconds=args.seconds, dport=args.dport, cpu=args.cpu
+    )
+    report = launch(spec).wait()
+    print(json.dumps(report.to_json() if hasattr(report, "to_json") else report.__dict__, default=str))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ddos_shield.lab.demo import run_demo
+
+    return run_demo(json_out=args.json, attacks=args.attacks, pps=args.pps, seconds=args.seconds)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -35,6 +260,11 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         rc: int = args.func(args)
     except ShieldError as e:

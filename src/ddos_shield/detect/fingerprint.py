@@ -1,0 +1,199 @@
+"""From an attack's sampled packets to the narrowest matches that stop it.
+
+Two shapes of answer:
+
+* **sources** -- when a few sources carry (nearly) all of the attack, one match per
+  source address: blocking them costs nobody else anything;
+* **fingerprints** -- when sources are many or spoofed, one match per attack category
+  built from what the attack's packets share: protocol, ports, TCP flags, length and
+  TTL ranges, a common source prefix, always scoped to the target.
+
+Each candidate says which share of the attack's samples it matches
+(``attack_share``) and which share of the target's other sampled traffic it would
+also hit (``collateral_share``).  No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ddos_shield.records import (
+    Attack,
+    Category,
+    IPNetwork,
+    Match,
+    PacketFlag,
+    Range,
+    TrafficBatch,
+    addresses_in,
+    bytes_addr,
+)
+
+TCP_SYN = 0x02
+TCP_ACK = 0x10
+#: a field is fixed when one value covers this share of the attack's packets
+DOMINANT = 0.95
+#: quantiles that bound length and TTL ranges (outliers stay out of the rule)
+TAIL = 0.005
+
+
+@dataclass(frozen=True)
+class Candidate:
+    match: Match
+    kind: Literal["source", "fingerprint"]
+    attack_share: float
+    collateral_share: float
+
+
+def attack_samples(window: TrafficBatch, attack: Attack) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Masks of the window's rows that belong to the attack, and of the target's other rows."""
+    to_target = addresses_in(window["dst"], attack.target)
+    in_cats = np.isin(window["category"], [int(c) for c in attack.categories])
+    return to_target & in_cats, to_target & ~in_cats
+
+
+def build(
+    attack: Attack,
+    window: TrafficBatch,
+    *,
+    max_sources: int,
+    source_share: float,
+    min_samples: int,
+    allowlist: list[IPNetwork] | None = None,
+) -> list[Candidate] | None:
+    """Candidates for ``attack`` from recent samples, or None while samples are too few."""
+    atk_mask, other_mask = attack_samples(window, attack)
+    atk = window[atk_mask]
+    other = window[other_mask]
+    if len(atk) < min_samples:
+        return None
+    # Allow-listed sources are never dropped, so they take no part in any rule.
+    allowed = np.zeros(len(atk), dtype=bool)
+    for net in allowlist or []:
+        allowed |= addresses_in(atk["src"], net)
+    atk = atk[~allowed]
+    if len(atk) < min_samples:
+        return []
+    sources = _heavy_sources(atk, max_sources, source_share)
+    if sources is not None:
+        return [_candidate(Match(src=net), "source", atk, other) for net in sources]
+    out = []
+    for cat in attack.categories:
+        rows = atk[atk["category"] == int(cat)]
+        if len(rows) < max(3, min_samples // 4):
+            continue
+        out.append(_candidate(_fingerprint(rows, cat, attack.target), "fingerprint", rows, other))
+    return out
+
+
+def _candidate(match: Match, kind: Literal["source", "fingerprint"], atk: TrafficBatch, other: TrafficBatch) -> Candidate:
+    w_atk = atk["packets"].astype(float)
+    w_oth = other["packets"].astype(float)
+    share = float(w_atk[match.matches(atk)].sum() / w_atk.sum()) if w_atk.sum() else 0.0
+    coll = float(w_oth[match.matches(other)].sum() / w_oth.sum()) if w_oth.sum() else 0.0
+    return Candidate(match, kind, share, coll)
+
+
+def _heavy_sources(atk: TrafficBatch, max_sources: int, need: float) -> list[IPNetwork] | None:
+    """The few sources that together carry ``need`` of the attack, or None."""
+    if max_sources == 0:
+        return None
+    keys = np.ascontiguousarray(atk["src"]).view("V16").ravel()
+    weights = atk["packets"].astype(float)
+    total = weights.sum()
+    uniq, inv = np.unique(keys, return_inverse=True)
+    per = np.bincount(inv, weights=weights)
+    order = np.argsort(per)[::-1]
+    chosen: list[int] = []
+    covered = 0.0
+    for i in order[: max_sources + 1]:
+        # a source must itself be a real share of the attack: a handful of samples from
+        # a legitimate client caught in the window must never make the cut
+        if per[i] / total < 0.5 / max_sources:
+            break
+        chosen.append(int(i))
+        covered += per[i]
+        if covered / total >= need:
+            break
+    if not chosen or covered / total < need or len(chosen) > max_sources:
+        return None
+    nets: list[IPNetwork] = []
+    for i in chosen:
+        a = bytes_addr(uniq[i].tobytes())
+        nets.append(ipaddress.ip_network(a))
+    return nets
+
+
+def _fingerprint(rows: TrafficBatch, cat: Category, target: IPNetwork) -> Match:
+    w = rows["packets"].astype(float)
+    proto = _dominant(rows["proto"], w)
+    later = (rows["flags"] & PacketFlag.FRAG_LATER) != 0
+    ports_ok = not later.any()
+    sport = dport = None
+    tcp_flags = None
+    if ports_ok and proto in (6, 17):
+        sp = _dominant(rows["sport"], w)
+        dp = _dominant(rows["dport"], w)
+        sport = Range(sp, sp) if sp is not None else None
+        dport = Range(dp, dp) if dp is not None else None
+    if ports_ok and cat == Category.TCP_SYN:
+        tcp_flags = (TCP_SYN | TCP_ACK, TCP_SYN)
+    elif ports_ok and proto == 6:
+        fl = _dominant(rows["tcp_flags"], w)
+        if fl is not None:
+            tcp_flags = (0xFF, fl)
+    length = _range(rows["length"], w, limit=1 << 16)
+    ttl = _range(rows["ttl"], w, limit=256)
+    src = _common_prefix(rows)
+    return Match(
+        proto=proto,
+        src=src,
+        dst=target,
+        sport=sport,
+        dport=dport,
+        tcp_flags=tcp_flags,
+        length=length,
+        ttl=ttl,
+    )
+
+
+def _dominant(col: npt.NDArray[np.generic], w: npt.NDArray[np.float64]) -> int | None:
+    vals, inv = np.unique(col, return_inverse=True)
+    per = np.bincount(inv, weights=w)
+    i = int(np.argmax(per))
+    return int(vals[i]) if per[i] >= DOMINANT * w.sum() else None
+
+
+def _range(col: npt.NDArray[np.generic], w: npt.NDArray[np.float64], limit: int) -> Range | None:
+    lo, hi = np.quantile(col.astype(float), [TAIL, 1 - TAIL], method="inverted_cdf", weights=w)
+    lo_i, hi_i = int(lo), int(hi)
+    if hi_i - lo_i >= limit // 2:  # spread over half the space: says nothing
+        return None
+    return Range(lo_i, hi_i)
+
+
+def _common_prefix(rows: TrafficBatch) -> IPNetwork | None:
+    """The longest prefix holding every source, when it is narrow enough to help."""
+    src = rows["src"]
+    same = np.all(src == src[0], axis=0)
+    diff = np.nonzero(~same)[0]
+    if len(diff) == 0:
+        nbits = 128
+    else:
+        first = int(diff[0])
+        x = np.bitwise_or.reduce(src[:, first] ^ src[0, first])
+        nbits = first * 8 + (8 - int(x).bit_length())
+    a = bytes_addr(src[0].tobytes())
+    if a.version == 4:
+        plen = nbits - 96
+        if plen < 8:
+            return None
+        return ipaddress.ip_network((a, plen), strict=False)
+    if nbits < 24:
+        return None
+    return ipaddress.ip_network((a, nbits), strict=False)

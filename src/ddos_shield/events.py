@@ -1,0 +1,88 @@
+"""Events: every decision the shield takes, one JSON object per line.
+
+Names and fields (later capabilities add names, never change these):
+
+===================  =================================================================
+``ready``            the data plane is attached and the loop runs (``dataplane``, ``interfaces``)
+``attack_start``     a destination went over its group's limits
+``attack_update``    an attack goes on (about once a second, or when its types change)
+``attack_end``       the attack stayed below its limits for ``end_after_seconds``
+``mitigation_applied``  a rule is in force (``rule`` holds it, with ``mitigation_id``)
+``mitigation_removed``  a rule was withdrawn (``reason``, final ``hits``)
+``mitigation_skipped``  an attack is left unmitigated (``reason``)
+``mitigation_failed``   the backend refused a rule (``reason``)
+``rules_adopted``    rules found in the kernel at start and taken over (``rules``)
+``stopped``          the loop ended (``detached``)
+===================  =================================================================
+
+Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),
+``group``, ``attack_types`` (from :class:`~ddos_shield.records.AttackType`), ``pps``
+and ``bps``; mitigation events also carry ``rule``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import deque
+from typing import IO, Any
+
+from ddos_shield.records import Attack, Rule
+
+
+def attack_fields(attack: Attack) -> dict[str, Any]:
+    return {
+        "attack_id": attack.attack_id,
+        "target": str(attack.target),
+        "group": attack.group,
+        "attack_types": [t.value for t in attack.types],
+        "pps": round(attack.pps, 1),
+        "bps": round(attack.bps, 1),
+        "peak_pps": round(attack.peak_pps, 1),
+        "peak_bps": round(attack.peak_bps, 1),
+        "started": round(attack.started, 3),
+    }
+
+
+def rule_fields(rule: Rule, attack: Attack | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"rule": rule.to_json(), "attack_id": rule.attack_id}
+    if attack is not None:
+        out.update(attack_fields(attack))
+    return out
+
+
+class EventSink:
+    """Writes events as JSON lines and keeps the most recent ones for the live view.
+
+    >>> import io
+    >>> buf = io.StringIO()
+    >>> EventSink(buf).emit("ready", 1.5, interfaces=["out0"])["event"]
+    'ready'
+    >>> buf.getvalue()
+    '{"event": "ready", "ts": 1.5, "interfaces": ["out0"]}\\n'
+    """
+
+    def __init__(self, stream: IO[str], keep: int = 200) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+
+    @classmethod
+    def open(cls, target: str) -> EventSink:
+        if target == "-":
+            return cls(sys.stdout)
+        return cls(open(target, "a", buffering=1))
+
+    def emit(self, event: str, ts: float, **fields: Any) -> dict[str, Any]:
+        obj: dict[str, Any] = {"event": event, "ts": round(ts, 6), **fields}
+        line = json.dumps(obj)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+            self.recent.append(obj)
+        return obj
+
+    def close(self) -> None:
+        if self._stream not in (sys.stdout, sys.stderr):
+            self._stream.close()
