@@ -1,0 +1,37 @@
+"""Configuration: the example is valid, mistakes are named with line and field."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from ddos_shield.config import example, parse
+from ddos_shield.errors import ConfigError
+
+
+def test_example_is_valid_and_complete() -> None:
+    cfg = parse(example())
+    assert [g.name for g in cfg.groups] == ["default", "dns"]
+    assert cfg.group_of(ipaddress.ip_address("203.0.113.53")).name == "dns"
+    assert cfg.group_of(ipaddress.ip_address("203.0.113.54")).name == "default"
+
+
+BAD = [
+    # (toml, expected "line: field" prefix fragment)
+    ('protected = ["203.0.113.0/24"]\n[shield]\ninterval_ms = "fast"\n', ":3: shield.interval_ms:"),
+    ('protected = ["203.0.113.0/33"]\n', ":1: protected:"),
+    ('protected = ["203.0.113.0/24"]\n[[groups]]\nname = "a"\n[groups.thresholds]\nudp = { pps = -1 }\n', ":5: groups[0].thresholds.udp.pps:"),
+    ('protected = ["203.0.113.0/24"]\n[[groups]]\nname = "a"\n[[groups]]\nname = "b"\naction = "explode"\n', ":6: groups[1].action:"),
+    ('protected = ["203.0.113.0/24"]\n[shield]\ninterfacez = ["x"]\n', ":3: shield.interfacez: unknown field"),
+    ('allowlist = []\n', ": protected: Field required"),
+    ('protected = ["203.0.113.0/24"]\n[[groups]]\nname = "g"\nprefixes = ["192.0.2.0/24"]\n', "outside every protected prefix"),
+    ('protected = [\n', "<config>: "),  # TOML syntax error, tomllib names line and column
+]
+
+
+@pytest.mark.parametrize(("text", "want"), BAD)
+def test_mistakes_are_named(text: str, want: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse(text)
+    assert want in str(e.value)
