@@ -35,3 +35,12 @@ def test_mistakes_are_named(text: str, want: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse(text)
     assert want in str(e.value)
+
+
+def test_reference_doc_is_current() -> None:
+    from pathlib import Path
+
+    from ddos_shield.config import reference
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == reference(), "regenerate: python -c 'from ddos_shield.config import reference; print(reference(), end=\"\")' > docs/configuration.md"
