@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,13 @@ from ddos_shield.records import Category, IPNetwork, Match, PacketFlag, addr_byt
 DEFAULT_ATTACKS = ("syn/4", "udp-spoofed/4", "icmp/6", "frag/4", "udp-spoofed/6", "syn-spoofed/4")
 
 
-def lab_config(events_file: str, *, dataplane: str = "auto", hold_seconds: float = 3.0) -> str:
+def lab_config(
+    events_file: str, *, dataplane: str = "auto", hold_seconds: float = 3.0, allowlist: Sequence[str] = ()
+) -> str:
     """The shield's configuration for the lab (thresholds suit its 10 Mbit/s link)."""
     return f"""
 protected = ["{lab.INSIDE_V4}", "{lab.INSIDE_V6}"]
+allowlist = {json.dumps(list(allowlist))}
 
 [shield]
 interfaces = ["{lab.SHIELD_OUTSIDE_IF}"]
@@ -103,11 +107,14 @@ class EventLog:
 class LabShield:
     """``ddos-shield run`` in the lab's shield namespace; stop it with :meth:`stop`."""
 
-    def __init__(self, workdir: Path, *, dataplane: str = "auto", hold_seconds: float = 3.0) -> None:
+    def __init__(
+        self, workdir: Path, *, dataplane: str = "auto", hold_seconds: float = 3.0, allowlist: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         self.events = EventLog(workdir / "events.jsonl")
         self.config_path = workdir / "shield.toml"
-        self.config_path.write_text(lab_config(str(self.events.path), dataplane=dataplane, hold_seconds=hold_seconds))
+        text = lab_config(str(self.events.path), dataplane=dataplane, hold_seconds=hold_seconds, allowlist=allowlist)
+        self.config_path.write_text(text)
         self.stderr_path = workdir / "shield.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
 

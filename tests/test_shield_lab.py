@@ -1,0 +1,195 @@
+"""The whole shield in the lab: real attacks, the real kernel, the `ddos-shield run` process.
+
+Each behaviour once, at modest rates (the matrices are in bench/shield.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ddos_shield import lab
+from ddos_shield.lab.attack import AttackSpec, launch
+from ddos_shield.lab.client import LegitTraffic
+from ddos_shield.lab.demo import LabShield, measure_attack
+from ddos_shield.lab.topology import Lab
+from ddos_shield.records import Match
+
+pytestmark = [pytest.mark.lab, pytest.mark.kernel]
+
+PPS = 10000
+SECONDS = 3.0
+
+
+@pytest.fixture(scope="module")
+def the_lab() -> Iterator[Lab]:
+    lb = Lab()
+    lb.up()
+    try:
+        yield lb
+    finally:
+        lb.down()
+
+
+@pytest.fixture
+def legit(the_lab: Lab) -> Iterator[list[LegitTraffic]]:
+    lt = [LegitTraffic.start(family=4, rate=10.0, seconds=120), LegitTraffic.start(family=6, rate=10.0, seconds=120)]
+    try:
+        yield lt
+    finally:
+        for x in lt:
+            x.stop()
+
+
+@pytest.fixture
+def shield(the_lab: Lab, tmp_path: Path) -> Iterator[LabShield]:
+    s = LabShield(tmp_path)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        _cli("stop", "--detach", "--config", str(s.config_path))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = ["ip", "netns", "exec", lab.NS_SHIELD, sys.executable, "-m", "ddos_shield.cli.main", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def _assert_served(r: object) -> None:
+    ok, n = r.legit_ok, r.legit_requests  # type: ignore[attr-defined]
+    assert n >= 20
+    assert ok / n >= 0.9, f"legitimate requests: {ok}/{n}"
+    assert r.legit_sources_blocked == 0  # type: ignore[attr-defined]
+
+
+def test_single_source_syn_flood_is_blocked_by_source(shield: LabShield, legit: list[LegitTraffic]) -> None:
+    r = measure_attack(shield, legit, AttackSpec(kind="syn", family=4, pps=PPS, seconds=SECONDS))
+    assert r.detected and r.attack_types == ["syn_flood"]
+    assert [rule["match"] for rule in r.rules] == [{"src": f"{lab.ATTACKER_V4}/32"}]
+    assert r.time_to_mitigate_ms is not None
+    assert r.attack_packets_dropped >= 0.8 * r.attack_packets_sent
+    _assert_served(r)
+    # rule expiry: withdrawn a hold time after the attack ended, and gone from the kernel
+    removed = [e for e in shield.events.events if e["event"] == "mitigation_removed"]
+    assert {e["rule"]["mitigation_id"] for e in removed} >= {rule["mitigation_id"] for rule in r.rules}
+
+
+def test_spoofed_udp_flood_is_blocked_by_fingerprint_v6(shield: LabShield, legit: list[LegitTraffic]) -> None:
+    r = measure_attack(shield, legit, AttackSpec(kind="udp-spoofed", family=6, pps=PPS, seconds=SECONDS))
+    assert r.detected and r.attack_types == ["udp_flood"]
+    assert len(r.rules) == 1
+    m = Match.from_json(r.rules[0]["match"])
+    assert m.proto == 17 and m.dst is not None and lab.VICTIM_V6 in m.dst
+    assert m.src is None or m.src.subnet_of(lab.SPOOF_V6)  # type: ignore[arg-type]
+    assert r.attack_packets_dropped >= 0.8 * r.attack_packets_sent
+    _assert_served(r)
+
+
+@pytest.mark.parametrize(("kind", "family", "types"), [("icmp", 6, ["icmp_flood"]), ("frag", 4, ["fragment_flood"])])
+def test_other_floods_are_classified_and_mitigated(
+    shield: LabShield, legit: list[LegitTraffic], kind: str, family: int, types: list[str]
+) -> None:
+    r = measure_attack(shield, legit, AttackSpec(kind=kind, family=family, pps=PPS, seconds=SECONDS))
+    assert r.detected and r.attack_types == types
+    assert r.rules and r.attack_packets_dropped >= 0.7 * r.attack_packets_sent
+    _assert_served(r)
+
+
+def test_allowlisted_source_is_never_dropped(the_lab: Lab, tmp_path: Path) -> None:
+    s = LabShield(tmp_path, allowlist=[f"{lab.ATTACKER_V4}/32"])
+    s.start()
+    try:
+        r = measure_attack(s, [], AttackSpec(kind="syn", family=4, pps=PPS, seconds=2.0))
+        assert r.detected
+        assert r.rules == []
+        assert r.attack_packets_dropped == 0
+        assert any(e["event"] == "mitigation_skipped" for e in s.events.events)
+    finally:
+        s.stop()
+        _cli("stop", "--detach", "--config", str(s.config_path))
+
+
+def test_rules_outlive_a_killed_shield_and_are_adopted(the_lab: Lab, tmp_path: Path) -> None:
+    s = LabShield(tmp_path, hold_seconds=30.0)
+    s.start()
+    try:
+        running = launch(AttackSpec(kind="syn", family=4, pps=PPS, seconds=2.0))
+        applied = s.events.wait_for(lambda e: e["event"] == "mitigation_applied", 10)
+        running.wait()
+        assert applied is not None
+        rule_id = applied["rule"]["mitigation_id"]
+        s.kill()
+        # the kernel keeps enforcing without any control process
+        before = the_lab.status()
+        report = launch(AttackSpec(kind="syn", family=4, pps=2000, seconds=1.0)).wait()
+        after = the_lab.status()
+        assert report.packets_sent >= 1900
+        assert _victim_rx(after) - _victim_rx(before) < 0.1 * report.packets_sent
+        # a new shield adopts the rule with the same id
+        (tmp_path / "second").mkdir()
+        s2 = LabShield(tmp_path / "second", hold_seconds=30.0)
+        s2.start()
+        adopted = s2.events.wait_for(lambda e: e["event"] == "rules_adopted", 5)
+        assert adopted is not None
+        assert rule_id in [r["mitigation_id"] for r in adopted["rules"]]
+        s2.stop()
+    finally:
+        s.stop()
+        _cli("stop", "--detach", "--config", str(s.config_path))
+
+
+def test_kill_switch_passes_everything(shield: LabShield) -> None:
+    running = launch(AttackSpec(kind="syn", family=4, pps=PPS, seconds=6.0))
+    assert shield.events.wait_for(lambda e: e["event"] == "mitigation_applied", 10) is not None
+    on = _cli("bypass", "on", "--config", str(shield.config_path))
+    assert on.returncode == 0, on.stderr
+    time.sleep(0.5)
+    s0 = _xdp_stats(shield)
+    time.sleep(1.0)
+    s1 = _xdp_stats(shield)
+    assert s1["dropped"] == s0["dropped"]
+    assert s1["bypass"] > s0["bypass"]
+    off = _cli("bypass", "off", "--config", str(shield.config_path))
+    assert off.returncode == 0, off.stderr
+    time.sleep(1.0)
+    assert _xdp_stats(shield)["dropped"] > s1["dropped"]
+    running.wait()
+
+
+def test_nftables_fallback_mitigates(the_lab: Lab, tmp_path: Path, legit: list[LegitTraffic]) -> None:
+    s = LabShield(tmp_path, dataplane="nftables")
+    ready = s.start()
+    try:
+        assert ready["dataplane"] == "nftables"
+        r = measure_attack(s, legit, AttackSpec(kind="syn", family=4, pps=5000, seconds=SECONDS))
+        assert r.detected and [rule["match"] for rule in r.rules] == [{"src": f"{lab.ATTACKER_V4}/32"}]
+        assert r.attack_packets_dropped >= 0.7 * r.attack_packets_sent
+        _assert_served(r)
+    finally:
+        s.stop()
+        _cli("stop", "--detach", "--config", str(s.config_path))
+
+
+def _victim_rx(status: dict[str, object]) -> int:
+    ifaces = status["interfaces"]  # type: ignore[index]
+    for i in ifaces:  # type: ignore[attr-defined]
+        if i["ns"] == lab.NS_VICTIM:
+            return int(i["rx_packets"])
+    raise AssertionError("victim interface missing from lab status")
+
+
+def _xdp_stats(shield: LabShield) -> dict[str, int]:
+    import json
+
+    out = _cli("status", "--json", "--config", str(shield.config_path))
+    assert out.returncode == 0, out.stderr
+    stats: dict[str, int] = json.loads(out.stdout)["dataplane"]
+    return stats
+
