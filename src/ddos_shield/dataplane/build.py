@@ -68,8 +68,21 @@ def build(force: bool = False) -> pathlib.Path:
         tmp_json = BTF_JSON.with_suffix(f".json.{os.getpid()}.tmp")
         try:
             _run(
-                ["clang", "-O2", "-g", "-target", "bpf", "-Wall", *_multiarch_include(),
-                 "-I", str(BPF_DIR), "-c", str(SOURCE), "-o", str(tmp_obj)],
+                [
+                    "clang",
+                    "-O2",
+                    "-g",
+                    "-target",
+                    "bpf",
+                    "-Wall",
+                    *_multiarch_include(),
+                    "-I",
+                    str(BPF_DIR),
+                    "-c",
+                    str(SOURCE),
+                    "-o",
+                    str(tmp_obj),
+                ],
                 "clang",
             )
             dump = _run(["bpftool", "btf", "dump", "file", str(tmp_obj), "format", "raw", "-j"], "bpftool btf dump")

@@ -167,7 +167,10 @@ class _Lib:
             "bpf_map__set_pin_path": ([_vp, ctypes.c_char_p], ctypes.c_int),
             "bpf_map__fd": ([_vp], ctypes.c_int),
             "bpf_program__fd": ([_vp], ctypes.c_int),
-            "bpf_link_create": ([ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_LinkCreateOpts)], ctypes.c_int),
+            "bpf_link_create": (
+                [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(_LinkCreateOpts)],
+                ctypes.c_int,
+            ),
             "bpf_link_update": ([ctypes.c_int, ctypes.c_int, ctypes.POINTER(_LinkUpdateOpts)], ctypes.c_int),
             "bpf_link_detach": ([ctypes.c_int], ctypes.c_int),
             "bpf_obj_pin": ([ctypes.c_int, ctypes.c_char_p], ctypes.c_int),
@@ -360,8 +363,13 @@ def map_info(fd: int) -> MapInfo:
     n = _u32(ctypes.sizeof(info))
     _check("bpf_obj_get_info_by_fd", lib().so.bpf_obj_get_info_by_fd(fd, ctypes.addressof(info), ctypes.byref(n)))
     return MapInfo(
-        int(info.type), int(info.id), int(info.key_size), int(info.value_size),
-        int(info.max_entries), int(info.map_flags), info.name.decode(),
+        int(info.type),
+        int(info.id),
+        int(info.key_size),
+        int(info.value_size),
+        int(info.max_entries),
+        int(info.map_flags),
+        info.name.decode(),
     )
 
 

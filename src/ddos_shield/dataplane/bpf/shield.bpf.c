@@ -5,7 +5,7 @@
  * Policy is data in the maps of shield.h; this file only applies it.  Per packet:
  *   parse -> kill switch -> allow-list -> source rule -> fingerprint rules
  *   -> per-destination counters (protected prefixes only) -> sample.
- * The clock is read only when a rule matched or a sample is taken.
+ * The clock is read only when a rule matched (coarse) or a sample is taken.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -84,10 +84,12 @@ static __always_inline void stat_inc(__u32 idx)
 		*v += 1;
 }
 
+/* Rules read the coarse clock (same CLOCK_MONOTONIC base, one tick of lag), which
+ * costs a fraction of bpf_ktime_get_ns; expiry and token refill need no better. */
 static __always_inline __u64 clock_now(__u64 *now)
 {
 	if (!*now)
-		*now = bpf_ktime_get_ns();
+		*now = bpf_ktime_get_coarse_ns();
 	return *now;
 }
 
@@ -353,7 +355,10 @@ int shield_xdp(struct xdp_md *ctx)
 	}
 
 	{
-		struct slot_ref *ref = bpf_map_lookup_elem(&src_index, &p.src);
+		struct slot_ref *ref = bpf_map_lookup_elem(&src_exact, &p.src);
+
+		if (!ref)
+			ref = bpf_map_lookup_elem(&src_index, &p.src);
 
 		if (ref) {
 			slot = ref->slot;
@@ -455,7 +460,7 @@ account:
 			return action;
 		}
 		cap = p.len < SHIELD_SNAPLEN ? p.len : SHIELD_SNAPLEN;
-		s->ts_ns = clock_now(&now);
+		s->ts_ns = bpf_ktime_get_ns();
 		s->ifindex = ctx->ingress_ifindex;
 		s->pkt_len = p.len;
 		s->cap_len = cap;
