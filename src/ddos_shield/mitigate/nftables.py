@@ -1,0 +1,762 @@
+"""nftables enforcement: the fallback where XDP cannot be attached.
+
+Everything lives in one ``netdev`` table (``ddos_shield`` by default), driven through
+libnftables' JSON API (the ``nftables`` module of ``pip-nftables``), one atomic batch
+per change.  The table is its own state: rules, ids and expiry are read back from
+the kernel, so a restarted shield adopts what it finds and a dead one leaves nothing
+in force for longer than the rules' timeouts.
+
+Layout (every packet of every interface walks ``main``, in this order)::
+
+    in_<ifname>  base chain, hook ingress, priority -500, one per interface: jump main
+    main         counter rx
+                 jump count_in                per-destination counting (the data plane fills it)
+                 ip saddr @allow4 accept      allow-list: never dropped nor rate-limited
+                 ip6 saddr @allow6 accept
+                 jump kill_switch             bypass: holds "accept" while on
+                 ip saddr @drop4 goto blocked    source drops: interval sets, element
+                 ip6 saddr @drop6 goto blocked     timeouts, per-element counters
+                 meta protocol ip jump rules4                fingerprint and rate-limit rules
+                 ip frag-off & 0x1fff == 0 jump rules4_l4    ... that look at ports or TCP flags
+                 meta protocol ip6 jump rules6
+                 exthdr frag missing jump rules6_l4
+                 frag frag-off 0 jump rules6_l4
+    blocked      counter dropped jump count_drop; drop
+    rate_blocked counter rate_limited jump count_drop; drop
+
+Chain names avoid nft keywords (drop, bypass, ...) so that a listing reloads with
+``nft -f``.
+
+Port and TCP-flag rules sit in the ``*_l4`` chains, entered only by packets that carry
+a transport header, so they never match a non-first fragment.
+
+A fingerprint or rate-limit rule is one nftables rule per address family plus a small
+set of its own, ``r<id>_4`` / ``r<id>_6``, holding its destination prefix (``0.0.0.0/0``
+or ``::/0`` when it has none) with an element timeout; the rule looks the destination
+up in it.  When the element times out the rule stops matching, even if the shield is
+dead; the next :meth:`NftablesBackend.list` garbage-collects it.  Each rule's comment
+holds its id, attack id, creation time and match as compact JSON, quoted with ``'``
+(the destination is the set element), so :meth:`NftablesBackend.list` rebuilds the :class:`Rule` objects.
+A plain source block becomes an element of ``drop4``/``drop6`` instead (comment with
+id and attack id), unless its prefix overlaps one already there (interval sets refuse
+overlaps), in which case it is a rule like the others.
+
+Rule ids come from the set ``next_rule_id`` (one element: the next free id), bumped
+in the same batch that installs a rule, so ids are never reused, even across restarts.
+
+Units: nftables counts bytes and ``meta length`` from the network header at the
+ingress hook; this backend adds the 14-byte Ethernet header back so that byte
+counters and length matches mean the L2 frame length, as in the XDP data plane
+(offloaded VLAN tags are not counted).  Timeouts have one-second resolution in the
+JSON API: expiry is rounded up when installing and read back truncated.
+
+Example::
+
+    >>> from ddos_shield.records import Action, Match, Rule, as_network  # doctest: +SKIP
+    >>> b = NftablesBackend(["eth0"])                                     # doctest: +SKIP
+    >>> r = b.apply(Rule(Match(src=as_network("198.18.0.0/24")), Action.DROP,
+    ...                  expires_at=time.time() + 300))                   # doctest: +SKIP
+    >>> [x.rule_id for x in b.list()] == [r.rule_id]                      # doctest: +SKIP
+    True
+    >>> b.close()  # the table (and the rule) stay in place              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nftables
+
+from ddos_shield.errors import DataPlaneError
+from ddos_shield.mitigate.base import Backend
+from ddos_shield.records import Action, IPNetwork, Match, Range, Rule, RuleStats, as_network
+
+FAMILY = "netdev"
+DEFAULT_TABLE = "ddos_shield"
+#: Bumped when the table layout changes; a table of another layout is refused.
+LAYOUT_VERSION = 1
+#: Before every other ingress hook (tc runs before netfilter's ingress anyway).
+PRIORITY = -500
+#: Added back to nftables' byte counts and length matches (see the module docstring).
+ETH_HLEN = 14
+#: Rate-limit burst: a tenth of a second of the rate, at least this many packets.
+MIN_BURST = 5
+#: Longest comment libnftables accepts through JSON (its kernel user data is 256 bytes).
+MAX_COMMENT = 250
+
+GLOBAL_COUNTERS = ("rx", "allowed", "bypass", "dropped", "rate_limited", "observed")
+HOOK_CHAINS = ("count_in", "count_drop")  # left empty here, filled by the data plane
+RULE_CHAINS = ("rules4", "rules4_l4", "rules6", "rules6_l4")
+#: A batch of nftables JSON commands, or a listing's objects.
+Cmds = list[dict[str, Any]]
+_RULE_SET = re.compile(r"^r(\d+)_([46])$")
+_IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+
+
+class Nft:
+    """A libnftables context that raises :class:`DataPlaneError` on failure."""
+
+    def __init__(self) -> None:
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(True)
+
+    def run(self, cmds: Cmds, what: str) -> Cmds:
+        """Run one batch (atomic for changes); returns the output objects."""
+        if not cmds:
+            return []
+        rc, out, err = self._nft.json_cmd({"nftables": cmds})
+        if rc != 0:
+            raise DataPlaneError(f"nftables: {what}: {str(err).strip() or f'error {rc}'}")
+        if not out:
+            return []
+        return [o for o in out["nftables"] if "metainfo" not in o]
+
+    def try_run(self, cmds: Cmds) -> Cmds | None:
+        """Like :meth:`run`, but ``None`` instead of raising (for "does it exist" reads)."""
+        rc, out, _ = self._nft.json_cmd({"nftables": cmds})
+        if rc != 0:
+            return None
+        return [o for o in out["nftables"] if "metainfo" not in o] if out else []
+
+
+# ---- expression builders -------------------------------------------------------------
+
+
+def payload(proto: str, fld: str) -> dict[str, Any]:
+    return {"payload": {"protocol": proto, "field": fld}}
+
+
+def meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def prefix(net: IPNetwork) -> Any:
+    """A network as a JSON right-hand side (a bare address for a host prefix)."""
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def parse_prefix(val: Any) -> IPNetwork:
+    """Inverse of :func:`prefix` for set element values as nftables lists them."""
+    if isinstance(val, dict) and "elem" in val:
+        val = val["elem"]["val"]
+    if isinstance(val, dict) and "prefix" in val:
+        return ipaddress.ip_network(f"{val['prefix']['addr']}/{val['prefix']['len']}")
+    if isinstance(val, dict) and "range" in val:
+        lo, hi = (ipaddress.ip_address(x) for x in val["range"])
+        nets: list[IPNetwork] = list(ipaddress.summarize_address_range(lo, hi))
+        if len(nets) != 1:
+            raise ValueError(f"range {lo}-{hi} is not one prefix")
+        return nets[0]
+    return ipaddress.ip_network(str(val))
+
+
+def _value(r: Range) -> Any:
+    return r.lo if r.lo == r.hi else {"range": [r.lo, r.hi]}
+
+
+def _ip(fam: int) -> str:
+    return "ip" if fam == 4 else "ip6"
+
+
+# ---- the comment codec ---------------------------------------------------------------
+
+
+def encode_comment(rule: Rule, with_match: bool = True) -> str:
+    """Compact JSON identifying a rule (see the module docstring)."""
+    d: dict[str, Any] = {"id": rule.rule_id, "attack": rule.attack_id}
+    if rule.created_at:
+        d["created"] = int(rule.created_at)
+    if with_match:
+        m = rule.match.to_json()
+        m.pop("dst", None)  # the rule's own set holds it
+        for k, v in m.items():
+            if isinstance(v, dict) and "min" in v:
+                m[k] = v["min"] if v["min"] == v["max"] else [v["min"], v["max"]]
+            elif isinstance(v, dict) and "mask" in v:
+                m[k] = [v["mask"], v["value"]]
+        d["match"] = m
+    # Single quotes: nftables prints comments between double quotes without escaping,
+    # and a listing must stay loadable by "nft -f".
+    out = json.dumps(d, separators=(",", ":")).replace('"', "'")
+    if len(out) > MAX_COMMENT:
+        raise ValueError(f"rule {rule.rule_id}: match too long to keep in an nftables comment: {out}")
+    return out
+
+
+def decode_comment(comment: Any) -> dict[str, Any] | None:
+    """The fields of a comment written by :func:`encode_comment`; ``None`` if foreign."""
+    if not isinstance(comment, str) or not comment.startswith("{"):
+        return None
+    try:
+        d = json.loads(comment.replace("'", '"'))
+        if not isinstance(d, dict) or not isinstance(d.get("id"), int):
+            return None
+        if "match" in d:
+            m = {}
+            for k, v in d["match"].items():
+                if k == "tcp_flags":
+                    m[k] = {"mask": v[0], "value": v[1]}
+                elif isinstance(v, list):
+                    m[k] = {"min": v[0], "max": v[1]}
+                else:
+                    m[k] = v
+            d["match"] = Match.from_json(m)
+        return d
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+# ---- compiling a match ---------------------------------------------------------------
+
+
+def families(m: Match) -> tuple[int, ...]:
+    """The address families a match applies to."""
+    fams = {n.version for n in (m.src, m.dst) if n is not None}
+    if len(fams) > 1:
+        raise ValueError(f"match mixes IPv4 and IPv6: src {m.src}, dst {m.dst}")
+    return tuple(fams) if fams else (4, 6)
+
+
+def check_rule(rule: Rule) -> None:
+    """Reject what the nftables compiler cannot express faithfully."""
+    m = rule.match
+    families(m)
+    if rule.action == Action.RATE_LIMIT and rule.rate_pps <= 0:
+        raise ValueError(f"rate-limit rule needs rate_pps > 0, got {rule.rate_pps}")
+    if m.tcp_flags is not None and m.proto not in (None, 6):
+        raise ValueError(f"tcp_flags with protocol {m.proto}")
+    if (m.sport or m.dport) and m.proto not in (None, 6, 17):
+        raise ValueError(f"ports only match TCP or UDP, not protocol {m.proto}")
+    if m.tcp_flags is not None and not (0 <= m.tcp_flags[0] <= 0xFF and 0 <= m.tcp_flags[1] <= 0xFF):
+        raise ValueError(f"tcp_flags out of range: {m.tcp_flags}")
+
+
+def match_exprs(m: Match, fam: int, dst_set: str) -> Cmds:
+    """nftables expressions for ``m`` in family ``fam`` (the fragment guard is the chain's)."""
+    ip = _ip(fam)
+    out = [match(payload(ip, "daddr"), "@" + dst_set)]
+    if m.src is not None:
+        out.append(match(payload(ip, "saddr"), prefix(m.src)))
+    proto = m.proto
+    if proto is None and m.tcp_flags is not None:
+        proto = 6
+    if proto is not None:
+        out.append(match(meta("l4proto"), proto))
+    elif m.sport is not None or m.dport is not None:
+        out.append(match(meta("l4proto"), {"set": [6, 17]}))
+    if m.sport is not None:
+        out.append(match(payload("th", "sport"), _value(m.sport)))
+    if m.dport is not None:
+        out.append(match(payload("th", "dport"), _value(m.dport)))
+    if m.tcp_flags is not None:
+        mask, value = m.tcp_flags
+        out.append(match({"&": [payload("tcp", "flags"), mask]}, value))
+    if m.length is not None:
+        lo, hi = (max(0, x - ETH_HLEN) for x in (m.length.lo, m.length.hi))
+        out.append(match(meta("length"), _value(Range(lo, hi))))
+    if m.ttl is not None:
+        out.append(match(payload(ip, "ttl" if fam == 4 else "hoplimit"), _value(m.ttl)))
+    return out
+
+
+def verdict_exprs(rule: Rule, counters: tuple[int, int, int] = (0, 0, 0)) -> Cmds:
+    """Counter(s) and verdict; ``counters`` (packets, bytes, dropped) carry old values over."""
+    hit = {"counter": {"packets": counters[0], "bytes": counters[1]}}
+    if rule.action == Action.DROP:
+        return [hit, {"goto": {"target": "blocked"}}]
+    if rule.action == Action.RATE_LIMIT:
+        burst = max(MIN_BURST, rule.rate_pps // 10)
+        return [
+            hit,
+            {"limit": {"rate": rule.rate_pps, "burst": burst, "per": "second", "inv": True}},
+            {"counter": {"packets": counters[2], "bytes": 0}},
+            {"goto": {"target": "rate_blocked"}},
+        ]
+    return [hit, {"counter": "observed"}]
+
+
+# ---- reading the table back ----------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One shield rule as found in the table."""
+
+    rule: Rule
+    kind: str  # "element" (source set) or "chain"
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    expired: bool = False
+    family: int = 4  # element: the source set's family
+    net: IPNetwork | None = None  # element: its value
+    handles: list[tuple[str, int]] = field(default_factory=list)  # chain: (chain, handle)
+    sets: list[str] = field(default_factory=list)  # chain: its destination sets
+
+    def src(self) -> IPNetwork:
+        """The source prefix of an element entry."""
+        if self.net is None:
+            raise ValueError(f"rule {self.rule.rule_id} is not a source-set element")
+        return self.net
+
+
+@dataclass
+class TableState:
+    """The parsed listing of the table."""
+
+    sets: dict[str, dict[str, Any]]
+    chains: set[str]
+    rules: Cmds
+    counters: dict[str, dict[str, Any]]
+    entries: dict[int, Entry]
+    next_id: int
+    now: float
+
+    def elements(self, name: str) -> Cmds:
+        s = self.sets.get(name, {})
+        out = []
+        for e in s.get("elem", []):
+            out.append(e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e})
+        return out
+
+
+def _counter_values(exprs: Cmds) -> list[tuple[int, int]]:
+    return [
+        (int(x["counter"]["packets"]), int(x["counter"]["bytes"]))
+        for x in exprs
+        if "counter" in x and isinstance(x["counter"], dict)
+    ]
+
+
+def parse_state(objs: Cmds, now: float) -> TableState:
+    """Index a table listing and rebuild the shield rules in it."""
+    sets: dict[str, dict[str, Any]] = {}
+    chains: set[str] = set()
+    rules: Cmds = []
+    counters: dict[str, dict[str, Any]] = {}
+    for o in objs:
+        if "set" in o:
+            sets[o["set"]["name"]] = o["set"]
+        elif "chain" in o:
+            chains.add(o["chain"]["name"])
+        elif "rule" in o:
+            rules.append(o["rule"])
+        elif "counter" in o:
+            counters[o["counter"]["name"]] = o["counter"]
+    state = TableState(sets, chains, rules, counters, {}, 1, now)
+    ids = [e["val"] for e in state.elements("next_rule_id")]
+    state.next_id = max([int(i) for i in ids] or [1])
+
+    for fam in (4, 6):
+        for el in state.elements(f"drop{fam}"):
+            info = decode_comment(el.get("comment"))
+            if info is None:
+                continue
+            net = parse_prefix(el["val"])
+            rule = Rule(
+                Match(src=net),
+                Action.DROP,
+                expires_at=now + float(el.get("expires", 0)),
+                rule_id=info["id"],
+                attack_id=int(info.get("attack", 0)),
+                created_at=float(info.get("created", 0)),
+            )
+            c = el.get("counter") or {"packets": 0, "bytes": 0}
+            pk = int(c["packets"])
+            state.entries[rule.rule_id] = Entry(
+                rule, "element", pk, int(c["bytes"]) + ETH_HLEN * pk, pk, family=fam, net=net
+            )
+
+    grouped: dict[int, Cmds] = {}
+    for r in rules:
+        if r["chain"] in RULE_CHAINS:
+            info = decode_comment(r.get("comment"))
+            if info is not None and "match" in info:
+                grouped.setdefault(info["id"], []).append(r)
+    for rid, parts in grouped.items():
+        info = decode_comment(parts[0]["comment"]) or {}
+        m: Match = info["match"]
+        action, rate = Action.OBSERVE, 0
+        packets = nbytes = dropped = 0
+        entry = Entry(Rule(m, Action.OBSERVE, 0.0), "chain")
+        dsts: list[IPNetwork] = []
+        expires: list[float] = []
+        for r in parts:
+            exprs = r["expr"]
+            entry.handles.append((r["chain"], int(r["handle"])))
+            cvals = _counter_values(exprs)
+            if cvals:
+                packets += cvals[0][0]
+                nbytes += cvals[0][1] + ETH_HLEN * cvals[0][0]
+            for x in exprs:
+                if "limit" in x:
+                    action, rate = Action.RATE_LIMIT, int(x["limit"]["rate"])
+                elif "goto" in x and x["goto"]["target"] == "blocked":
+                    action = Action.DROP
+                elif "match" in x and isinstance(x["match"]["right"], str) and x["match"]["right"].startswith("@"):
+                    entry.sets.append(x["match"]["right"][1:])
+            if action == Action.DROP and cvals:
+                dropped += cvals[0][0]
+            elif action == Action.RATE_LIMIT and len(cvals) > 1:
+                dropped += cvals[1][0]
+        for name in entry.sets:
+            els = state.elements(name)
+            if not els:
+                entry.expired = True
+                continue
+            dsts.append(parse_prefix(els[0]["val"]))
+            expires.append(float(els[0].get("expires", 0)))
+        if not entry.sets:
+            entry.expired = True
+        dst: IPNetwork | None = None
+        if dsts and dsts[0].prefixlen > 0:
+            dst = dsts[0]
+        elif len(dsts) == 1 and m.src is None:
+            dst = dsts[0]  # an explicit 0.0.0.0/0 or ::/0 (one family only)
+        entry.rule = Rule(
+            Match(m.proto, m.src, dst, m.sport, m.dport, m.tcp_flags, m.length, m.ttl),
+            action,
+            expires_at=now + min(expires, default=0.0),
+            rate_pps=rate,
+            rule_id=rid,
+            attack_id=int(info.get("attack", 0)),
+            created_at=float(info.get("created", 0)),
+        )
+        entry.packets, entry.bytes, entry.dropped = packets, nbytes, dropped
+        state.entries[rid] = entry
+    return state
+
+
+# ---- the backend ---------------------------------------------------------------------
+
+
+class NftablesBackend(Backend):
+    """Enforcement in an nftables ``netdev`` table (see the module docstring).
+
+    ::
+
+        b = NftablesBackend(["eth0"])
+        rule = b.apply(Rule(Match(proto=17, dport=Range(9, 9)), Action.DROP, expires_at=time.time() + 60))
+        b.stats()[rule.rule_id].packets
+        b.withdraw(rule.rule_id)
+        b.close()          # the table stays; NftablesBackend.remove() deletes it
+    """
+
+    name = "nftables"
+
+    def __init__(self, interfaces: Sequence[str], table: str = DEFAULT_TABLE) -> None:
+        for ifname in interfaces:
+            if not _IFNAME.match(ifname):
+                raise ValueError(f"invalid interface name {ifname!r}")
+        self.table = table
+        self.interfaces = list(interfaces)
+        self.nft = Nft()
+        self._t = {"family": FAMILY, "table": table}
+        self._ensure_table()
+
+    # -- table set-up
+
+    def _obj(self, **kw: Any) -> dict[str, Any]:
+        return {**self._t, **kw}
+
+    def _ensure_table(self) -> None:
+        listing = self.nft.try_run([{"list": {"table": {"family": FAMILY, "name": self.table}}}])
+        if listing is None:
+            self.nft.run(self._skeleton(), f"create table {FAMILY} {self.table}")
+            listing = self.nft.run([{"list": {"table": {"family": FAMILY, "name": self.table}}}], "list table")
+        state = parse_state(listing, time.time())
+        layout = [e["val"] for e in state.elements("layout")]
+        if layout != [LAYOUT_VERSION]:
+            raise DataPlaneError(
+                f"nftables table {FAMILY} {self.table} has layout {layout or 'unknown'}, expected "
+                f"[{LAYOUT_VERSION}]: remove it (ddos-shield stop --detach) and start again"
+            )
+        # Reconcile the per-interface base chains with the interfaces asked for.
+        have = {c[3:] for c in state.chains if c.startswith("in_")}
+        cmds = [{"delete": {"chain": self._obj(name="in_" + i)}} for i in sorted(have - set(self.interfaces))]
+        cmds += self._device_chains([i for i in self.interfaces if i not in have])
+        self.nft.run(cmds, f"attach to {', '.join(self.interfaces)}")
+
+    def _device_chains(self, ifnames: Iterable[str]) -> Cmds:
+        cmds: Cmds = []
+        for ifname in ifnames:
+            chain = self._obj(
+                name="in_" + ifname, type="filter", hook="ingress", prio=PRIORITY, dev=ifname, policy="accept"
+            )
+            cmds.append({"add": {"chain": chain}})
+            cmds.append({"add": {"rule": self._obj(chain="in_" + ifname, expr=[{"jump": {"target": "main"}}])}})
+        return cmds
+
+    def _skeleton(self) -> Cmds:
+        add = "add"
+        c: Cmds = [{add: {"table": {"family": FAMILY, "name": self.table}}}]
+        c.append({add: {"set": self._obj(name="layout", type="mark")}})
+        c.append({add: {"element": self._obj(name="layout", elem=[LAYOUT_VERSION])}})
+        c.append({add: {"set": self._obj(name="next_rule_id", type="mark")}})
+        c.append({add: {"element": self._obj(name="next_rule_id", elem=[1])}})
+        for fam in (4, 6):
+            typ = f"ipv{fam}_addr"
+            c.append({add: {"set": self._obj(name=f"allow{fam}", type=typ, flags=["interval"])}})
+            c.append(
+                {
+                    add: {
+                        "set": self._obj(
+                            name=f"drop{fam}", type=typ, flags=["interval", "timeout"], stmt=[{"counter": None}]
+                        )
+                    }
+                }
+            )
+        for name in GLOBAL_COUNTERS:
+            c.append({add: {"counter": self._obj(name=name)}})
+        for name in ("main", "kill_switch", "blocked", "rate_blocked", *HOOK_CHAINS, *RULE_CHAINS):
+            c.append({add: {"chain": self._obj(name=name)}})
+
+        def rule(chain: str, *expr: dict[str, Any]) -> None:
+            c.append({add: {"rule": self._obj(chain=chain, expr=list(expr))}})
+
+        accept: dict[str, Any] = {"accept": None}
+        # A jump ends a rule: counting and dropping take two.
+        rule("blocked", {"counter": "dropped"}, {"jump": {"target": "count_drop"}})
+        rule("blocked", {"drop": None})
+        rule("rate_blocked", {"counter": "rate_limited"}, {"jump": {"target": "count_drop"}})
+        rule("rate_blocked", {"drop": None})
+        rule("main", {"counter": "rx"})
+        rule("main", {"jump": {"target": "count_in"}})
+        rule("main", match(payload("ip", "saddr"), "@allow4"), {"counter": "allowed"}, accept)
+        rule("main", match(payload("ip6", "saddr"), "@allow6"), {"counter": "allowed"}, accept)
+        rule("main", {"jump": {"target": "kill_switch"}})
+        rule("main", match(payload("ip", "saddr"), "@drop4"), {"goto": {"target": "blocked"}})
+        rule("main", match(payload("ip6", "saddr"), "@drop6"), {"goto": {"target": "blocked"}})
+        rule("main", match(meta("protocol"), "ip"), {"jump": {"target": "rules4"}})
+        rule("main", match({"&": [payload("ip", "frag-off"), 0x1FFF]}, 0), {"jump": {"target": "rules4_l4"}})
+        rule("main", match(meta("protocol"), "ip6"), {"jump": {"target": "rules6"}})
+        rule("main", match({"exthdr": {"name": "frag"}}, False), {"jump": {"target": "rules6_l4"}})
+        rule("main", match({"exthdr": {"name": "frag", "field": "frag-off"}}, 0), {"jump": {"target": "rules6_l4"}})
+        return c + self._device_chains(self.interfaces)
+
+    # -- reading
+
+    def state(self) -> TableState:
+        """The table as it is now, parsed (rules, counters, sets)."""
+        objs = self.nft.run([{"list": {"table": {"family": FAMILY, "name": self.table}}}], "list table")
+        return parse_state(objs, time.time())
+
+    def list(self) -> list[Rule]:
+        state = self.state()
+        self._collect_garbage(state)
+        return sorted((e.rule for e in state.entries.values() if not e.expired), key=lambda r: r.rule_id)
+
+    def stats(self) -> dict[int, RuleStats]:
+        state = self.state()
+        return {
+            rid: RuleStats(rid, e.packets, e.bytes, e.dropped) for rid, e in state.entries.items() if not e.expired
+        }
+
+    @property
+    def bypass(self) -> bool:
+        """Whether the kill switch is on (read from the table)."""
+        objs = self.nft.run([{"list": {"chain": self._obj(name="kill_switch")}}], "list bypass")
+        return any("rule" in o for o in objs)
+
+    def global_counters(self) -> dict[str, int]:
+        """The table's named counters (packets): rx, allowed, bypass, dropped, rate_limited, observed."""
+        state = self.state()
+        return {n: int(state.counters[n]["packets"]) for n in GLOBAL_COUNTERS if n in state.counters}
+
+    # -- changing
+
+    def set_allowlist(self, sources: Sequence[IPNetwork]) -> None:
+        cmds: Cmds = []
+        for fam in (4, 6):
+            nets = [as_network(s) for s in sources if as_network(s).version == fam]
+            cmds.append({"flush": {"set": self._obj(name=f"allow{fam}")}})
+            if nets:
+                # Interval sets refuse overlapping elements: merge them first.
+                merged = ipaddress.collapse_addresses(nets)  # type: ignore[type-var]
+                cmds.append({"add": {"element": self._obj(name=f"allow{fam}", elem=[prefix(n) for n in merged])}})
+        self.nft.run(cmds, "set allow-list")
+
+    def set_bypass(self, on: bool) -> None:
+        cmds: Cmds = [{"flush": {"chain": self._obj(name="kill_switch")}}]
+        if on:
+            cmds.append({"add": {"rule": self._obj(chain="kill_switch", expr=[{"counter": "bypass"}, {"accept": None}])}})
+        self.nft.run(cmds, "set bypass")
+
+    def apply(self, rule: Rule) -> Rule:
+        check_rule(rule)
+        # A batch can fail because an element timed out between reading and writing
+        # (nftables 1.0.6 has no "destroy"): read again and retry once.
+        for attempt in (1, 2):
+            state = self.state()
+            try:
+                return self._apply(rule, state)
+            except DataPlaneError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _apply(self, rule: Rule, state: TableState) -> Rule:
+        timeout = max(1, math.ceil(rule.expires_at - state.now))
+        cmds: Cmds = []
+        rid = rule.rule_id
+        if rid == 0:
+            rid = state.next_id
+        if rid >= state.next_id:
+            cmds += [
+                {"delete": {"element": self._obj(name="next_rule_id", elem=[state.next_id])}},
+                {"add": {"element": self._obj(name="next_rule_id", elem=[rid + 1])}},
+            ]
+        rule = rule.with_id(rid)
+        old = state.entries.get(rid)
+        if old is not None and not old.expired and _same_shape(old.rule, rule):
+            if old.kind == "element":
+                self.nft.run([*cmds, self._add_source(old.family, old.src(), rule, timeout)], f"refresh rule {rid}")
+                self._check_refreshed(old, rule, timeout)
+            else:
+                for name in old.sets:
+                    fam = int(name[-1])
+                    net = rule.match.dst or ipaddress.ip_network("0.0.0.0/0" if fam == 4 else "::/0")
+                    # Delete and re-add in one batch: the rule never stops matching,
+                    # and it works on kernels that do not update element timeouts.
+                    cmds.append({"delete": {"element": self._obj(name=name, elem=[prefix(net)])}})
+                    cmds.append({"add": {"element": self._obj(name=name, elem=[_timed(prefix(net), timeout)])}})
+                self.nft.run(cmds, f"refresh rule {rid}")
+            return rule
+        carry = (0, 0, 0)
+        if old is not None:
+            cmds += self._delete(old)
+            if old.kind == "chain":
+                carry = (old.packets, old.bytes - ETH_HLEN * old.packets, old.dropped)
+        cmds += self._install(rule, state, timeout, carry, replacing=old)
+        self.nft.run(cmds, f"install rule {rid}")
+        return rule
+
+    def _add_source(self, fam: int, net: IPNetwork, rule: Rule, timeout: int) -> dict[str, Any]:
+        el = _timed(prefix(net), timeout)
+        el["elem"]["comment"] = encode_comment(rule, with_match=False)
+        return {"add": {"element": self._obj(name=f"drop{fam}", elem=[el])}}
+
+    def _check_refreshed(self, old: Entry, rule: Rule, timeout: int) -> None:
+        """Kernels before 6.12 keep an existing element's timeout on re-add: then
+        replace the element (its counter restarts from zero)."""
+        objs = self.nft.run([{"list": {"set": self._obj(name=f"drop{old.family}")}}], "list source set")
+        for o in objs:
+            for e in o.get("set", {}).get("elem", []):
+                el = e["elem"]
+                if parse_prefix(el["val"]) == old.net and int(el.get("expires", 0)) >= timeout - 2:
+                    return
+        cmds = [
+            {"delete": {"element": self._obj(name=f"drop{old.family}", elem=[prefix(old.src())])}},
+            self._add_source(old.family, old.src(), rule, timeout),
+        ]
+        self.nft.run(cmds, f"replace rule {rule.rule_id}")
+
+    def _install(
+        self, rule: Rule, state: TableState, timeout: int, carry: tuple[int, int, int], replacing: Entry | None
+    ) -> Cmds:
+        m = rule.match
+        if rule.action == Action.DROP and m.src is not None and m.is_source_only():
+            fam: int = m.src.version
+            taken = [
+                parse_prefix(e["val"])
+                for e in state.elements(f"drop{fam}")
+                if not (replacing is not None and replacing.kind == "element" and parse_prefix(e["val"]) == replacing.net)
+            ]
+            if not any(m.src.overlaps(t) for t in taken if t.version == fam):
+                return [self._add_source(fam, m.src, rule, timeout)]
+        cmds: Cmds = []
+        comment = encode_comment(rule)
+        for fam in families(m):
+            name = f"r{rule.rule_id}_{fam}"
+            net = m.dst or ipaddress.ip_network("0.0.0.0/0" if fam == 4 else "::/0")
+            chain = f"rules{fam}_l4" if m.needs_ports() else f"rules{fam}"
+            cmds.append({"add": {"set": self._obj(name=name, type=f"ipv{fam}_addr", flags=["interval", "timeout"])}})
+            cmds.append({"add": {"element": self._obj(name=name, elem=[_timed(prefix(net), timeout)])}})
+            expr = match_exprs(m, fam, name) + verdict_exprs(rule, carry)
+            cmds.append({"add": {"rule": self._obj(chain=chain, expr=expr, comment=comment)}})
+            carry = (0, 0, 0)  # counted once, on the first family's rule
+        return cmds
+
+    def _delete(self, e: Entry) -> Cmds:
+        if e.kind == "element":
+            return [{"delete": {"element": self._obj(name=f"drop{e.family}", elem=[prefix(e.src())])}}]
+        cmds: Cmds = [
+            {"delete": {"rule": self._obj(chain=chain, handle=handle)}} for chain, handle in e.handles
+        ]
+        cmds += [{"delete": {"set": self._obj(name=name)}} for name in e.sets]
+        return cmds
+
+    def withdraw(self, rule_id: int) -> None:
+        for attempt in (1, 2):
+            state = self.state()
+            e = state.entries.get(rule_id)
+            if e is None:
+                return
+            try:
+                self.nft.run(self._delete(e), f"withdraw rule {rule_id}")
+                return
+            except DataPlaneError:
+                if attempt == 2:
+                    raise
+
+    def _collect_garbage(self, state: TableState) -> None:
+        """Delete expired rules and their sets, and sets no rule uses any more."""
+        cmds: Cmds = []
+        used: set[str] = set()
+        for e in state.entries.values():
+            if e.expired:
+                cmds += [{"delete": {"rule": self._obj(chain=c, handle=h)}} for c, h in e.handles]
+            else:
+                used.update(e.sets)
+        # Then the sets: those of expired rules, and any left behind by a crash.
+        for name in state.sets:
+            if _RULE_SET.match(name) and name not in used:
+                cmds.append({"delete": {"set": self._obj(name=name)}})
+        if cmds:
+            # On a race with another change, the next list() collects them.
+            with contextlib.suppress(DataPlaneError):
+                self.nft.run(cmds, "collect expired rules")
+        for rid in [rid for rid, e in state.entries.items() if e.expired]:
+            del state.entries[rid]
+
+    # -- lifetime
+
+    def close(self) -> None:
+        """Release the libnftables context; the table and its rules stay in force."""
+
+    def remove(self) -> None:
+        """Delete the whole table (rules, counters, the data plane's counting too)."""
+        remove_table(self.table)
+
+
+def _timed(val: Any, timeout: int) -> dict[str, Any]:
+    return {"elem": {"val": val, "timeout": timeout, "expires": timeout}}
+
+
+def _same_shape(a: Rule, b: Rule) -> bool:
+    """Whether ``b`` differs from ``a`` only by expiry (so a refresh is enough)."""
+    return (a.match, a.action, a.rate_pps, a.attack_id) == (b.match, b.action, b.rate_pps, b.attack_id)
+
+
+def remove_table(table: str = DEFAULT_TABLE) -> bool:
+    """Delete the shield's table if it exists; returns whether it did."""
+    nft = Nft()
+    if nft.try_run([{"list": {"table": {"family": FAMILY, "name": table}}}]) is None:
+        return False
+    nft.run([{"delete": {"table": {"family": FAMILY, "name": table}}}], f"delete table {FAMILY} {table}")
+    return True

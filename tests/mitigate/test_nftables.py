@@ -1,0 +1,364 @@
+"""nftables enforcement: the rule compiler on its own, then real packets through the
+table in a private namespace pair (dsn-mt-tx -> dsn-mt-rx)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP, fragment
+from scapy.layers.inet6 import IPv6, fragment6
+from scapy.packet import Raw
+
+from ddos_shield.errors import DataPlaneError
+from ddos_shield.mitigate.nftables import (
+    NftablesBackend,
+    check_rule,
+    decode_comment,
+    encode_comment,
+    families,
+    remove_table,
+)
+from ddos_shield.records import Action, Match, Range, Rule, as_network
+from tests.vethpair import Observer, VethPair, frame
+
+TABLE = "dsn_shield"
+FAR = 2e9  # an expiry far enough for a test
+
+# ---- the compiler, no kernel ---------------------------------------------------------
+
+COMMENT_ROWS = [
+    # source-only and destination-only
+    Match(src=as_network("198.18.0.0/15")),
+    Match(dst=as_network("2001:db8:113::/64")),
+    # every field at once, IPv6 and IPv4
+    Match(
+        proto=6,
+        src=as_network("2001:2:ffff:ffff:ffff:ffff:ffff:ffff/128"),
+        sport=Range(1024, 65535),
+        dport=Range(65535, 65535),
+        tcp_flags=(0xFF, 0x02),
+        length=Range(1000, 1500),
+        ttl=Range(1, 255),
+    ),
+    Match(proto=17, dport=Range(53, 53), length=Range(60, 60), ttl=Range(64, 64)),
+]
+
+
+@pytest.mark.parametrize("m", COMMENT_ROWS)
+def test_comment_round_trip(m: Match) -> None:
+    rule = Rule(m, Action.DROP, FAR, rule_id=4294967295, attack_id=4294967295, created_at=1.7e9)
+    text = encode_comment(rule)
+    assert '"' not in text  # nft prints comments between double quotes
+    info = decode_comment(text)
+    assert info is not None
+    assert (info["id"], info["attack"], info["created"]) == (4294967295, 4294967295, 1700000000)
+    want = Match(m.proto, m.src, None, m.sport, m.dport, m.tcp_flags, m.length, m.ttl)  # dst lives in the set
+    assert info["match"] == want
+
+
+@pytest.mark.parametrize("comment", [None, "", "hello", "{'no':'id'}", "{broken", "{'id':1,'match':{'bogus':1}}"])
+def test_foreign_comments_are_ignored(comment: object) -> None:
+    assert decode_comment(comment) is None
+
+
+FAMILY_ROWS = [
+    (Match(proto=17), (4, 6)),
+    (Match(src=as_network("198.18.0.0/15")), (4,)),
+    (Match(dst=as_network("2001:db8:113::/64")), (6,)),
+]
+
+
+@pytest.mark.parametrize(("m", "want"), FAMILY_ROWS)
+def test_families(m: Match, want: tuple[int, ...]) -> None:
+    assert families(m) == want
+
+
+REJECT_ROWS = [
+    # mixed families
+    Rule(Match(src=as_network("198.18.0.0/15"), dst=as_network("2001:db8::/32")), Action.DROP, FAR),
+    # a rate limit without a rate
+    Rule(Match(proto=17), Action.RATE_LIMIT, FAR),
+    # TCP flags or ports on a protocol without them
+    Rule(Match(proto=17, tcp_flags=(2, 2)), Action.DROP, FAR),
+    Rule(Match(proto=1, dport=Range(0, 0)), Action.DROP, FAR),
+]
+
+
+@pytest.mark.parametrize("rule", REJECT_ROWS)
+def test_rules_nftables_cannot_express_are_refused(rule: Rule) -> None:
+    with pytest.raises(ValueError):
+        check_rule(rule)
+
+
+# ---- real packets --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[VethPair]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    p = VethPair("dsn-mt").create()
+    try:
+        yield p
+    finally:
+        p.delete()
+
+
+@pytest.fixture
+def observer(pair: VethPair) -> Iterator[Observer]:
+    with pair.inside():
+        obs = Observer(pair.rx_if)
+        try:
+            yield obs
+        finally:
+            obs.close()
+
+
+@pytest.fixture
+def backend(pair: VethPair, observer: Observer) -> Iterator[NftablesBackend]:
+    with pair.inside():
+        b = NftablesBackend([pair.rx_if], table=TABLE)
+        try:
+            yield b
+        finally:
+            b.close()
+            remove_table(TABLE)
+
+
+def udp4(src: str, dport: int = 9, dst: str = "203.0.113.10", size: int = 32) -> bytes:
+    return frame(IP(src=src, dst=dst) / UDP(sport=40000, dport=dport) / Raw(b"u" * size))
+
+
+def blast(pair: VethPair, frames: list[bytes], times: int = 1) -> None:
+    pair.send(frames * times)
+    time.sleep(0.05)
+
+
+def wait_until(pred: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(pred) and pred():
+            return
+        time.sleep(0.1)
+
+
+@pytest.mark.lab
+def test_source_drop_is_enforced_counted_and_expires_by_itself(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    rule = backend.apply(Rule(Match(src=as_network("198.18.1.0/24")), Action.DROP, time.time() + 2, attack_id=7))
+    blocked, other = udp4("198.18.1.5"), udp4("198.18.2.5")
+    blast(pair, [blocked, other], times=20)
+    assert observer.received() == {"198.18.2.5": 20}
+    st = backend.stats()[rule.rule_id]
+    assert (st.packets, st.bytes, st.dropped) == (20, 20 * len(blocked), 20)
+    assert backend.global_counters()["dropped"] == 20
+    # Nobody withdraws it: the kernel lets it lapse.
+    time.sleep(3.1)
+    observer.reset()
+    blast(pair, [blocked], times=5)
+    assert observer.received() == {"198.18.1.5": 5}
+    assert backend.list() == []
+
+
+@pytest.mark.lab
+def test_allow_listed_source_is_never_dropped(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    backend.set_allowlist([as_network("198.18.3.0/24"), as_network("198.18.3.7/32"), as_network("2001:2::/64")])
+    backend.apply(Rule(Match(src=as_network("198.18.3.0/24")), Action.DROP, FAR))
+    backend.apply(Rule(Match(proto=17), Action.DROP, FAR))
+    backend.apply(Rule(Match(proto=17), Action.RATE_LIMIT, FAR, rate_pps=1))
+    v6 = frame(IPv6(src="2001:2::7", dst="2001:db8:113::10") / UDP(dport=9))
+    blast(pair, [udp4("198.18.3.7"), udp4("198.18.4.7"), v6], times=10)
+    assert observer.received() == {"198.18.3.7": 10, "2001:2::7": 10}
+    assert backend.global_counters()["allowed"] == 20
+
+
+# Each row: a packet (from its own source, to count it apart) and whether the rule
+# "UDP to port 9" drops it.
+def _frag4(first: bool) -> bytes:
+    frags = fragment(IP(src="198.18.5.3" if first else "198.18.5.4", dst="203.0.113.10") / UDP(dport=9) / Raw(b"f" * 1200), fragsize=600)  # type: ignore[no-untyped-call]
+    return frame(frags[0] if first else frags[1])
+
+
+def _frag6(first: bool) -> bytes:
+    from scapy.layers.inet6 import IPv6ExtHdrFragment
+
+    src = "2001:2::53" if first else "2001:2::54"
+    frags = fragment6(IPv6(src=src, dst="2001:db8:113::10") / IPv6ExtHdrFragment() / UDP(dport=9) / Raw(b"f" * 1200), 700)  # type: ignore[no-untyped-call]
+    return frame(frags[0] if first else frags[1])
+
+
+PORT_ROWS = [
+    # the fingerprint itself, both families
+    ("198.18.5.1", udp4("198.18.5.1", dport=9), True),
+    ("2001:2::51", frame(IPv6(src="2001:2::51", dst="2001:db8:113::10") / UDP(dport=9)), True),
+    # other ports and protocols pass
+    ("198.18.5.2", udp4("198.18.5.2", dport=10), False),
+    ("198.18.5.5", frame(IP(src="198.18.5.5", dst="203.0.113.10") / TCP(dport=80)), False),
+    ("198.18.5.6", frame(IP(src="198.18.5.6", dst="203.0.113.10") / TCP(dport=9)), False),
+    # a first fragment has the ports; a later one has none and must pass
+    ("198.18.5.3", _frag4(True), True),
+    ("198.18.5.4", _frag4(False), False),
+    ("2001:2::53", _frag6(True), True),
+    ("2001:2::54", _frag6(False), False),
+]
+
+
+@pytest.mark.lab
+def test_port_fingerprint_drops_matching_packets_only(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    rule = backend.apply(Rule(Match(proto=17, dport=Range(9, 9)), Action.DROP, FAR))
+    blast(pair, [f for _, f, _ in PORT_ROWS], times=3)
+    got = observer.received()
+    for src, _, dropped in PORT_ROWS:
+        assert got.get(src, 0) == (0 if dropped else 3), src
+    dropped_frames = [f for _, f, d in PORT_ROWS if d]
+    st = backend.stats()[rule.rule_id]
+    assert (st.packets, st.bytes) == (3 * len(dropped_frames), 3 * sum(len(f) for f in dropped_frames))
+
+
+def _syn(src: str, ttl: int = 50, payload: int = 0, flags: str = "S") -> bytes:
+    return frame(IP(src=src, dst="203.0.113.10", ttl=ttl) / TCP(dport=80, flags=flags) / Raw(b"s" * payload))
+
+
+# Rule: SYN without ACK, TTL 1-64, frame length up to 100 bytes (L2, as XDP measures it).
+SYN_ROWS = [
+    ("198.18.6.1", _syn("198.18.6.1"), True),
+    ("198.18.6.2", _syn("198.18.6.2", flags="SA"), False),  # flags
+    ("198.18.6.3", _syn("198.18.6.3", ttl=100), False),  # TTL
+    ("198.18.6.4", _syn("198.18.6.4", payload=100 - 54), True),  # exactly 100 bytes
+    ("198.18.6.5", _syn("198.18.6.5", payload=101 - 54), False),  # 101 bytes
+]
+
+
+@pytest.mark.lab
+def test_flags_ttl_and_length_fingerprint(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    assert len(SYN_ROWS[3][1]) == 100
+    m = Match(proto=6, dst=as_network("203.0.113.0/24"), tcp_flags=(0x12, 0x02), ttl=Range(1, 64), length=Range(0, 100))
+    backend.apply(Rule(m, Action.DROP, FAR))
+    blast(pair, [f for _, f, _ in SYN_ROWS], times=2)
+    got = observer.received()
+    for src, _, dropped in SYN_ROWS:
+        assert got.get(src, 0) == (0 if dropped else 2), src
+
+
+@pytest.mark.lab
+def test_rate_limit_lets_about_the_rate_through(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    rate, pps, n = 200, 1000, 1500
+    rule = backend.apply(Rule(Match(src=as_network("198.18.7.0/24"), proto=17), Action.RATE_LIMIT, FAR, rate_pps=rate))
+    start = time.monotonic()
+    pair.send([udp4("198.18.7.1")] * n, pps=pps)
+    elapsed = time.monotonic() - start
+    time.sleep(0.05)
+    passed = observer.received().get("198.18.7.1", 0)
+    expected = rate * elapsed + max(5, rate // 10)
+    assert 0.6 * expected <= passed <= 1.4 * expected, (passed, expected)
+    st = backend.stats()[rule.rule_id]
+    assert (st.packets, st.dropped) == (n, n - passed)
+    assert backend.global_counters()["rate_limited"] == n - passed
+
+
+@pytest.mark.lab
+def test_bypass_passes_everything_until_turned_off(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    backend.apply(Rule(Match(src=as_network("198.18.8.0/24")), Action.DROP, FAR))
+    backend.set_bypass(True)
+    assert backend.bypass
+    blast(pair, [udp4("198.18.8.1")], times=4)
+    assert observer.received() == {"198.18.8.1": 4}
+    backend.set_bypass(False)
+    assert not backend.bypass
+    blast(pair, [udp4("198.18.8.1")], times=4)
+    assert observer.received() == {"198.18.8.1": 4}
+    assert backend.global_counters()["bypass"] == 4
+
+
+ADOPT_ROWS = [
+    # a source-set element, with attack id and creation time
+    Rule(Match(src=as_network("198.18.9.0/24")), Action.DROP, FAR, attack_id=11, created_at=1.7e9),
+    # an overlapping source prefix: kept as a chain rule
+    Rule(Match(src=as_network("198.18.9.128/25")), Action.DROP, FAR, attack_id=11),
+    # fingerprints: one family by destination, both families, an explicit IPv4 /0
+    Rule(Match(proto=17, dst=as_network("203.0.113.10/32"), sport=Range(53, 53)), Action.DROP, FAR, attack_id=12),
+    Rule(Match(proto=6, tcp_flags=(0x12, 0x02), length=Range(40, 80)), Action.DROP, FAR),
+    Rule(Match(dst=as_network("0.0.0.0/0"), ttl=Range(1, 3)), Action.DROP, FAR),
+    # rate limit and observe, IPv6
+    Rule(Match(dst=as_network("2001:db8:113::/64"), proto=17), Action.RATE_LIMIT, FAR, rate_pps=500),
+    Rule(Match(src=as_network("2001:2::/48")), Action.OBSERVE, FAR, attack_id=13),
+]
+
+
+@pytest.mark.lab
+def test_list_after_restart_adopts_the_same_rules(pair: VethPair, backend: NftablesBackend) -> None:
+    now = time.time()
+    applied = [backend.apply(r.refreshed(now + 600)) for r in ADOPT_ROWS]
+    assert len({r.rule_id for r in applied}) == len(applied)
+    with pair.inside():
+        again = NftablesBackend([pair.rx_if], table=TABLE)
+        listed = again.list()
+    assert [r.rule_id for r in listed] == [r.rule_id for r in applied]
+    for want, got in zip(applied, listed, strict=True):
+        assert got.refreshed(want.expires_at) == want
+        assert abs(got.expires_at - want.expires_at) <= 1.5  # one-second resolution
+    # Ids are never reused, even after a withdrawal and a restart.
+    top = max(r.rule_id for r in applied)
+    again.withdraw(top)
+    with pair.inside():
+        third = NftablesBackend([pair.rx_if], table=TABLE)
+        new = third.apply(Rule(Match(proto=47), Action.DROP, FAR))
+    assert new.rule_id == top + 1
+    assert top not in {r.rule_id for r in third.list()}
+
+
+@pytest.mark.lab
+def test_refresh_keeps_id_and_counters(pair: VethPair, backend: NftablesBackend) -> None:
+    src_rule = backend.apply(Rule(Match(src=as_network("198.18.10.0/24")), Action.DROP, time.time() + 30))
+    fp_rule = backend.apply(Rule(Match(proto=17, dport=Range(11, 11)), Action.DROP, time.time() + 30))
+    blast(pair, [udp4("198.18.10.1"), udp4("198.18.11.1", dport=11)], times=3)
+    later = time.time() + 900
+    assert backend.apply(src_rule.refreshed(later)).rule_id == src_rule.rule_id
+    assert backend.apply(fp_rule.refreshed(later)).rule_id == fp_rule.rule_id
+    listed = {r.rule_id: r for r in backend.list()}
+    assert all(abs(r.expires_at - later) <= 1.5 for r in listed.values())
+    st = backend.stats()
+    assert (st[src_rule.rule_id].packets, st[fp_rule.rule_id].packets) == (3, 3)
+    # Changing the match replaces the rule under the same id.
+    changed = backend.apply(Rule(Match(proto=17, dport=Range(12, 12)), Action.DROP, later, rule_id=fp_rule.rule_id))
+    assert [r.match for r in backend.list() if r.rule_id == changed.rule_id] == [changed.match]
+
+
+@pytest.mark.lab
+def test_fingerprint_expires_without_the_shield_and_is_collected(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    rule = backend.apply(Rule(Match(proto=17, dport=Range(13, 13)), Action.DROP, time.time() + 1))
+    blast(pair, [udp4("198.18.12.1", dport=13)], times=2)
+    assert observer.received() == {}
+    time.sleep(2.1)
+    blast(pair, [udp4("198.18.12.1", dport=13)], times=2)
+    assert observer.received() == {"198.18.12.1": 2}
+    assert backend.list() == []
+    assert not any(name.startswith(f"r{rule.rule_id}_") for name in backend.state().sets)
+
+
+@pytest.mark.lab
+def test_withdraw_removes_rule_and_is_idempotent(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    a = backend.apply(Rule(Match(src=as_network("198.18.13.0/24")), Action.DROP, FAR))
+    b = backend.apply(Rule(Match(proto=17, dport=Range(14, 14)), Action.DROP, FAR))
+    backend.withdraw(a.rule_id)
+    backend.withdraw(b.rule_id)
+    backend.withdraw(b.rule_id)
+    backend.withdraw(999_999)
+    blast(pair, [udp4("198.18.13.1", dport=14)], times=2)
+    assert observer.received() == {"198.18.13.1": 2}
+    assert backend.list() == []
+    assert not [n for n in backend.state().sets if n.startswith("r")]
+
+
+@pytest.mark.lab
+def test_close_keeps_the_table_and_remove_deletes_it(pair: VethPair, backend: NftablesBackend) -> None:
+    backend.apply(Rule(Match(proto=17), Action.DROP, FAR))
+    backend.close()
+    with pair.inside():
+        assert len(NftablesBackend([pair.rx_if], table=TABLE).list()) == 1
+        backend.remove()
+        assert not remove_table(TABLE)
+        with pytest.raises(DataPlaneError):
+            backend.list()
+
