@@ -46,7 +46,7 @@ DST6_AGG = "2001:db8:113::"  # 2001:db8:113::10 aggregated to the default /64
 PROTECTED: dict[IPNetwork, int] = {as_network("203.0.113.0/24"): 3, as_network("2001:db8:113::/64"): 4}
 
 _big = E / IP(src="198.51.100.66", dst="203.0.113.10", id=7) / UDP(sport=1, dport=2) / Raw(b"x" * 1400)
-FRAG4 = fragment(_big[IP], fragsize=600)
+FRAG4 = fragment(_big[IP], fragsize=600)  # type: ignore[no-untyped-call]
 
 
 def v4(l4: Packet, **ip: Any) -> Packet:
