@@ -177,6 +177,7 @@ class _Lib:
             "bpf_obj_get": ([ctypes.c_char_p], ctypes.c_int),
             "bpf_obj_get_info_by_fd": ([ctypes.c_int, _vp, ctypes.POINTER(_u32)], ctypes.c_int),
             "bpf_prog_get_fd_by_id": ([_u32], ctypes.c_int),
+            "bpf_map_get_fd_by_id": ([_u32], ctypes.c_int),
             "bpf_map_update_elem": ([ctypes.c_int, _vp, _vp, _u64], ctypes.c_int),
             "bpf_map_lookup_elem": ([ctypes.c_int, _vp, _vp], ctypes.c_int),
             "bpf_map_delete_elem": ([ctypes.c_int, _vp], ctypes.c_int),
@@ -345,6 +346,10 @@ def xdp_query(ifindex: int) -> tuple[int, int]:
 
 def prog_get_fd_by_id(prog_id: int) -> int:
     return _check("bpf_prog_get_fd_by_id", lib().so.bpf_prog_get_fd_by_id(prog_id), f"id {prog_id}")
+
+
+def map_get_fd_by_id(map_id: int) -> int:
+    return _check("bpf_map_get_fd_by_id", lib().so.bpf_map_get_fd_by_id(map_id), f"id {map_id}")
 
 
 @dataclass(frozen=True)
