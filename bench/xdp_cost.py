@@ -144,8 +144,8 @@ def main() -> None:
                 if case in other:
                     other[case].append(libbpf.prog_test_run_xdp(xf.prog_fd, data, REPEAT).duration_ns)
         for case, data in FRAMES.items():
-            theirs = libbpf.prog_test_run_xdp(xf.prog_fd, data).retval if case in other else None
-            verdicts[case] = (dp.test_run(data).retval, theirs)
+            their_verdict = libbpf.prog_test_run_xdp(xf.prog_fd, data).retval if case in other else None
+            verdicts[case] = (dp.test_run(data).retval, their_verdict)
         stats = dp.global_stats()
     finally:
         xf.close()
