@@ -400,3 +400,27 @@ def test_set_protected_replaces(plane: XdpDataPlane) -> None:
     run(plane, v4(UDP(), dst="192.0.2.1"))
     assert list(counters(plane)) == ["192.0.2.1"]
     assert plane.global_stats()["unprotected"] == 1
+
+
+# ---- pinning -------------------------------------------------------------------------
+
+
+def test_pin_dir_must_be_on_bpffs(tmp_path: Any) -> None:
+    with pytest.raises(DataPlaneError, match="not on a BPF filesystem"):
+        XdpDataPlane.open([], str(tmp_path / "pins"))
+
+
+def test_rules_survive_reopen_and_unknown_abi_is_refused(pin_dir: str) -> None:
+    dp = XdpDataPlane.open([], pin_dir)
+    rule = dp.backend.apply(drop_rule(Match(src=as_network("198.51.100.66/32"))))
+    dp.backend.set_bypass(True)
+    dp.close()
+    dp = XdpDataPlane.open([], pin_dir)
+    assert [r.rule_id for r in dp.backend.list()] == [rule.rule_id]
+    assert dp.config()["bypass"] == 1
+    cfg = dp._maps.config()
+    cfg["abi_version"] = 99
+    dp._maps.write_config(cfg)
+    dp.close()
+    with pytest.raises(DataPlaneError, match="stop --detach"):
+        XdpDataPlane.open([], pin_dir)
