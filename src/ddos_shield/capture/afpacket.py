@@ -48,6 +48,8 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_IGNORE_OUTGOING = 23
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 TPACKET_V3 = 2
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1 << 0
@@ -110,6 +112,11 @@ def sample_filter(sample_every: int, snaplen: int) -> list[tuple[int, int, int, 
 class AfPacketSampler:
     """Kernel-sampled packet headers of one interface (see the module docstring).
 
+    The ring is ``blocks`` blocks of ``block_size`` bytes; the kernel hands a block
+    over when it is full or ``block_timeout_ms`` after its first packet, which bounds
+    how late a sample can be.  ``promisc`` puts the interface in promiscuous mode for
+    the socket's lifetime, as a mirror (SPAN) port needs.
+
     ::
 
         s = AfPacketSampler("eth0", sample_every=10)
@@ -127,6 +134,7 @@ class AfPacketSampler:
         blocks: int = 8,
         *,
         block_timeout_ms: int = 20,
+        promisc: bool = False,
     ) -> None:
         if snaplen <= 0 or snaplen > _FRAME_SIZE - 128:
             raise ValueError(f"snaplen must be in 1..{_FRAME_SIZE - 128}, got {snaplen}")
@@ -160,6 +168,11 @@ class AfPacketSampler:
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             self._attach(sample_every)
+            if promisc:
+                # A mirror port receives frames addressed to other hosts; the kernel
+                # drops the membership (and the promiscuous mode) with the socket.
+                mreq = struct.pack("<iHH8s", self.ifindex, PACKET_MR_PROMISC, 0, b"")
+                self._sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             self._sock.bind((ifname, ETH_P_ALL))
             self._sock.setblocking(False)
         except BaseException:

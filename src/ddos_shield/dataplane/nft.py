@@ -133,7 +133,8 @@ class NftDataPlane(DataPlane):
         for fam in (4, 6):
             typ = f"ipv{fam}_addr"
             cmds.append({"add": {"set": self._obj(name=f"protected{fam}", type=typ, flags=["interval"])}})
-        for name in self._counter_sets():
+        # The kernel refuses to re-add a set that has per-element expressions: add the missing only.
+        for name in [n for n in self._counter_sets() if n not in state.sets]:
             typ = "ipv4_addr" if name[1] == "4" else "ipv6_addr"
             cmds.append(
                 {

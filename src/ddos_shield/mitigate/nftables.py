@@ -652,7 +652,7 @@ class NftablesBackend(Backend):
         return {"add": {"element": self._obj(name=f"drop{fam}", elem=[el])}}
 
     def _check_refreshed(self, old: Entry, rule: Rule, timeout: int) -> None:
-        """Kernels before 6.12 keep an existing element's timeout on re-add: then
+        """Older kernels (Debian 12's 6.1 among them) keep an existing element's timeout on re-add: then
         replace the element (its counter restarts from zero)."""
         objs = self.nft.run([{"list": {"set": self._obj(name=f"drop{old.family}")}}], "list source set")
         for o in objs:
