@@ -32,6 +32,7 @@ from ddos_shield.records import (
     addr_bytes,
     as_network,
     bytes_addr,
+    key_net,
 )
 
 pytestmark = pytest.mark.kernel
@@ -216,6 +217,33 @@ def test_most_specific_destination_first(plane: XdpDataPlane) -> None:
     hits = {rid: s.packets for rid, s in b.stats().items()}
     assert hits == {observe.rule_id: 1, drop.rule_id: 1, anywhere.rule_id: 1}
     assert plane.global_stats()["observed"] == 1
+
+
+def fp_index(plane: XdpDataPlane) -> dict[str, list[int]]:
+    """fp_index as {prefix: [rule ids in list order]}."""
+    rules = plane._maps.read_array("rules", plane.abi.dtype("rule"), plane.abi["SHIELD_MAX_RULES"])
+    out = {}
+    for (plen, addr), val in plane._maps.lpm_items("fp_index", plane.abi.dtype("fp_list")).items():
+        slots = val["slots"][0][: int(val["count"][0])]
+        out[str(key_net(plen, addr)) if plen >= 96 else f"::/{plen}"] = [int(rules["rule_id"][s]) for s in slots]
+    return out
+
+
+def test_fp_index_holds_covering_rules(plane: XdpDataPlane) -> None:
+    b = plane.backend
+    any_dst = b.apply(drop_rule(Match(proto=47))).rule_id
+    net24 = b.apply(drop_rule(Match(dst=as_network("203.0.113.0/24"), proto=17))).rule_id
+    host = b.apply(drop_rule(Match(dst=as_network("203.0.113.10/32"), proto=6))).rule_id
+    assert fp_index(plane) == {
+        "::/0": [any_dst],
+        "203.0.113.0/24": [net24, any_dst],
+        "203.0.113.10/32": [host, net24, any_dst],
+    }
+    b.withdraw(net24)
+    assert fp_index(plane) == {"::/0": [any_dst], "203.0.113.10/32": [host, any_dst]}
+    b.withdraw(any_dst)
+    b.withdraw(host)
+    assert fp_index(plane) == {}
 
 
 def test_source_rule_before_fingerprint_rules(plane: XdpDataPlane) -> None:

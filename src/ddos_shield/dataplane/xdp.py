@@ -266,7 +266,16 @@ class XdpDataPlane(DataPlane):
         try:
             for name in MAP_NAMES:
                 obj.set_pin_path(name, os.path.join(maps_dir, name))
-            obj.load()
+            pinned = os.listdir(maps_dir)
+            try:
+                obj.load()
+            except DataPlaneError as e:
+                if not pinned:
+                    raise
+                raise DataPlaneError(
+                    f"{e} -- the maps pinned in {maps_dir} may not fit this program (see the libbpf log); "
+                    f"'ddos-shield stop --detach' removes them, and the rules in them"
+                ) from e
             ncpu = libbpf.num_possible_cpus()
             maps = _Maps(abi, {n: obj.map_fd(n) for n in MAP_NAMES}, ncpu)
             prog_fd = obj.program_fd(PROG_NAME)
@@ -747,8 +756,11 @@ class XdpBackend(Backend):
     def _fp_desired(self, keys: set[tuple[int, bytes]]) -> dict[tuple[int, bytes], list[int]]:
         """The fp_index lists that ``keys`` should hold given the current rule set."""
         rules = list(self._fp_rules())
+        rule_keys = {e.key for _, e in rules}
         out: dict[tuple[int, bytes], list[int]] = {}
-        for key in keys:
+        # Only prefixes some rule names get an entry: any other destination falls to
+        # the longest of those covering it, whose list already holds every rule that applies.
+        for key in keys & rule_keys:
             covering = [(-e.key[0], e.rule_id, s) for s, e in rules if _covers(e.key, key)]
             if covering:
                 out[key] = [s for _, _, s in sorted(covering)]
