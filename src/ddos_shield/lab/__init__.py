@@ -45,6 +45,31 @@ VICTIM_V4 = ipaddress.ip_address("203.0.113.10")
 VICTIM_V6 = ipaddress.ip_address("2001:db8:113::10")
 VICTIM_HTTP_PORT = 80
 
+#: Interface names outside the shield (one veth end in each end host; bridge ports in dsl-up).
+ATTACKER_IF = "eth0"
+CLIENT_IF = "eth0"
+VICTIM_IF = "eth0"
+UPSTREAM_BRIDGE = "br0"
+UPSTREAM_PORTS = {NS_ATTACKER: "up-atk", NS_CLIENT: "up-cli", NS_SHIELD: "up-shield"}
+
+#: Fixed, locally administered MACs: trafgen addresses frames to SHIELD_OUT_MAC, and the
+#: bridge and the neighbour tables can be static, so no stray ARP/ND disturbs packet counts.
+ATTACKER_MAC = "02:d5:1a:00:00:66"
+CLIENT_MAC = "02:d5:1a:00:00:10"
+SHIELD_OUT_MAC = "02:d5:1a:00:00:01"
+SHIELD_IN_MAC = "02:d5:1a:00:71:01"
+VICTIM_MAC = "02:d5:1a:00:71:10"
+
+#: The attacker's own addresses: ATTACKER_V4/V6 and the three after each.
+ATTACKER_SOURCES_V4 = tuple(ATTACKER_V4 + i for i in range(4))
+ATTACKER_SOURCES_V6 = tuple(ATTACKER_V6 + i for i in range(4))
+
+#: nftables table (inet) in every lab namespace that drops packets leaving for outside LAB_NETS.
+GUARD_TABLE = "dsl_guard"
+
+#: Run-time files of the lab (victim pid file and log); the bpffs below lives here too.
+LAB_RUN_DIR = "/run/ddos-shield-lab"
+
 #: bpffs mounted in the host's mount namespace, so a shield started with
 #: ``ip netns exec`` (which remounts /sys) can still pin and find its objects.
 LAB_PIN_DIR = "/run/ddos-shield-lab/bpf"
