@@ -79,8 +79,8 @@ class VethPair:
         self.delete()
         _ip("netns", "add", self.tx_ns)
         _ip("netns", "add", self.rx_ns)
-        _ip("-n", self.tx_ns, "link", "add", self.tx_if, "address", TX_MAC, "type", "veth",
-            "peer", "name", self.rx_if, "netns", self.rx_ns, "address", RX_MAC)  # fmt: skip
+        veth = f"link add {self.tx_if} address {TX_MAC} type veth peer name {self.rx_if} netns {self.rx_ns} address {RX_MAC}"
+        _ip("-n", self.tx_ns, *veth.split())
         _ip("netns", "exec", self.tx_ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
         _ip("netns", "exec", self.tx_ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
         _ip("-n", self.tx_ns, "link", "set", self.tx_if, "up")
@@ -136,12 +136,39 @@ class Observer:
         t = {"family": "netdev", "table": self.TABLE}
         cmds: list[dict[str, Any]] = [{"add": {"table": {"family": "netdev", "name": self.TABLE}}}]
         for fam in (4, 6):
-            cmds.append({"add": {"set": {**t, "name": f"seen{fam}", "type": f"ipv{fam}_addr",
-                                         "flags": ["timeout"], "timeout": 3600, "stmt": [{"counter": None}]}}})  # fmt: skip
-        cmds.append({"add": {"chain": {**t, "name": "in", "type": "filter", "hook": "ingress", "prio": 100,
-                                       "dev": ifname, "policy": "accept"}}})  # fmt: skip
+            cmds.append(
+                {
+                    "add": {
+                        "set": {
+                            **t,
+                            "name": f"seen{fam}",
+                            "type": f"ipv{fam}_addr",
+                            "flags": ["timeout"],
+                            "timeout": 3600,
+                            "stmt": [{"counter": None}],
+                        }
+                    }
+                }
+            )
+        cmds.append(
+            {
+                "add": {
+                    "chain": {
+                        **t,
+                        "name": "in",
+                        "type": "filter",
+                        "hook": "ingress",
+                        "prio": 100,
+                        "dev": ifname,
+                        "policy": "accept",
+                    }
+                }
+            }
+        )
         for fam, ip in ((4, "ip"), (6, "ip6")):
-            update = {"set": {"op": "update", "elem": {"payload": {"protocol": ip, "field": "saddr"}}, "set": f"@seen{fam}"}}
+            update = {
+                "set": {"op": "update", "elem": {"payload": {"protocol": ip, "field": "saddr"}}, "set": f"@seen{fam}"}
+            }
             cmds.append({"add": {"rule": {**t, "chain": "in", "expr": [update]}}})
         self._run(cmds)
 

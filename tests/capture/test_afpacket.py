@@ -160,7 +160,9 @@ def test_one_in_ten_keeps_about_a_tenth_scaled(pair: VethPair, sampler: AfPacket
 
 
 @pytest.mark.lab
-def test_switching_rate_scales_each_sample_by_the_rate_it_was_taken_at(pair: VethPair, sampler: AfPacketSampler) -> None:
+def test_switching_rate_scales_each_sample_by_the_rate_it_was_taken_at(
+    pair: VethPair, sampler: AfPacketSampler
+) -> None:
     f = frame(IP(src="198.18.23.1", dst="203.0.113.10") / UDP(dport=9))
     pair.send([f] * 100)
     time.sleep(0.01)
@@ -194,15 +196,18 @@ def test_full_ring_counts_drops(pair: VethPair) -> None:
 @pytest.mark.lab
 def test_mirror_port_mode_sees_frames_for_other_hosts(pair: VethPair) -> None:
     def promiscuity() -> int:
-        out = subprocess.run(["ip", "-n", pair.rx_ns, "-d", "-j", "link", "show", pair.rx_if],
-                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["ip", "-n", pair.rx_ns, "-d", "-j", "link", "show", pair.rx_if], check=True, capture_output=True, text=True
+        ).stdout
         return int(json.loads(out)[0]["promiscuity"])
 
     with pair.inside():
         s = AfPacketSampler(pair.rx_if, 1, block_size=1 << 16, blocks=2, promisc=True)
     with s:
         assert promiscuity() == 1
-        other = bytes(Ether(src=TX_MAC, dst="02:00:00:00:0d:99") / IP(src="198.18.25.1", dst="203.0.113.10") / UDP(dport=9))
+        other = bytes(
+            Ether(src=TX_MAC, dst="02:00:00:00:0d:99") / IP(src="198.18.25.1", dst="203.0.113.10") / UDP(dport=9)
+        )
         pair.send([other] * 6)
         got = drain(s, want=6)
         assert len(got) == 6 and {str(bytes_addr(a)) for a in got["src"]} == {"198.18.25.1"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, fragment
@@ -95,6 +96,7 @@ def test_rules_nftables_cannot_express_are_refused(rule: Rule) -> None:
 
 # ---- real packets --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def pair() -> Iterator[VethPair]:
     if os.geteuid() != 0:
@@ -145,7 +147,9 @@ def wait_until(pred: object, timeout: float) -> None:
 
 
 @pytest.mark.lab
-def test_source_drop_is_enforced_counted_and_expires_by_itself(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+def test_source_drop_is_enforced_counted_and_expires_by_itself(
+    pair: VethPair, backend: NftablesBackend, observer: Observer
+) -> None:
     rule = backend.apply(Rule(Match(src=as_network("198.18.1.0/24")), Action.DROP, time.time() + 2, attack_id=7))
     blocked, other = udp4("198.18.1.5"), udp4("198.18.2.5")
     blast(pair, [blocked, other], times=20)
@@ -176,7 +180,8 @@ def test_allow_listed_source_is_never_dropped(pair: VethPair, backend: NftablesB
 # Each row: a packet (from its own source, to count it apart) and whether the rule
 # "UDP to port 9" drops it.
 def _frag4(first: bool) -> bytes:
-    frags = fragment(IP(src="198.18.5.3" if first else "198.18.5.4", dst="203.0.113.10") / UDP(dport=9) / Raw(b"f" * 1200), fragsize=600)  # type: ignore[no-untyped-call]
+    pkt = IP(src="198.18.5.3" if first else "198.18.5.4", dst="203.0.113.10") / UDP(dport=9) / Raw(b"f" * 1200)
+    frags = fragment(pkt, fragsize=600)  # type: ignore[no-untyped-call]
     return frame(frags[0] if first else frags[1])
 
 
@@ -184,7 +189,8 @@ def _frag6(first: bool) -> bytes:
     from scapy.layers.inet6 import IPv6ExtHdrFragment
 
     src = "2001:2::53" if first else "2001:2::54"
-    frags = fragment6(IPv6(src=src, dst="2001:db8:113::10") / IPv6ExtHdrFragment() / UDP(dport=9) / Raw(b"f" * 1200), 700)  # type: ignore[no-untyped-call]
+    pkt = IPv6(src=src, dst="2001:db8:113::10") / IPv6ExtHdrFragment() / UDP(dport=9) / Raw(b"f" * 1200)
+    frags = fragment6(pkt, 700)  # type: ignore[no-untyped-call]
     return frame(frags[0] if first else frags[1])
 
 
@@ -205,7 +211,9 @@ PORT_ROWS = [
 
 
 @pytest.mark.lab
-def test_port_fingerprint_drops_matching_packets_only(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+def test_port_fingerprint_drops_matching_packets_only(
+    pair: VethPair, backend: NftablesBackend, observer: Observer
+) -> None:
     rule = backend.apply(Rule(Match(proto=17, dport=Range(9, 9)), Action.DROP, FAR))
     blast(pair, [f for _, f, _ in PORT_ROWS], times=3)
     got = observer.received()
@@ -258,7 +266,9 @@ def test_rate_limit_lets_about_the_rate_through(pair: VethPair, backend: Nftable
 
 
 @pytest.mark.lab
-def test_bypass_passes_everything_until_turned_off(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+def test_bypass_passes_everything_until_turned_off(
+    pair: VethPair, backend: NftablesBackend, observer: Observer
+) -> None:
     backend.apply(Rule(Match(src=as_network("198.18.8.0/24")), Action.DROP, FAR))
     backend.set_bypass(True)
     assert backend.bypass
@@ -283,6 +293,22 @@ ADOPT_ROWS = [
     # rate limit and observe, IPv6
     Rule(Match(dst=as_network("2001:db8:113::/64"), proto=17), Action.RATE_LIMIT, FAR, rate_pps=500),
     Rule(Match(src=as_network("2001:2::/48")), Action.OBSERVE, FAR, attack_id=13),
+    # the longest comment: every field, a full IPv6 source
+    Rule(
+        Match(
+            proto=6,
+            src=as_network("2001:2:0:ffff:ffff:ffff:ffff:ffff/128"),
+            sport=Range(10000, 65535),
+            dport=Range(10000, 65535),
+            tcp_flags=(0xFF, 0x12),
+            length=Range(1000, 1500),
+            ttl=Range(100, 255),
+        ),
+        Action.DROP,
+        FAR,
+        attack_id=4294967295,
+        created_at=4e9,
+    ),
 ]
 
 
@@ -326,7 +352,31 @@ def test_refresh_keeps_id_and_counters(pair: VethPair, backend: NftablesBackend)
 
 
 @pytest.mark.lab
-def test_fingerprint_expires_without_the_shield_and_is_collected(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+def test_refresh_on_a_kernel_that_ignores_re_added_timeouts(
+    backend: NftablesBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = backend.apply(Rule(Match(src=as_network("198.18.14.0/24")), Action.DROP, time.time() + 30))
+    run = backend.nft.run
+
+    def before_6_12(cmds: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+        # What Linux < 6.12 does with "add element" for an element that exists: nothing.
+        if what.startswith("refresh rule"):
+            cmds = [
+                c for c in cmds if not ("add" in c and c["add"].get("element", {}).get("name", "").startswith("drop"))
+            ]
+        return run(cmds, what)
+
+    monkeypatch.setattr(backend.nft, "run", before_6_12)
+    later = time.time() + 900
+    assert backend.apply(rule.refreshed(later)).rule_id == rule.rule_id
+    [listed] = backend.list()
+    assert listed.rule_id == rule.rule_id and abs(listed.expires_at - later) <= 1.5
+
+
+@pytest.mark.lab
+def test_fingerprint_expires_without_the_shield_and_is_collected(
+    pair: VethPair, backend: NftablesBackend, observer: Observer
+) -> None:
     rule = backend.apply(Rule(Match(proto=17, dport=Range(13, 13)), Action.DROP, time.time() + 1))
     blast(pair, [udp4("198.18.12.1", dport=13)], times=2)
     assert observer.received() == {}
@@ -361,4 +411,3 @@ def test_close_keeps_the_table_and_remove_deletes_it(pair: VethPair, backend: Nf
         assert not remove_table(TABLE)
         with pytest.raises(DataPlaneError):
             backend.list()
-

@@ -292,4 +292,3 @@ class NftDataPlane(DataPlane):
         self._backend.close()
         if detach:
             remove_table(self._backend.table)
-

@@ -36,7 +36,8 @@ or ``::/0`` when it has none) with an element timeout; the rule looks the destin
 up in it.  When the element times out the rule stops matching, even if the shield is
 dead; the next :meth:`NftablesBackend.list` garbage-collects it.  Each rule's comment
 holds its id, attack id, creation time and match as compact JSON, quoted with ``'``
-(the destination is the set element), so :meth:`NftablesBackend.list` rebuilds the :class:`Rule` objects.
+(the destination is the set element), so :meth:`NftablesBackend.list` rebuilds the
+:class:`Rule` objects.
 A plain source block becomes an element of ``drop4``/``drop6`` instead (comment with
 id and attack id), unless its prefix overlaps one already there (interval sets refuse
 overlaps), in which case it is a rule like the others.
@@ -48,17 +49,20 @@ Units: nftables counts bytes and ``meta length`` from the network header at the
 ingress hook; this backend adds the 14-byte Ethernet header back so that byte
 counters and length matches mean the L2 frame length, as in the XDP data plane
 (offloaded VLAN tags are not counted).  Timeouts have one-second resolution in the
-JSON API: expiry is rounded up when installing and read back truncated.
+JSON API: expiry is rounded up when installing and read back truncated.  Refreshing a
+source block re-adds its element, which updates the timeout on Linux 6.12 and later;
+on older kernels the element is replaced and its counter restarts.
+
+A rule's ``reason`` is not kept in the table.  Comments stay
+under the 128 characters ``nft -f`` accepts for every common match; libnftables takes
+up to 250 through JSON, which the longest matches (IPv6 source and every field) use.
 
 Example::
 
-    >>> from ddos_shield.records import Action, Match, Rule, as_network  # doctest: +SKIP
-    >>> b = NftablesBackend(["eth0"])                                     # doctest: +SKIP
-    >>> r = b.apply(Rule(Match(src=as_network("198.18.0.0/24")), Action.DROP,
-    ...                  expires_at=time.time() + 300))                   # doctest: +SKIP
-    >>> [x.rule_id for x in b.list()] == [r.rule_id]                      # doctest: +SKIP
-    True
-    >>> b.close()  # the table (and the rule) stay in place              # doctest: +SKIP
+    b = NftablesBackend(["eth0"])
+    r = b.apply(Rule(Match(src=as_network("198.18.0.0/24")), Action.DROP, expires_at=time.time() + 300))
+    [x.rule_id for x in b.list()] == [r.rule_id]     # True, and again after a restart
+    b.close()                                        # the table (and the rule) stay in place
 """
 
 from __future__ import annotations
@@ -563,9 +567,7 @@ class NftablesBackend(Backend):
 
     def stats(self) -> dict[int, RuleStats]:
         state = self.state()
-        return {
-            rid: RuleStats(rid, e.packets, e.bytes, e.dropped) for rid, e in state.entries.items() if not e.expired
-        }
+        return {rid: RuleStats(rid, e.packets, e.bytes, e.dropped) for rid, e in state.entries.items() if not e.expired}
 
     @property
     def bypass(self) -> bool:
@@ -594,7 +596,9 @@ class NftablesBackend(Backend):
     def set_bypass(self, on: bool) -> None:
         cmds: Cmds = [{"flush": {"chain": self._obj(name="kill_switch")}}]
         if on:
-            cmds.append({"add": {"rule": self._obj(chain="kill_switch", expr=[{"counter": "bypass"}, {"accept": None}])}})
+            cmds.append(
+                {"add": {"rule": self._obj(chain="kill_switch", expr=[{"counter": "bypass"}, {"accept": None}])}}
+            )
         self.nft.run(cmds, "set bypass")
 
     def apply(self, rule: Rule) -> Rule:
@@ -652,7 +656,7 @@ class NftablesBackend(Backend):
         return {"add": {"element": self._obj(name=f"drop{fam}", elem=[el])}}
 
     def _check_refreshed(self, old: Entry, rule: Rule, timeout: int) -> None:
-        """Older kernels (Debian 12's 6.1 among them) keep an existing element's timeout on re-add: then
+        """Linux before 6.12 (Debian 12's 6.1 among them) keeps an existing element's timeout on re-add: then
         replace the element (its counter restarts from zero)."""
         objs = self.nft.run([{"list": {"set": self._obj(name=f"drop{old.family}")}}], "list source set")
         for o in objs:
@@ -675,7 +679,9 @@ class NftablesBackend(Backend):
             taken = [
                 parse_prefix(e["val"])
                 for e in state.elements(f"drop{fam}")
-                if not (replacing is not None and replacing.kind == "element" and parse_prefix(e["val"]) == replacing.net)
+                if not (
+                    replacing is not None and replacing.kind == "element" and parse_prefix(e["val"]) == replacing.net
+                )
             ]
             if not any(m.src.overlaps(t) for t in taken if t.version == fam):
                 return [self._add_source(fam, m.src, rule, timeout)]
@@ -695,9 +701,7 @@ class NftablesBackend(Backend):
     def _delete(self, e: Entry) -> Cmds:
         if e.kind == "element":
             return [{"delete": {"element": self._obj(name=f"drop{e.family}", elem=[prefix(e.src())])}}]
-        cmds: Cmds = [
-            {"delete": {"rule": self._obj(chain=chain, handle=handle)}} for chain, handle in e.handles
-        ]
+        cmds: Cmds = [{"delete": {"rule": self._obj(chain=chain, handle=handle)}} for chain, handle in e.handles]
         cmds += [{"delete": {"set": self._obj(name=name)}} for name in e.sets]
         return cmds
 
