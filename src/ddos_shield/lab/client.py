@@ -18,6 +18,7 @@ start is reported as failed with error ``"deadline"``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import math
@@ -205,11 +206,9 @@ class LegitTraffic:
     def wait(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Wait for the client to finish (by default its own bound plus a margin) and return all results."""
         limit = timeout if timeout is not None else self.seconds + 2 * self.timeout + 5.0
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(limit)
-        except subprocess.TimeoutExpired:
-            self.stop()
-        self._reader.join(2.0)
+        self.stop()
         return self.results()
 
     def stop(self) -> None:
@@ -222,7 +221,7 @@ class LegitTraffic:
                 self.proc.kill()
                 self.proc.wait(2.0)
         self._reader.join(2.0)
-        if self.proc.stdout is not None:
+        if self.proc.stdout is not None and not self.proc.stdout.closed:
             self.proc.stdout.close()
 
     def __enter__(self) -> LegitTraffic:

@@ -17,6 +17,7 @@ Beyond the address plan, a few choices keep measurements exact:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,36 @@ def _nft(ns: str, ruleset: str) -> None:
     run_in(ns, ["nft", "-f", "-"], input=ruleset)
 
 
+SESSION_LOCK = f"{LAB_RUN_DIR}/session.lock"
+
+
+@contextlib.contextmanager
+def lab_session(timeout: float = 900.0) -> Iterator[None]:
+    """Hold the lab for one user at a time: an exclusive flock on :data:`SESSION_LOCK`.
+
+    The lab's names are fixed, so two test runs on one machine would tear down each
+    other's lab; test fixtures wrap ``up() ... down()`` in this.  Waits up to
+    ``timeout`` seconds for the lab to be free, then raises :class:`LabError`.
+    """
+    Path(LAB_RUN_DIR).mkdir(parents=True, exist_ok=True)
+    fd = os.open(SESSION_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"the lab is held by another session ({SESSION_LOCK}) for over {timeout} s"
+                    ) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Lab:
     """The lab network: five namespaces, a bridge, a routing shield, a shaped link, an HTTP victim.
 
@@ -328,11 +359,18 @@ class Lab:
     def shape(self, capacity_mbit: float, queue_packets: int) -> None:
         """(Re)set the bottleneck on the shield's in0: htb at ``capacity_mbit`` over a pfifo of ``queue_packets``."""
         rate = f"{round(capacity_mbit * 1000)}kbit"
+        shown = subprocess.run(
+            ["tc", "-n", NS_SHIELD, "-j", "qdisc", "show", "dev", SHIELD_INSIDE_IF],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        roots = [q for q in json.loads(shown.stdout or "[]") if q.get("root")] if shown.returncode == 0 else []
+        # htb cannot be "changed" in place: keep an existing root, (re)set its class and queue.
+        has_htb = any(q.get("kind") == "htb" and q.get("handle") == "1:" for q in roots)
         _batch(
             NS_SHIELD,
             "tc",
             [
-                f"qdisc replace dev {SHIELD_INSIDE_IF} root handle 1: htb default 10",
+                *([] if has_htb else [f"qdisc replace dev {SHIELD_INSIDE_IF} root handle 1: htb default 10"]),
                 f"class replace dev {SHIELD_INSIDE_IF} parent 1: classid 1:10 htb rate {rate} ceil {rate}",
                 f"qdisc replace dev {SHIELD_INSIDE_IF} parent 1:10 handle 10: pfifo limit {queue_packets}",
             ],
@@ -561,13 +599,13 @@ class Lab:
     def _start_victim(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(VICTIM_PID_FILE)
-        with open(VICTIM_LOG_FILE, "ab") as log:
-            popen_in(
-                NS_VICTIM,
-                [self.python, "-m", "ddos_shield.lab.victim", "--port", str(VICTIM_HTTP_PORT),
-                 "--pid-file", VICTIM_PID_FILE],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
+        # The victim detaches itself once listening, so nothing here holds on to it.
+        run_in(
+            NS_VICTIM,
+            [self.python, "-m", "ddos_shield.lab.victim", "--port", str(VICTIM_HTTP_PORT),
+             "--pid-file", VICTIM_PID_FILE, "--daemon-log", VICTIM_LOG_FILE],
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
         deadline = time.monotonic() + 15.0
         while self._victim_pid() is None:
             if time.monotonic() > deadline:
@@ -657,6 +695,7 @@ def _alive(pid: int) -> bool:
 __all__ = [
     "ATTACKER_QUIET_TABLE",
     "NAMESPACES",
+    "SESSION_LOCK",
     "VICTIM_LOG_FILE",
     "VICTIM_PID_FILE",
     "Lab",
@@ -664,6 +703,7 @@ __all__ = [
     "guard_ruleset",
     "if_counters",
     "lab_namespaces",
+    "lab_session",
     "popen_in",
     "run_in",
     "snmp",

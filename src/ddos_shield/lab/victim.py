@@ -66,14 +66,30 @@ class DualStackServer(ThreadingHTTPServer):
         super().server_bind()
 
 
-def serve(port: int = VICTIM_HTTP_PORT, pid_file: str | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; write ``pid_file`` once listening and remove it on exit."""
+def serve(port: int = VICTIM_HTTP_PORT, pid_file: str | None = None, log_file: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; write ``pid_file`` once listening and remove it on exit.
+
+    With ``log_file``, detach first (the socket is bound before, so a busy port is an
+    error of the calling process): the caller returns at once, the server lives on with
+    its output in ``log_file``.
+    """
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(0)
 
-    signal.signal(signal.SIGTERM, _stop)
     server = DualStackServer(("::", port), _Handler)
+    if log_file is not None:
+        if os.fork() > 0:
+            os._exit(0)
+        os.setsid()
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(null)
+    signal.signal(signal.SIGTERM, _stop)
     pid_path = Path(pid_file) if pid_file else None
     try:
         if pid_path is not None:
@@ -91,9 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ddos_shield.lab.victim", description="The lab victim's HTTP server.")
     p.add_argument("--port", type=int, default=VICTIM_HTTP_PORT)
     p.add_argument("--pid-file", default=None, help="written once the socket listens")
+    p.add_argument("--daemon-log", default=None, metavar="FILE", help="detach, with output to FILE")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.port, args.pid_file)
+        serve(args.port, args.pid_file, args.daemon_log)
     return 0
 
 
