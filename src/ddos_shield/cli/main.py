@@ -12,8 +12,12 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddos_shield.errors import ShieldError
+
+if TYPE_CHECKING:
+    from ddos_shield.config import Config
 
 DESCRIPTION = """\
 DDoS Shield watches the traffic of the protected prefixes on the interfaces it is
@@ -25,6 +29,9 @@ commands:
                            write JSON events (one per line) and show a live view
   stop [--detach]          stop the running shield; protection stays in the kernel
                            unless --detach removes it
+  status [--json]          the data plane's state and counters (no running shield needed)
+  bypass on|off            the kill switch: pass everything, drop nothing (works even
+                           when the control process is dead)
   config example|check     print an annotated example configuration / validate one
   lab up|down|status       build, remove or inspect the namespace test network
   lab attack KIND          launch a real, bounded attack inside the lab
@@ -50,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", "-c", help="configuration file (for its state and pin directories)")
     s.add_argument("--detach", action="store_true", help="also detach the data plane and remove its rules")
     s.set_defaults(func=_cmd_stop)
+
+    st = sub.add_parser("status", help="the data plane's state and counters")
+    st.add_argument("--config", "-c", help="configuration file (for its pin directory)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=_cmd_status)
+
+    bp = sub.add_parser("bypass", help="the kill switch: pass everything while on")
+    bp.add_argument("state", choices=("on", "off"))
+    bp.add_argument("--config", "-c", help="configuration file (for its pin directory)")
+    bp.set_defaults(func=_cmd_bypass)
 
     c = sub.add_parser("config", help="example configuration, validation")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -158,11 +175,8 @@ def _refuse_second_instance(pidf: Path) -> None:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
-    from ddos_shield import config as configmod
-
-    cfg = configmod.load(args.config) if args.config else None
-    state_dir = cfg.shield.state_dir if cfg else configmod.Shield().state_dir
-    pidf = _pid_file(state_dir)
+    cfg = _config_or_default(args.config)
+    pidf = _pid_file(cfg.shield.state_dir)
     try:
         pid = int(pidf.read_text().strip())
     except (OSError, ValueError):
@@ -182,10 +196,61 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     if args.detach:
         from ddos_shield.dataplane import detach_all
 
-        if cfg is None:
-            cfg = configmod.Config(protected=[])
         for what in detach_all(cfg):
             print(f"removed {what}")
+    return 0
+
+
+def _config_or_default(path: str | None) -> Config:
+    from ddos_shield import config as configmod
+
+    return configmod.load(path) if path else configmod.Config(protected=[])
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ddos_shield.dataplane.xdp import PinnedControl
+
+    cfg = _config_or_default(args.config)
+    ctl = PinnedControl(cfg.shield.pin_dir)
+    try:
+        pid = _pid_file(cfg.shield.state_dir)
+        info = {
+            "dataplane": ctl.global_stats(),
+            "bypass": ctl.bypass,
+            "pin_dir": cfg.shield.pin_dir,
+            "shield_pid": int(pid.read_text()) if pid.exists() else None,
+        }
+    finally:
+        ctl.close()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"XDP data plane pinned in {info['pin_dir']}; kill switch {'ON' if info['bypass'] else 'off'}; "
+              f"shield process {info['shield_pid'] or 'not running'}")
+        for k, v in info["dataplane"].items():  # type: ignore[attr-defined]
+            print(f"  {k:14} {v}")
+    return 0
+
+
+def _cmd_bypass(args: argparse.Namespace) -> int:
+    from ddos_shield.dataplane.xdp import PinnedControl
+
+    cfg = _config_or_default(args.config)
+    on = args.state == "on"
+    ctl = PinnedControl(cfg.shield.pin_dir)
+    try:
+        # The running shield rewrites the config map (sampling rate) now and then; make
+        # sure the switch is seen to hold before saying so.
+        for _ in range(5):
+            ctl.set_bypass(on)
+            time.sleep(0.2)
+            if ctl.bypass == on:
+                break
+        else:
+            raise ShieldError("the kill switch did not hold; is another process rewriting the data plane?")
+    finally:
+        ctl.close()
+    print(f"kill switch {'ON: nothing is dropped' if on else 'off: rules enforced'}")
     return 0
 
 

@@ -157,6 +157,22 @@ class _Maps:
     def write_config(self, cfg: np.ndarray[Any, Any]) -> None:
         libbpf.map_update(self.fd["config"], self.key0, cfg)
 
+    def set_bypass(self, on: bool) -> None:
+        cfg = self.config()
+        cfg["bypass"] = 1 if on else 0
+        self.write_config(cfg)
+
+    def global_stats(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        vals = self.percpu(np.dtype("<u8"), 1)
+        for name, idx in sorted(self.abi.members("ST_").items(), key=lambda kv: kv[1]):
+            if name == "ST_MAX":
+                continue
+            vals[:] = 0
+            libbpf.map_lookup(self.fd["stats"], np.array([idx], "<u4"), vals)
+            out[name.removeprefix("ST_").lower()] = int(vals.sum())
+        return out
+
     def lpm_items(self, name: str, value_dtype: np.dtype[Any]) -> dict[tuple[int, bytes], np.ndarray[Any, Any]]:
         """All (prefixlen, addr) -> value of an LPM trie."""
         fd = self.fd[name]
@@ -196,6 +212,42 @@ class _Maps:
                 k = np.array([i], "<u4")
                 libbpf.map_lookup(fd, k, out[i : i + 1])
             return out
+
+
+class PinnedControl:
+    """The kill switch and global counters of a data plane pinned under ``pin_dir``.
+
+    Opens the pinned ``config`` and ``stats`` maps only: nothing is loaded or attached,
+    so it works the same whether a shield process runs, was killed, or was stopped --
+    which is what an operator's kill switch needs.
+
+    >>> PinnedControl("/sys/fs/bpf/ddos_shield").set_bypass(True)  # doctest: +SKIP
+    """
+
+    def __init__(self, pin_dir: str) -> None:
+        check_bpffs(pin_dir)
+        abi = load_abi()
+        fds = {}
+        for name in ("config", "stats"):
+            path = os.path.join(pin_dir, "maps", name)
+            if not os.path.exists(path):
+                raise DataPlaneError(f"no XDP data plane pinned in {pin_dir} ({path} is missing)")
+            fds[name] = libbpf.obj_get(path)
+        self._maps = _Maps(abi, fds, libbpf.num_possible_cpus())
+
+    @property
+    def bypass(self) -> bool:
+        return bool(self._maps.config()["bypass"][0])
+
+    def set_bypass(self, on: bool) -> None:
+        self._maps.set_bypass(on)
+
+    def global_stats(self) -> dict[str, int]:
+        return self._maps.global_stats()
+
+    def close(self) -> None:
+        for fd in self._maps.fd.values():
+            os.close(fd)
 
 
 # ---- the data plane --------------------------------------------------------------------
@@ -441,20 +493,10 @@ class XdpDataPlane(DataPlane):
         self._maps.write_config(cfg)
 
     def set_bypass(self, on: bool) -> None:
-        cfg = self._maps.config()
-        cfg["bypass"] = 1 if on else 0
-        self._maps.write_config(cfg)
+        self._maps.set_bypass(on)
 
     def global_stats(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        vals = self._maps.percpu(np.dtype("<u8"), 1)
-        for name, idx in sorted(self.abi.members("ST_").items(), key=lambda kv: kv[1]):
-            if name == "ST_MAX":
-                continue
-            vals[:] = 0
-            libbpf.map_lookup(self._maps.fd["stats"], np.array([idx], "<u4"), vals)
-            out[name.removeprefix("ST_").lower()] = int(vals.sum())
-        return out
+        return self._maps.global_stats()
 
     def close(self, detach: bool = False) -> None:
         self._ring.close()
