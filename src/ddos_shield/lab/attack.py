@@ -26,7 +26,7 @@ Tools:
 
 Safety, checked by :func:`plan` before anything runs: targets must be lab addresses,
 fixed sources the attacker's own, spoofed sources inside the benchmarking ranges;
-every generator is bounded by count (pps x seconds) and by ``timeout`` (seconds + 3 s)
+every generator is bounded by count (pps x seconds) and by ``timeout`` (seconds + 1.5 s)
 and stops by itself.  One attack runs at a time (the attacker's transmit counter is
 the measure), enforced with a lock file.
 """
@@ -73,7 +73,8 @@ TOOLS = ("hping3", "trafgen")
 MAX_PPS = 1_000_000
 MAX_SECONDS = 600.0
 #: Added to ``seconds`` for the ``timeout`` bound: start-up, and hping3's 1 s wait after its last packet.
-TIME_MARGIN = 3.0
+#: A tool slower than the requested rate is cut off there, so an attack lasts about ``seconds``.
+TIME_MARGIN = 1.5
 #: Offset (in bytes) of the non-first fragments: as if the first fragment had carried 1480 (v4) / 1448 (v6) bytes.
 FRAG_OFFSET_V4 = 1480
 FRAG_OFFSET_V6 = 1448
