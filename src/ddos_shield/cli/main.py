@@ -208,13 +208,14 @@ def _config_or_default(path: str | None) -> Config:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ddos_shield.dataplane.xdp import PinnedControl
+    from ddos_shield.dataplane import open_control
 
     cfg = _config_or_default(args.config)
-    ctl = PinnedControl(cfg.shield.pin_dir)
+    ctl = open_control(cfg)
     try:
         pid = _pid_file(cfg.shield.state_dir)
         info = {
+            "kind": ctl.name,
             "dataplane": ctl.global_stats(),
             "bypass": ctl.bypass,
             "pin_dir": cfg.shield.pin_dir,
@@ -225,7 +226,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"XDP data plane pinned in {info['pin_dir']}; kill switch {'ON' if info['bypass'] else 'off'}; "
+        print(f"{info['kind']} data plane; kill switch {'ON' if info['bypass'] else 'off'}; "
               f"shield process {info['shield_pid'] or 'not running'}")
         for k, v in info["dataplane"].items():  # type: ignore[attr-defined]
             print(f"  {k:14} {v}")
@@ -233,11 +234,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_bypass(args: argparse.Namespace) -> int:
-    from ddos_shield.dataplane.xdp import PinnedControl
+    from ddos_shield.dataplane import open_control
 
     cfg = _config_or_default(args.config)
     on = args.state == "on"
-    ctl = PinnedControl(cfg.shield.pin_dir)
+    ctl = open_control(cfg)
     try:
         # The running shield rewrites the config map (sampling rate) now and then; make
         # sure the switch is seen to hold before saying so.

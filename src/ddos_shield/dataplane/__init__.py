@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from ddos_shield.config import Config
 from ddos_shield.dataplane.base import DataPlane
@@ -42,3 +43,33 @@ def detach_all(config: Config) -> list[str]:
     if remove_table():
         removed.append("nftables table")
     return removed
+
+
+class Control(Protocol):
+    """What an operator's command needs of an attached data plane, running shield or not."""
+
+    name: str
+
+    @property
+    def bypass(self) -> bool: ...
+
+    def set_bypass(self, on: bool) -> None: ...
+
+    def global_stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+def open_control(config: Config) -> Control:
+    """The kill switch and counters of whichever data plane is in place: XDP pinned in
+    ``shield.pin_dir``, else the nftables table."""
+    from ddos_shield.dataplane.xdp import PinnedControl
+
+    try:
+        return PinnedControl(config.shield.pin_dir)
+    except DataPlaneError as xdp_error:
+        from ddos_shield.mitigate.nftables import NftablesBackend, table_exists
+
+        if not table_exists():
+            raise DataPlaneError(f"no data plane in place: {xdp_error}, and no nftables table") from None
+        return NftablesBackend(config.shield.interfaces)

@@ -224,6 +224,8 @@ class PinnedControl:
     >>> PinnedControl("/sys/fs/bpf/ddos_shield").set_bypass(True)  # doctest: +SKIP
     """
 
+    name = "xdp"
+
     def __init__(self, pin_dir: str) -> None:
         check_bpffs(pin_dir)
         abi = load_abi()

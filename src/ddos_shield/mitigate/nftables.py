@@ -580,6 +580,8 @@ class NftablesBackend(Backend):
         state = self.state()
         return {n: int(state.counters[n]["packets"]) for n in GLOBAL_COUNTERS if n in state.counters}
 
+    global_stats = global_counters  # the name operator commands use (dataplane.Control)
+
     # -- changing
 
     def set_allowlist(self, sources: Sequence[IPNetwork]) -> None:
@@ -757,10 +759,14 @@ def _same_shape(a: Rule, b: Rule) -> bool:
     return (a.match, a.action, a.rate_pps, a.attack_id) == (b.match, b.action, b.rate_pps, b.attack_id)
 
 
+def table_exists(table: str = DEFAULT_TABLE) -> bool:
+    return Nft().try_run([{"list": {"table": {"family": FAMILY, "name": table}}}]) is not None
+
+
 def remove_table(table: str = DEFAULT_TABLE) -> bool:
     """Delete the shield's table if it exists; returns whether it did."""
-    nft = Nft()
-    if nft.try_run([{"list": {"table": {"family": FAMILY, "name": table}}}]) is None:
+    if not table_exists(table):
         return False
+    nft = Nft()
     nft.run([{"delete": {"table": {"family": FAMILY, "name": table}}}], f"delete table {FAMILY} {table}")
     return True
