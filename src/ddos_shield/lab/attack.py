@@ -45,6 +45,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -468,7 +469,9 @@ class RunningAttack:
         self.plan = the_plan
         self.spec = the_plan.spec
         self._report: AttackReport | None = None
-        self._lock_fd: int | None = _take_lock()
+        lock_fd = _take_lock()
+        # Released by _cleanup, or when this object is collected without wait()/stop().
+        self._release_lock = weakref.finalize(self, os.close, lock_fd)
         self._workdir = Path(tempfile.mkdtemp(prefix="dsl-attack-"))
         self._samples: list[tuple[float, int]] = []
         self._sampling = threading.Event()
@@ -549,12 +552,14 @@ class RunningAttack:
 
     def _finish(self) -> AttackReport:
         ended = time.time()
-        if self.plan.config is not None:
-            _drain()
-        after = if_counters(NS_ATTACKER, ATTACKER_IF)
-        self._sampling.set()
-        self._sampler.join(2.0)
-        self._cleanup()
+        try:
+            if self.plan.config is not None:
+                _drain()
+            after = if_counters(NS_ATTACKER, ATTACKER_IF)
+        finally:
+            self._sampling.set()
+            self._sampler.join(2.0)
+            self._cleanup()
         sent = after["tx_packets"] - self._before["tx_packets"]
         self._report = AttackReport(
             kind=self.spec.kind,
@@ -583,15 +588,21 @@ class RunningAttack:
         with contextlib.suppress(OSError):
             self._output_tail = (self._workdir / "output.txt").read_text(errors="replace")[-500:]
         if self.plan.config is not None:
-            _unpace()
+            with contextlib.suppress(LabError, OSError, subprocess.SubprocessError):
+                _unpace()
         shutil.rmtree(self._workdir, ignore_errors=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+        self._release_lock()  # closing the file releases the flock; runs once
 
     def _sample(self) -> None:
         base = self._before["tx_packets"]
+        exited: float | None = None
         while not self._sampling.is_set():
+            # Stop by itself a second after the tool ended (its queue has drained by then),
+            # so an attack nobody waits for does not keep polling.
+            if self._proc.poll() is not None:
+                exited = exited or time.monotonic()
+                if time.monotonic() - exited > 1.0:
+                    break
             try:
                 c = if_counters(NS_ATTACKER, ATTACKER_IF)["tx_packets"] - base
             except LabError:
