@@ -616,6 +616,18 @@ class Lab:
         from ddos_shield.lab.client import victim_url
 
         deadline = time.monotonic() + timeout
+        # Carrier first: a generator started on an interface still coming up refuses to run.
+        ends = [
+            (NS_ATTACKER, ATTACKER_IF), (NS_CLIENT, CLIENT_IF), (NS_SHIELD, SHIELD_OUTSIDE_IF),
+            (NS_SHIELD, SHIELD_INSIDE_IF), (NS_VICTIM, VICTIM_IF), *((NS_UPSTREAM, p) for p in UPSTREAM_PORTS.values()),
+        ]  # fmt: skip
+        while True:
+            down = [(ns, i) for ns, i in ends if _ip_json(ns, ["link", "show", "dev", i])[0].get("operstate") != "UP"]
+            if not down:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"interfaces not up: {down}")
+            time.sleep(0.05)
         pending = [victim_url(4), victim_url(6)]
         last = ""
         while pending:
