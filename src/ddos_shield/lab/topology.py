@@ -315,12 +315,13 @@ class Lab:
             Path(LAB_RUN_DIR).mkdir(parents=True, exist_ok=True)
             self._mount_bpffs()
             self._namespaces()
-            self._links()
-            self._addresses()
-            self.shape(capacity_mbit, queue_packets)
+            # The guard goes in before any interface exists.
             for ns in NAMESPACES:
                 _nft(ns, guard_ruleset())
             _nft(NS_ATTACKER, _quiet_ruleset())
+            self._links()
+            self._addresses()
+            self.shape(capacity_mbit, queue_packets)
             _nft(NS_UPSTREAM, _upstream_ruleset())
             self._start_victim()
             self._wait_ready()
