@@ -81,7 +81,6 @@ VICTIM_LOG_FILE = f"{LAB_RUN_DIR}/victim.log"
 #: Extra table in dsl-atk: the attacking host stays silent (see the module docstring).
 ATTACKER_QUIET_TABLE = "dsl_quiet"
 _NETNS_DIR = Path("/run/netns")
-_COUNTER_KEYS = ("rx_packets", "rx_bytes", "rx_dropped", "tx_packets", "tx_bytes", "tx_dropped")
 
 
 # ---- running things inside the lab ----------------------------------------------
