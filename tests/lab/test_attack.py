@@ -82,10 +82,11 @@ def test_unsafe_or_malformed_attacks_are_refused_before_anything_runs(
 # ---- commands -------------------------------------------------------------------------
 
 TOOL_FOR = [
-    # hping3 where it fits: IPv4 from the attacker's own address
-    (AttackSpec("syn"), "hping3"),
-    (AttackSpec("udp"), "hping3"),
-    (AttackSpec("icmp"), "hping3"),
+    # hping3 where it fits: IPv4 from the attacker's own address, at rates it keeps up with
+    (AttackSpec("syn", pps=5000), "hping3"),
+    (AttackSpec("udp", pps=2000), "hping3"),
+    (AttackSpec("icmp", pps=1000), "hping3"),
+    (AttackSpec("syn", pps=20000), "trafgen"),
     # trafgen for the rest
     (AttackSpec("frag"), "trafgen"),
     (AttackSpec("udp-spoofed"), "trafgen"),

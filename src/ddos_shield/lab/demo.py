@@ -28,7 +28,7 @@ from ddos_shield.errors import LabError
 from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.probe import FirstPacketProbe
-from ddos_shield.lab.topology import Lab, popen_in
+from ddos_shield.lab.topology import Lab, lab_session, popen_in
 from ddos_shield.records import Category, IPNetwork, Match, PacketFlag, addr_bytes, empty_traffic
 
 DEFAULT_ATTACKS = ("syn/4", "udp-spoofed/4", "icmp/6", "frag/4", "udp-spoofed/6", "syn-spoofed/4")
@@ -275,7 +275,7 @@ def run_demo(*, json_out: bool, attacks: str | None, pps: int, seconds: float) -
     plan = parse_attacks(attacks)
     the_lab = Lab()
     results: list[AttackResult] = []
-    with tempfile.TemporaryDirectory(prefix="ddos-shield-demo-") as tmp:
+    with lab_session(), tempfile.TemporaryDirectory(prefix="ddos-shield-demo-") as tmp:
         con.print("[bold]Building the lab[/] (namespaces, bottleneck, victim HTTP server)")
         the_lab.up()
         shield = LabShield(Path(tmp))
