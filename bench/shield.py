@@ -66,7 +66,10 @@ def main() -> int:
     off_rows: list[tuple[str, int, int, int, int]] = []
     try:
         # ---- no attack, and shield off under attack
-        legit = [LegitTraffic.start(family=4, rate=20.0, seconds=600), LegitTraffic.start(family=6, rate=20.0, seconds=600)]
+        legit = [
+            LegitTraffic.start(family=4, rate=20.0, seconds=600),
+            LegitTraffic.start(family=6, rate=20.0, seconds=600),
+        ]
         t0 = time.time()
         time.sleep(5)
         ok, n = legit_rate([r for lt in legit for r in lt.results()], t0, time.time())
@@ -89,36 +92,46 @@ def main() -> int:
             time.sleep(10)
             cpu1, mem_idle = proc_usage(pid)
             idle_cpu = (cpu1 - cpu0) / 10
-            legit = [LegitTraffic.start(family=4, rate=20.0, seconds=3600),
-                     LegitTraffic.start(family=6, rate=20.0, seconds=3600)]
+            legit = [
+                LegitTraffic.start(family=4, rate=20.0, seconds=3600),
+                LegitTraffic.start(family=6, rate=20.0, seconds=3600),
+            ]
             for pps in rates:
                 for kind, fam in kinds:
                     for _ in range(args.runs):
                         c0, _ = proc_usage(pid)
                         t = time.time()
-                        r = measure_attack(shield, legit, AttackSpec(kind=kind, family=fam, pps=pps,
-                                                                     seconds=args.seconds, cpu=1))
+                        r = measure_attack(
+                            shield, legit, AttackSpec(kind=kind, family=fam, pps=pps, seconds=args.seconds, cpu=1)
+                        )
                         c1, mem = proc_usage(pid)
                         rows.append((r, {"cpu_s": c1 - c0, "wall_s": time.time() - t, "mem_kb": mem}))
-                        print(f"# {kind}/{fam} {pps}: ttd={r.time_to_detect_ms} ttm={r.time_to_mitigate_ms} "
-                              f"drop={r.attack_packets_dropped}/{r.attack_packets_sent} "
-                              f"legit={r.legit_ok}/{r.legit_requests}", file=sys.stderr)
+                        print(
+                            f"# {kind}/{fam} {pps}: ttd={r.time_to_detect_ms} ttm={r.time_to_mitigate_ms} "
+                            f"drop={r.attack_packets_dropped}/{r.attack_packets_sent} "
+                            f"legit={r.legit_ok}/{r.legit_requests}",
+                            file=sys.stderr,
+                        )
             for lt in legit:
                 lt.stop()
             shield.stop()
     finally:
         the_lab.down()
 
-    print(f"### End to end ({time.strftime('%Y-%m-%d')}, {platform.node()}, kernel {platform.release()}, "
-          f"{_cpu_model()}, {args.runs} runs, {args.seconds:g} s attacks)\n")
+    print(
+        f"### End to end ({time.strftime('%Y-%m-%d')}, {platform.node()}, kernel {platform.release()}, "
+        f"{_cpu_model()}, {args.runs} runs, {args.seconds:g} s attacks)\n"
+    )
     print(f"Legitimate client without attack: {pct(*baseline)} of {baseline[1]} requests ok.\n")
     print("Shield off (no XDP), first rate:\n")
     print("| attack | sent | legit ok |\n|---|---|---|")
     for kind, fam, sent, ok, n in off_rows:
         print(f"| {kind}/{fam} | {sent} | {pct(ok, n)} ({ok}/{n}) |")
     print(f"\nShield on: idle control process {idle_cpu * 100:.2f}% of a core, peak RSS {mem_idle / 1024:.0f} MB.\n")
-    print("| attack | pps | TTD median / worst ms | TTM median / worst ms | dropped | legit ok (whole / after rule) "
-          "| legit blocked | ctl CPU s per attack | peak RSS MB |")
+    print(
+        "| attack | pps | TTD median / worst ms | TTM median / worst ms | dropped | legit ok (whole / after rule) "
+        "| legit blocked | ctl CPU s per attack | peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for pps in rates:
         for kind, fam in kinds:
@@ -132,9 +145,11 @@ def main() -> int:
             aok = sum(r.legit_ok_after_rule for r, _ in rs)
             an = sum(r.legit_requests_after_rule for r, _ in rs)
             blocked = sum(r.legit_sources_blocked for r, _ in rs)
-            print(f"| {kind}/{fam} | {pps} | {_mw(ttd)} | {_mw(ttm)} | {pct(dropped, sent)} | "
-                  f"{pct(lok, ln)} / {pct(aok, an)} | {blocked} | "
-                  f"{statistics.median(m['cpu_s'] for _, m in rs):.2f} | {max(m['mem_kb'] for _, m in rs) / 1024:.0f} |")
+            print(
+                f"| {kind}/{fam} | {pps} | {_mw(ttd)} | {_mw(ttm)} | {pct(dropped, sent)} | "
+                f"{pct(lok, ln)} / {pct(aok, an)} | {blocked} | "
+                f"{statistics.median(m['cpu_s'] for _, m in rs):.2f} | {max(m['mem_kb'] for _, m in rs) / 1024:.0f} |"
+            )
     return 0
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ddos_shield.cli.main", *args], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ddos_shield.cli.main", *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_example_passes_check(tmp_path: Path) -> None:

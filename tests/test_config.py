@@ -21,12 +21,21 @@ BAD = [
     # (toml, expected "line: field" prefix fragment)
     ('protected = ["203.0.113.0/24"]\n[shield]\ninterval_ms = "fast"\n', ":3: shield.interval_ms:"),
     ('protected = ["203.0.113.0/33"]\n', ":1: protected:"),
-    ('protected = ["203.0.113.0/24"]\n[[groups]]\nname = "a"\n[groups.thresholds]\nudp = { pps = -1 }\n', ":5: groups[0].thresholds.udp.pps:"),
-    ('protected = ["203.0.113.0/24"]\n[[groups]]\nname = "a"\n[[groups]]\nname = "b"\naction = "explode"\n', ":6: groups[1].action:"),
+    (
+        'protected = ["203.0.113.0/24"]\n[[groups]]\nname = "a"\n[groups.thresholds]\nudp = { pps = -1 }\n',
+        ":5: groups[0].thresholds.udp.pps:",
+    ),
+    (
+        'protected = ["203.0.113.0/24"]\n[[groups]]\nname = "a"\n[[groups]]\nname = "b"\naction = "explode"\n',
+        ":6: groups[1].action:",
+    ),
     ('protected = ["203.0.113.0/24"]\n[shield]\ninterfacez = ["x"]\n', ":3: shield.interfacez: unknown field"),
-    ('allowlist = []\n', ": protected: Field required"),
-    ('protected = ["203.0.113.0/24"]\n[[groups]]\nname = "g"\nprefixes = ["192.0.2.0/24"]\n', "outside every protected prefix"),
-    ('protected = [\n', "<config>: "),  # TOML syntax error, tomllib names line and column
+    ("allowlist = []\n", ": protected: Field required"),
+    (
+        'protected = ["203.0.113.0/24"]\n[[groups]]\nname = "g"\nprefixes = ["192.0.2.0/24"]\n',
+        "outside every protected prefix",
+    ),
+    ("protected = [\n", "<config>: "),  # TOML syntax error, tomllib names line and column
 ]
 
 
@@ -43,4 +52,6 @@ def test_reference_doc_is_current() -> None:
     from ddos_shield.config import reference
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-    assert doc.read_text() == reference(), "regenerate: python -c 'from ddos_shield.config import reference; print(reference(), end=\"\")' > docs/configuration.md"
+    assert doc.read_text() == reference(), (
+        "regenerate: python -c 'from ddos_shield.config import reference; print(reference(), end=\"\")' > docs/configuration.md"
+    )

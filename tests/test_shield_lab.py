@@ -185,4 +185,3 @@ def _xdp_stats(shield: LabShield) -> dict[str, int]:
     assert out.returncode == 0, out.stderr
     stats: dict[str, int] = json.loads(out.stdout)["dataplane"]
     return stats
-

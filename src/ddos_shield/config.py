@@ -103,7 +103,9 @@ class Group(_Model):
 
 
 class Shield(_Model):
-    interfaces: list[str] = Field(default_factory=list, description="interfaces to watch and protect (the outside link)")
+    interfaces: list[str] = Field(
+        default_factory=list, description="interfaces to watch and protect (the outside link)"
+    )
     dataplane: Literal["auto", "xdp", "nftables"] = Field(
         "auto", description="'auto' uses XDP and falls back to nftables where XDP cannot attach"
     )
@@ -111,9 +113,15 @@ class Shield(_Model):
         "auto", description="XDP attach mode: native (driver) where supported, generic otherwise"
     )
     interval_ms: int = Field(100, ge=10, le=1000, description="control loop period: counters are read this often")
-    pin_dir: str = Field("/sys/fs/bpf/ddos_shield", description="bpffs directory where program, links and maps are pinned")
-    detach_on_stop: bool = Field(False, description="detach the data plane when the shield stops (default: protection stays)")
-    ipv6_prefix_len: int = Field(64, ge=8, le=128, description="IPv6 destinations are counted per prefix of this length")
+    pin_dir: str = Field(
+        "/sys/fs/bpf/ddos_shield", description="bpffs directory where program, links and maps are pinned"
+    )
+    detach_on_stop: bool = Field(
+        False, description="detach the data plane when the shield stops (default: protection stays)"
+    )
+    ipv6_prefix_len: int = Field(
+        64, ge=8, le=128, description="IPv6 destinations are counted per prefix of this length"
+    )
     sample_target_pps: int = Field(
         4000, gt=0, description="samples per second to aim for; the 1-in-N sampling rate adapts to the load"
     )
@@ -123,7 +131,9 @@ class Shield(_Model):
 
 class Mitigation(_Model):
     max_sources_per_attack: int = Field(
-        32, ge=0, description="block by source prefix when at most this many sources carry the attack; otherwise by fingerprint"
+        32,
+        ge=0,
+        description="block by source prefix when at most this many sources carry the attack; otherwise by fingerprint",
     )
     source_share: float = Field(
         0.9, gt=0, le=1, description="the chosen sources (or fingerprint) must cover this share of the attack's samples"
@@ -141,7 +151,8 @@ class Config(_Model):
 
     protected: list[str] = Field(description="destination prefixes the shield watches and protects")
     allowlist: list[str] = Field(
-        default_factory=list, description="source prefixes never dropped nor rate-limited (checked first, in the kernel)"
+        default_factory=list,
+        description="source prefixes never dropped nor rate-limited (checked first, in the kernel)",
     )
     shield: Shield = Field(default_factory=Shield, description="the data plane and the control loop")
     mitigation: Mitigation = Field(default_factory=Mitigation, description="how rules are built from attacks")
@@ -409,7 +420,9 @@ def reference() -> str:
                 default = f"`{_toml(f.default_factory())}`" if key not in ("thresholds",) else "see below"  # type: ignore[call-arg]
             else:
                 default = f"`{_toml(f.default)}`"
-            if isinstance(f.default, BaseModel) or (f.default_factory is not None and key in ("shield", "mitigation", "events")):
+            if isinstance(f.default, BaseModel) or (
+                f.default_factory is not None and key in ("shield", "mitigation", "events")
+            ):
                 default = "table"
             out.append(f"| `{key}` | {default} | {f.description or ''} |")
         out.append("")

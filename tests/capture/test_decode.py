@@ -29,27 +29,56 @@ FRAG4 = fragment(_big[IP], fragsize=600)
 
 CASES: list[tuple[str, Packet, dict[str, object]]] = [
     # ---- IPv4 transports
-    ("v4 syn", E / V4 / TCP(sport=1234, dport=80, flags="S"),
-     {"cat": Category.TCP_SYN, "sport": 1234, "dport": 80, "proto": 6, "ttl": 57, "tcp_flags": 0x02}),
+    (
+        "v4 syn",
+        E / V4 / TCP(sport=1234, dport=80, flags="S"),
+        {"cat": Category.TCP_SYN, "sport": 1234, "dport": 80, "proto": 6, "ttl": 57, "tcp_flags": 0x02},
+    ),
     ("v4 ack", E / V4 / TCP(sport=1234, dport=80, flags="A"), {"cat": Category.TCP, "tcp_flags": 0x10}),
     ("v4 synack", E / V4 / TCP(flags="SA"), {"cat": Category.TCP}),
     ("v4 udp", E / V4 / UDP(sport=53, dport=4444), {"cat": Category.UDP, "sport": 53, "dport": 4444}),
     ("v4 icmp", E / V4 / ICMP(type=8, code=0), {"cat": Category.ICMP, "dport": 8 << 8}),
-    ("v4 gre", E / IP(src="198.51.100.66", dst="203.0.113.10", proto=47) / Raw(b"\0" * 8), {"cat": Category.OTHER, "proto": 47}),
+    (
+        "v4 gre",
+        E / IP(src="198.51.100.66", dst="203.0.113.10", proto=47) / Raw(b"\0" * 8),
+        {"cat": Category.OTHER, "proto": 47},
+    ),
     # ---- VLAN
     ("vlan", E / Dot1Q(vlan=10) / V4 / UDP(sport=5, dport=6), {"cat": Category.UDP, "flags": PacketFlag.VLAN}),
-    ("qinq", E / Dot1AD(vlan=20) / Dot1Q(vlan=10) / V4 / TCP(flags="S"), {"cat": Category.TCP_SYN, "flags": PacketFlag.VLAN}),
+    (
+        "qinq",
+        E / Dot1AD(vlan=20) / Dot1Q(vlan=10) / V4 / TCP(flags="S"),
+        {"cat": Category.TCP_SYN, "flags": PacketFlag.VLAN},
+    ),
     # ---- fragments
     ("v4 first frag", E / FRAG4[0], {"cat": Category.UDP, "sport": 1, "flags": PacketFlag.FRAG}),
-    ("v4 later frag", E / FRAG4[1], {"cat": Category.FRAG, "sport": 0, "flags": PacketFlag.FRAG | PacketFlag.FRAG_LATER}),
+    (
+        "v4 later frag",
+        E / FRAG4[1],
+        {"cat": Category.FRAG, "sport": 0, "flags": PacketFlag.FRAG | PacketFlag.FRAG_LATER},
+    ),
     # ---- IPv6
-    ("v6 syn", E / V6 / TCP(sport=999, dport=443, flags="S"), {"cat": Category.TCP_SYN, "dport": 443, "ttl": 33, "flags": PacketFlag.IPV6}),
+    (
+        "v6 syn",
+        E / V6 / TCP(sport=999, dport=443, flags="S"),
+        {"cat": Category.TCP_SYN, "dport": 443, "ttl": 33, "flags": PacketFlag.IPV6},
+    ),
     ("v6 icmp", E / V6 / ICMPv6EchoRequest(), {"cat": Category.ICMP, "proto": 58, "dport": 128 << 8}),
-    ("v6 ext chain", E / V6 / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(sport=7, dport=8), {"cat": Category.UDP, "sport": 7, "dport": 8}),
-    ("v6 first frag", E / V6 / IPv6ExtHdrFragment(offset=0, m=1, id=5) / UDP(sport=7, dport=8),
-     {"cat": Category.UDP, "sport": 7, "flags": PacketFlag.IPV6 | PacketFlag.FRAG}),
-    ("v6 later frag", E / V6 / IPv6ExtHdrFragment(offset=100, m=0, id=5, nh=17) / Raw(b"y" * 40),
-     {"cat": Category.FRAG, "sport": 0, "flags": PacketFlag.IPV6 | PacketFlag.FRAG | PacketFlag.FRAG_LATER}),
+    (
+        "v6 ext chain",
+        E / V6 / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / UDP(sport=7, dport=8),
+        {"cat": Category.UDP, "sport": 7, "dport": 8},
+    ),
+    (
+        "v6 first frag",
+        E / V6 / IPv6ExtHdrFragment(offset=0, m=1, id=5) / UDP(sport=7, dport=8),
+        {"cat": Category.UDP, "sport": 7, "flags": PacketFlag.IPV6 | PacketFlag.FRAG},
+    ),
+    (
+        "v6 later frag",
+        E / V6 / IPv6ExtHdrFragment(offset=100, m=0, id=5, nh=17) / Raw(b"y" * 40),
+        {"cat": Category.FRAG, "sport": 0, "flags": PacketFlag.IPV6 | PacketFlag.FRAG | PacketFlag.FRAG_LATER},
+    ),
 ]
 
 

@@ -15,8 +15,9 @@ VICTIM = "203.0.113.10"
 
 
 def attack(*cats: Category, target: str = VICTIM + "/32") -> Attack:
-    return Attack(1, as_network(target), "default", tuple(AttackType.UDP_FLOOD for _ in cats), cats,
-                  0.0, 1.0, 1.0, 1.0, 1.0, 0.0)
+    return Attack(
+        1, as_network(target), "default", tuple(AttackType.UDP_FLOOD for _ in cats), cats, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0
+    )
 
 
 def legit() -> np.ndarray:
@@ -43,20 +44,35 @@ def test_few_sources_become_source_rules(n_sources: int) -> None:
 
 def test_a_legitimate_client_in_the_window_is_not_a_source() -> None:
     # 1000 attack samples from one source, 15 SYNs of a client in the same category
-    w = np.concatenate([
-        packets(1000, src="198.51.100.66", dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, length=54),
-        packets(15, src="198.51.100.10", dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, length=74),
-    ])
+    w = np.concatenate(
+        [
+            packets(1000, src="198.51.100.66", dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, length=54),
+            packets(15, src="198.51.100.10", dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, length=74),
+        ]
+    )
     cands = build(attack(Category.TCP_SYN), w, **KW)
     assert cands is not None and [str(c.match.src) for c in cands] == ["198.51.100.66/32"]
 
 
 def test_spoofed_syn_fingerprint_excludes_real_handshakes() -> None:
-    w = np.concatenate([
-        packets(2000, src=spoofed_v4(2000), dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2,
-                length=54, ttl=64, sport=1024),
-        packets(5, src="198.51.100.10", dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, length=74, ttl=64),
-    ])
+    w = np.concatenate(
+        [
+            packets(
+                2000,
+                src=spoofed_v4(2000),
+                dst=VICTIM,
+                proto=6,
+                category=Category.TCP_SYN,
+                tcp_flags=2,
+                length=54,
+                ttl=64,
+                sport=1024,
+            ),
+            packets(
+                5, src="198.51.100.10", dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, length=74, ttl=64
+            ),
+        ]
+    )
     (c,) = build(attack(Category.TCP_SYN), w, **KW) or []
     assert c.kind == "fingerprint"
     assert c.match.tcp_flags == (0x12, 0x02)
@@ -75,11 +91,13 @@ def test_fragments_get_no_port_fields() -> None:
 
 
 def test_two_categories_two_fingerprints_and_collateral() -> None:
-    w = np.concatenate([
-        packets(500, src=spoofed_v4(500, 1), dst=VICTIM, proto=17, category=Category.UDP, dport=53, length=90),
-        packets(500, src=spoofed_v4(500, 2), dst=VICTIM, proto=1, category=Category.ICMP, length=98),
-        legit(),
-    ])
+    w = np.concatenate(
+        [
+            packets(500, src=spoofed_v4(500, 1), dst=VICTIM, proto=17, category=Category.UDP, dport=53, length=90),
+            packets(500, src=spoofed_v4(500, 2), dst=VICTIM, proto=1, category=Category.ICMP, length=98),
+            legit(),
+        ]
+    )
     cands = build(attack(Category.UDP, Category.ICMP), w, **KW) or []
     assert sorted(c.match.proto for c in cands) == [1, 17]
     assert all(c.collateral_share == 0.0 for c in cands)

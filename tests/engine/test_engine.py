@@ -57,17 +57,32 @@ class Harness:
 
 def legit(now: float) -> np.ndarray:
     # two HTTP exchanges per tick: SYN with options (74 bytes), then data
-    return np.concatenate([
-        packets(2, src=CLIENT, dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=0x02, length=74, ts=now),
-        packets(6, src=CLIENT, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x18, length=140, ts=now),
-    ])
+    return np.concatenate(
+        [
+            packets(2, src=CLIENT, dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=0x02, length=74, ts=now),
+            packets(6, src=CLIENT, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x18, length=140, ts=now),
+        ]
+    )
 
 
 def test_spoofed_udp_flood_gets_a_fingerprint_that_spares_the_client() -> None:
     h = Harness()
     srcs = spoofed_v4(5000)
-    flood = lambda now: packets(1000, src=srcs, dst=VICTIM, proto=17, category=Category.UDP,  # noqa: E731
-                                sport=1234, dport=9, length=60, ttl=61, ts=now)
+
+    def flood(now: float) -> np.ndarray:
+        return packets(
+            1000,
+            src=srcs,
+            dst=VICTIM,
+            proto=17,
+            category=Category.UDP,
+            sport=1234,
+            dport=9,
+            length=60,
+            ttl=61,
+            ts=now,
+        )
+
     h.run(1.0, [legit])
     assert h.events("attack_start") == []
     h.run(2.0, [legit, flood])
@@ -78,7 +93,13 @@ def test_spoofed_udp_flood_gets_a_fingerprint_that_spares_the_client() -> None:
     rule = applied[0]["rule"]
     m = Match.from_json(rule["match"])
     assert m.src is not None and m.src.subnet_of(__import__("ipaddress").ip_network("198.18.0.0/15"))
-    assert (m.proto, m.dst, str(m.dport), str(m.length), str(m.ttl)) == (17, __import__("ipaddress").ip_network("203.0.113.10/32"), "9", "60", "61")
+    assert (m.proto, m.dst, str(m.dport), str(m.length), str(m.ttl)) == (
+        17,
+        __import__("ipaddress").ip_network("203.0.113.10/32"),
+        "9",
+        "60",
+        "61",
+    )
     assert rule["attack_share"] > 0.99 and rule["collateral_share"] == 0.0
     assert applied[0]["ts"] - start[0]["ts"] <= 0.3
     # the client's traffic is untouched: nothing of it is dropped
@@ -96,8 +117,19 @@ def test_spoofed_udp_flood_gets_a_fingerprint_that_spares_the_client() -> None:
 
 def test_single_source_syn_flood_is_blocked_by_source() -> None:
     h = Harness()
-    flood = lambda now: packets(400, src="198.51.100.66", dst=VICTIM, proto=6, category=Category.TCP_SYN,  # noqa: E731
-                                tcp_flags=0x02, length=54, ts=now)
+
+    def flood(now: float) -> np.ndarray:
+        return packets(
+            400,
+            src="198.51.100.66",
+            dst=VICTIM,
+            proto=6,
+            category=Category.TCP_SYN,
+            tcp_flags=0x02,
+            length=54,
+            ts=now,
+        )
+
     h.run(1.0, [legit, flood])
     rules = [e["rule"] for e in h.events("mitigation_applied")]
     assert [r["match"] for r in rules] == [{"src": "198.51.100.66/32"}]
@@ -105,9 +137,20 @@ def test_single_source_syn_flood_is_blocked_by_source() -> None:
 
 
 def test_allowlisted_source_is_never_chosen() -> None:
-    h = Harness(CONFIG.replace('protected =', 'allowlist = ["198.51.100.66/32"]\nprotected ='))
-    flood = lambda now: packets(400, src="198.51.100.66", dst=VICTIM, proto=6, category=Category.TCP_SYN,  # noqa: E731
-                                tcp_flags=0x02, length=54, ts=now)
+    h = Harness(CONFIG.replace("protected =", 'allowlist = ["198.51.100.66/32"]\nprotected ='))
+
+    def flood(now: float) -> np.ndarray:
+        return packets(
+            400,
+            src="198.51.100.66",
+            dst=VICTIM,
+            proto=6,
+            category=Category.TCP_SYN,
+            tcp_flags=0x02,
+            length=54,
+            ts=now,
+        )
+
     h.run(1.0, [flood])
     for e in h.events("mitigation_applied"):
         assert "src" not in e["rule"]["match"] or e["rule"]["match"]["src"] != "198.51.100.66/32"
@@ -125,7 +168,7 @@ def test_pulsing_attack_is_one_attack() -> None:
 
 
 def test_observe_group_detects_without_rules() -> None:
-    h = Harness(CONFIG.replace('hold_seconds = 2.0', 'hold_seconds = 2.0\naction = "observe"'))
+    h = Harness(CONFIG.replace("hold_seconds = 2.0", 'hold_seconds = 2.0\naction = "observe"'))
     flood = lambda now: packets(1000, src=spoofed_v4(100), dst=VICTIM, proto=17, category=Category.UDP, ts=now)  # noqa: E731
     h.run(1.0, [flood])
     assert len(h.events("attack_start")) == 1

@@ -43,7 +43,9 @@ IPPROTO_ICMP = 1
 IPPROTO_ICMPV6 = 58
 IPPROTO_FRAGMENT = 44
 # IPv6 extension headers walked before the transport header (RFC 8200 order).
-_V6_EXT = np.array([0, 43, 60, 51, 135, 139, 140], dtype=np.uint8)  # hop-by-hop, routing, dstopts, AH, mobility, HIP, shim6
+_V6_EXT = np.array(
+    [0, 43, 60, 51, 135, 139, 140], dtype=np.uint8
+)  # hop-by-hop, routing, dstopts, AH, mobility, HIP, shim6
 MAX_VLAN = 2
 MAX_EXTHDR = 6
 TCP_SYN = 0x02

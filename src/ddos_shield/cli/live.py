@@ -40,8 +40,13 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
         attacks.add_column(col)
     for a in snap["attacks"]:
         attacks.add_row(
-            str(a["attack_id"]), a["target"], a["group"], ", ".join(a["attack_types"]),
-            _si(a["pps"], "pps"), _si(a["peak_pps"], "pps"), f"{now - a['started']:.0f} s",
+            str(a["attack_id"]),
+            a["target"],
+            a["group"],
+            ", ".join(a["attack_types"]),
+            _si(a["pps"], "pps"),
+            _si(a["peak_pps"], "pps"),
+            f"{now - a['started']:.0f} s",
         )
 
     rules = Table(title=f"Rules in force ({len(snap['rules'])})", expand=True)
@@ -50,7 +55,11 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
     for r in snap["rules"]:
         match = " ".join(f"{k}={v}" for k, v in r["match"].items())
         rules.add_row(
-            str(r["mitigation_id"]), r["action"], match, str(r["hits"]), str(r["dropped"]),
+            str(r["mitigation_id"]),
+            r["action"],
+            match,
+            str(r["hits"]),
+            str(r["dropped"]),
             f"{r['expires_at'] - now:.0f} s",
         )
     dp = snap["dataplane"]

@@ -226,8 +226,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
     else:
-        print(f"{info['kind']} data plane; kill switch {'ON' if info['bypass'] else 'off'}; "
-              f"shield process {info['shield_pid'] or 'not running'}")
+        print(
+            f"{info['kind']} data plane; kill switch {'ON' if info['bypass'] else 'off'}; "
+            f"shield process {info['shield_pid'] or 'not running'}"
+        )
         for k, v in info["dataplane"].items():  # type: ignore[attr-defined]
             print(f"  {k:14} {v}")
     return 0

@@ -91,7 +91,9 @@ def build(
     return out
 
 
-def _candidate(match: Match, kind: Literal["source", "fingerprint"], atk: TrafficBatch, other: TrafficBatch) -> Candidate:
+def _candidate(
+    match: Match, kind: Literal["source", "fingerprint"], atk: TrafficBatch, other: TrafficBatch
+) -> Candidate:
     w_atk = atk["packets"].astype(float)
     w_oth = other["packets"].astype(float)
     share = float(w_atk[match.matches(atk)].sum() / w_atk.sum()) if w_atk.sum() else 0.0

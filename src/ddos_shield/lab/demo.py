@@ -90,9 +90,10 @@ class EventLog:
         self.events += new
         return new
 
-    def wait_for(self, pred: Any, timeout: float) -> dict[str, Any] | None:
+    def wait_for(self, pred: Any, timeout: float, since: int = 0) -> dict[str, Any] | None:
+        """The first event from index ``since`` on for which ``pred`` holds, waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         while True:
             self.poll()
             for e in self.events[seen:]:
@@ -179,11 +180,14 @@ def attack_sources(spec: AttackSpec) -> list[IPNetwork]:
     return [ipaddress.ip_network(a)]
 
 
-def measure_attack(shield: LabShield, legit: list[LegitTraffic], spec: AttackSpec, settle: float = 10.0) -> AttackResult:
+def measure_attack(
+    shield: LabShield, legit: list[LegitTraffic], spec: AttackSpec, settle: float = 10.0
+) -> AttackResult:
     """Run one attack and measure detection, mitigation and the client's experience."""
     sources = attack_sources(spec)
     victim = lab.VICTIM_V4 if spec.family == 4 else lab.VICTIM_V6
     probe = FirstPacketProbe(lab.NS_SHIELD, lab.SHIELD_OUTSIDE_IF, sources, timeout=spec.seconds + 10)
+    shield.events.poll()
     mark = len(shield.events.events)
     report = launch(spec).wait()
     first = probe.result(timeout=2.0)
@@ -193,20 +197,22 @@ def measure_attack(shield: LabShield, legit: list[LegitTraffic], spec: AttackSpe
         t = e.get("target")
         return t is not None and ipaddress.ip_address(victim) in ipaddress.ip_network(t)
 
-    start = shield.events.wait_for(lambda e: e["event"] == "attack_start" and mine(e), 2.0)
+    start = shield.events.wait_for(lambda e: e["event"] == "attack_start" and mine(e), 2.0, since=mark)
     aid = start["attack_id"] if start else None
     if aid is not None:
-        shield.events.wait_for(lambda e: e["event"] == "attack_end" and e["attack_id"] == aid, settle)
+        shield.events.wait_for(lambda e: e["event"] == "attack_end" and e["attack_id"] == aid, settle, since=mark)
     events = shield.events.events[mark:]
     applied = [e for e in events if e["event"] == "mitigation_applied" and e["attack_id"] == aid]
     ids = {e["rule"]["mitigation_id"] for e in applied}
     if ids:
         # the rules go a hold time after the end: wait for all of them
         def all_removed(_e: dict[str, Any]) -> bool:
-            gone = {x["rule"]["mitigation_id"] for x in shield.events.events[mark:] if x["event"] == "mitigation_removed"}
+            gone = {
+                x["rule"]["mitigation_id"] for x in shield.events.events[mark:] if x["event"] == "mitigation_removed"
+            }
             return ids <= gone
 
-        shield.events.wait_for(all_removed, settle)
+        shield.events.wait_for(all_removed, settle, since=mark)
     events = shield.events.events[mark:]
     removed = [e for e in events if e["event"] == "mitigation_removed" and e["rule"]["mitigation_id"] in ids]
     dropped = sum(e.get("hits", {}).get("dropped", 0) for e in removed)
@@ -240,8 +246,12 @@ def legit_sources_blocked(rules: list[dict[str, Any]]) -> int:
     kinds of packets (handshake, data, acknowledgements, both families)."""
     blocked = 0
     for family, client, victim in ((4, lab.CLIENT_V4, lab.VICTIM_V4), (6, lab.CLIENT_V6, lab.VICTIM_V6)):
-        kinds = [(Category.TCP_SYN, 0x02, 74 if family == 4 else 94), (Category.TCP, 0x10, 66 if family == 4 else 86),
-                 (Category.TCP, 0x18, 200), (Category.TCP, 0x11, 66 if family == 4 else 86)]
+        kinds = [
+            (Category.TCP_SYN, 0x02, 74 if family == 4 else 94),
+            (Category.TCP, 0x10, 66 if family == 4 else 86),
+            (Category.TCP, 0x18, 200),
+            (Category.TCP, 0x11, 66 if family == 4 else 86),
+        ]
         b = empty_traffic(len(kinds))
         b["src"] = list(addr_bytes(client))
         b["dst"] = list(addr_bytes(victim))
@@ -261,7 +271,7 @@ def legit_sources_blocked(rules: list[dict[str, Any]]) -> int:
 
 def parse_attacks(text: str | None) -> list[tuple[str, int]]:
     out = []
-    for item in (text.split(",") if text else DEFAULT_ATTACKS):
+    for item in text.split(",") if text else DEFAULT_ATTACKS:
         kind, _, fam = item.strip().partition("/")
         out.append((kind, int(fam or 4)))
     return out
@@ -284,8 +294,10 @@ def run_demo(*, json_out: bool, attacks: str | None, pps: int, seconds: float) -
             ready = shield.start()
             con.print(f"[bold]Shield ready[/]: data plane {ready['dataplane']} on {', '.join(ready['interfaces'])}")
             total = len(plan) * (seconds + 15) + 10
-            legit = [LegitTraffic.start(family=4, rate=10.0, seconds=total),
-                     LegitTraffic.start(family=6, rate=10.0, seconds=total)]
+            legit = [
+                LegitTraffic.start(family=4, rate=10.0, seconds=total),
+                LegitTraffic.start(family=6, rate=10.0, seconds=total),
+            ]
             time.sleep(1.0)
             for kind, fam in plan:
                 spec = AttackSpec(kind=kind, family=fam, pps=pps, seconds=seconds)
@@ -303,14 +315,28 @@ def run_demo(*, json_out: bool, attacks: str | None, pps: int, seconds: float) -
         print(json.dumps(summary))
     else:
         t = Table(title="Demo summary")
-        for col in ("attack", "types", "detect ms", "mitigate ms", "sent", "dropped", "legit ok", "after rule",
-                    "legit blocked"):
+        for col in (
+            "attack",
+            "types",
+            "detect ms",
+            "mitigate ms",
+            "sent",
+            "dropped",
+            "legit ok",
+            "after rule",
+            "legit blocked",
+        ):
             t.add_column(col)
         for r in results:
             t.add_row(
-                f"{r.kind}/{r.family}", ",".join(r.attack_types) or "-", _ms(r.time_to_detect_ms),
-                _ms(r.time_to_mitigate_ms), str(r.attack_packets_sent), str(r.attack_packets_dropped),
-                f"{r.legit_ok}/{r.legit_requests}", f"{r.legit_ok_after_rule}/{r.legit_requests_after_rule}",
+                f"{r.kind}/{r.family}",
+                ",".join(r.attack_types) or "-",
+                _ms(r.time_to_detect_ms),
+                _ms(r.time_to_mitigate_ms),
+                str(r.attack_packets_sent),
+                str(r.attack_packets_dropped),
+                f"{r.legit_ok}/{r.legit_requests}",
+                f"{r.legit_ok_after_rule}/{r.legit_requests_after_rule}",
                 str(r.legit_sources_blocked),
             )
         Console().print(t)
@@ -333,9 +359,12 @@ def _narrate(con: Any, r: AttackResult) -> None:
     for rule in r.rules:
         m = " ".join(f"{k}={v}" for k, v in rule["match"].items())
         con.print(f"  rule {rule['mitigation_id']} ({rule['action']}): {m}")
-    con.print(f"  in force {_ms(r.time_to_mitigate_ms)} ms after the first attack packet; "
-              f"dropped {r.attack_packets_dropped} of {r.attack_packets_sent} packets sent")
-    con.print(f"  legitimate requests during the attack: {r.legit_ok}/{r.legit_requests} ok "
-              f"({r.legit_ok_after_rule}/{r.legit_requests_after_rule} after the rule); "
-              f"legitimate sources blocked: {r.legit_sources_blocked}")
-
+    con.print(
+        f"  in force {_ms(r.time_to_mitigate_ms)} ms after the first attack packet; "
+        f"dropped {r.attack_packets_dropped} of {r.attack_packets_sent} packets sent"
+    )
+    con.print(
+        f"  legitimate requests during the attack: {r.legit_ok}/{r.legit_requests} ok "
+        f"({r.legit_ok_after_rule}/{r.legit_requests_after_rule} after the rule); "
+        f"legitimate sources blocked: {r.legit_sources_blocked}"
+    )

@@ -100,7 +100,9 @@ class Policy:
         if m is not None:
             m.rules = [r for r in m.rules if r.match != rule.match]
 
-    def step(self, changes: list[AttackChange], active: list[Attack], window: TrafficBatch, now: float) -> list[Command]:
+    def step(
+        self, changes: list[AttackChange], active: list[Attack], window: TrafficBatch, now: float
+    ) -> list[Command]:
         cmds: list[Command] = []
         for ch in changes:
             m = self._by_attack.get(ch.attack.attack_id)
