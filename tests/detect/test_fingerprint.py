@@ -77,6 +77,7 @@ def test_spoofed_syn_fingerprint_excludes_real_handshakes() -> None:
     assert c.kind == "fingerprint"
     assert c.match.tcp_flags == (0x12, 0x02)
     assert c.match.length == Range(54, 54)
+    assert c.match.src is not None and c.match.src.subnet_of(ipaddress.ip_network("198.18.0.0/15"))  # type: ignore[arg-type]
     assert c.match.dst == ipaddress.ip_network(VICTIM + "/32")
     assert c.attack_share > 0.99
 

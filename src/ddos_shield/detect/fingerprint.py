@@ -40,6 +40,9 @@ TCP_ACK = 0x10
 DOMINANT = 0.95
 #: quantiles that bound length and TTL ranges (outliers stay out of the rule)
 TAIL = 0.005
+#: the source prefix of a fingerprint holds at least this share of the attack's packets
+COMMON_PREFIX_SHARE = 0.99
+_V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,14 @@ class Candidate:
     collateral_share: float
 
 
-def attack_samples(window: TrafficBatch, attack: Attack) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    """Masks of the window's rows that belong to the attack, and of the target's other rows."""
+def attack_samples(
+    window: TrafficBatch, attack: Attack, since: float
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Masks of the window's rows that belong to the attack (its categories at its target,
+    sampled from ``since`` on), and of the target's other rows (its normal traffic)."""
     to_target = addresses_in(window["dst"], attack.target)
     in_cats = np.isin(window["category"], [int(c) for c in attack.categories])
-    return to_target & in_cats, to_target & ~in_cats
+    return to_target & in_cats & (window["ts"] >= since), to_target & ~in_cats
 
 
 def build(
@@ -65,9 +71,14 @@ def build(
     source_share: float,
     min_samples: int,
     allowlist: list[IPNetwork] | None = None,
+    lead: float = 0.1,
 ) -> list[Candidate] | None:
-    """Candidates for ``attack`` from recent samples, or None while samples are too few."""
-    atk_mask, other_mask = attack_samples(window, attack)
+    """Candidates for ``attack`` from recent samples, or None while samples are too few.
+
+    Only samples from ``lead`` seconds before the attack was seen on count as the
+    attack's: what the target received before is its normal traffic.
+    """
+    atk_mask, other_mask = attack_samples(window, attack, attack.started - lead)
     atk = window[atk_mask]
     other = window[other_mask]
     if len(atk) < min_samples:
@@ -180,17 +191,24 @@ def _range(col: npt.NDArray[np.generic], w: npt.NDArray[np.float64], limit: int)
 
 
 def _common_prefix(rows: TrafficBatch) -> IPNetwork | None:
-    """The longest prefix holding every source, when it is narrow enough to help."""
+    """The longest prefix holding nearly all sources (a stray legitimate source in the
+    window must not widen it), when it is narrow enough to help."""
     src = rows["src"]
-    same = np.all(src == src[0], axis=0)
-    diff = np.nonzero(~same)[0]
-    if len(diff) == 0:
-        nbits = 128
-    else:
-        first = int(diff[0])
-        x = np.bitwise_or.reduce(src[:, first] ^ src[0, first])
-        nbits = first * 8 + (8 - int(x).bit_length())
-    a = bytes_addr(src[0].tobytes())
+    w = rows["packets"].astype(float)
+    v4 = bool(np.all(src[:, :12] == _V4_MAPPED[None, :]))
+    top = 12 if v4 else 0
+    # reference: a source under the most common leading 16 bits
+    lead = src[:, top].astype(np.int64) << 8 | src[:, top + 1]
+    vals, inv = np.unique(lead, return_inverse=True)
+    ref = src[np.nonzero(inv == int(np.argmax(np.bincount(inv, weights=w))))[0][0]]
+    # leading bits each source shares with the reference
+    x = src ^ ref
+    nz = x != 0
+    first = np.where(nz.any(axis=1), nz.argmax(axis=1), 16)
+    byte = x[np.arange(len(x)), np.minimum(first, 15)]
+    bits = first * 8 + np.where(first < 16, 8 - np.floor(np.log2(np.maximum(byte, 1))).astype(int) - 1, 0)
+    nbits = int(np.quantile(bits, 1 - COMMON_PREFIX_SHARE, method="inverted_cdf", weights=w))
+    a = bytes_addr(ref.tobytes())
     if a.version == 4:
         plen = nbits - 96
         if plen < 8:

@@ -151,6 +151,7 @@ class Policy:
             source_share=mit.source_share,
             min_samples=mit.min_samples,
             allowlist=self._allow,
+            lead=2 * self._config.shield.interval_ms / 1000,
         )
         if cands is None:
             return []  # not enough samples yet: try again next tick
