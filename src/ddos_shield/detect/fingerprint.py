@@ -199,7 +199,7 @@ def _common_prefix(rows: TrafficBatch) -> IPNetwork | None:
     top = 12 if v4 else 0
     # reference: a source under the most common leading 16 bits
     lead = src[:, top].astype(np.int64) << 8 | src[:, top + 1]
-    vals, inv = np.unique(lead, return_inverse=True)
+    _, inv = np.unique(lead, return_inverse=True)
     ref = src[np.nonzero(inv == int(np.argmax(np.bincount(inv, weights=w))))[0][0]]
     # leading bits each source shares with the reference
     x = src ^ ref
