@@ -294,6 +294,14 @@ class Match:
     def needs_ports(self) -> bool:
         return self.sport is not None or self.dport is not None or self.tcp_flags is not None
 
+    def describe(self) -> str:
+        """One line for people: ``proto=6 dst=203.0.113.10/32 dport=80 tcp_flags=0x02/0x12``."""
+        parts = []
+        for f in self.fields():
+            v = getattr(self, f)
+            parts.append(f"{f}={v[1]:#04x}/{v[0]:#04x}" if f == "tcp_flags" else f"{f}={v}")
+        return " ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in self.fields():

@@ -14,6 +14,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from ddos_shield.records import Match
+
 
 class _Snapshotting(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
@@ -53,7 +55,7 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
     for col in ("id", "action", "match", "hits", "dropped", "expires in"):
         rules.add_column(col)
     for r in snap["rules"]:
-        match = " ".join(f"{k}={v}" for k, v in r["match"].items())
+        match = Match.from_json(r["match"]).describe()
         rules.add_row(
             str(r["mitigation_id"]),
             r["action"],

@@ -357,7 +357,7 @@ def _narrate(con: Any, r: AttackResult) -> None:
         return
     con.print(f"  detected as {', '.join(r.attack_types)} after {_ms(r.time_to_detect_ms)} ms")
     for rule in r.rules:
-        m = " ".join(f"{k}={v}" for k, v in rule["match"].items())
+        m = Match.from_json(rule["match"]).describe()
         con.print(f"  rule {rule['mitigation_id']} ({rule['action']}): {m}")
     con.print(
         f"  in force {_ms(r.time_to_mitigate_ms)} ms after the first attack packet; "
