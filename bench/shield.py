@@ -27,7 +27,7 @@ from typing import Any
 from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import AttackResult, LabShield, measure_attack
-from ddos_shield.lab.topology import Lab
+from ddos_shield.lab.topology import Lab, lab_session
 
 
 def proc_usage(pid: int) -> tuple[float, int]:
@@ -60,6 +60,11 @@ def main() -> int:
     rates = [int(r) for r in args.rates.split(",")]
     kinds = [(k.split("/")[0], int(k.split("/")[1])) for k in args.kinds.split(",")]
 
+    with lab_session():
+        return run(args, rates, kinds)
+
+
+def run(args: argparse.Namespace, rates: list[int], kinds: list[tuple[str, int]]) -> int:
     the_lab = Lab()
     the_lab.up()
     rows: list[tuple[AttackResult, dict[str, float]]] = []

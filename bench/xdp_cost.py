@@ -84,9 +84,20 @@ class XdpFilter:
         self._ip("netns", "add", self.ns)
         self._ip("-n", self.ns, "link", "add", "xf0", "type", "veth", "peer", "name", "xf1")
         self._ip("-n", self.ns, "link", "set", "xf0", "up")
-        subprocess.run(
-            ["ip", "netns", "exec", self.ns, "xdp-filter", "load", "-m", "skb", "xf0"], check=True, capture_output=True
+        # libxdp pins its maps in bpffs, and `ip netns exec` remounts /sys: give it a
+        # bpffs of its own that the namespace's view still holds.
+        self.bpffs = f"/run/{self.ns}"
+        os.makedirs(self.bpffs, exist_ok=True)
+        subprocess.run(["mount", "-t", "bpf", "bpf", self.bpffs], check=True)
+        load = subprocess.run(
+            ["ip", "netns", "exec", self.ns, "xdp-filter", "load", "-m", "skb", "xf0"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LIBXDP_BPFFS": self.bpffs},
         )
+        if load.returncode:
+            self.close()
+            raise SystemExit(f"xdp-filter load failed: {load.stderr.strip()}")
         link = json.loads(subprocess.check_output(["ip", "-n", self.ns, "-j", "link", "show", "xf0"]))[0]
         prog = link["xdp"]["prog"]
         self.prog_name = prog["name"]
@@ -110,8 +121,11 @@ class XdpFilter:
         subprocess.run(["ip", *args], check=True, capture_output=True)
 
     def close(self) -> None:
-        os.close(self.prog_fd)
+        if getattr(self, "prog_fd", None) is not None:
+            os.close(self.prog_fd)
         subprocess.run(["ip", "netns", "del", self.ns], check=False, capture_output=True)
+        subprocess.run(["umount", self.bpffs], check=False, capture_output=True)
+        os.rmdir(self.bpffs)
 
 
 def measure_sampled(dp: XdpDataPlane, data: bytes) -> float:

@@ -430,6 +430,20 @@ def test_set_protected_replaces(plane: XdpDataPlane) -> None:
     assert plane.global_stats()["unprotected"] == 1
 
 
+def test_unprotecting_forgets_counters(plane: XdpDataPlane) -> None:
+    # dropping a prefix drops its destinations' counters: detection reads no stale ones
+    plane.set_protected({as_network("203.0.113.0/24"): 1, as_network("2001:db8:113::/64"): 1})
+    run(plane, v4(UDP()))
+    run(plane, v6(UDP()))
+    assert len(counters(plane)) == 2
+    plane.set_protected({as_network("2001:db8:113::/64"): 1})
+    run(plane, v4(UDP()), repeat=3)
+    assert len(counters(plane)) == 1
+    assert plane.global_stats()["unprotected"] == 3
+    plane.set_protected({as_network("2001:db8:113::10/128"): 2})  # narrower than the /64 aggregate
+    assert counters(plane) == {}
+
+
 # ---- pinning -------------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from ddos_shield.records import (
     RuleStats,
     Source,
     TrafficBatch,
+    addresses_in,
     empty_traffic,
     key_net,
     net_key,
@@ -393,6 +394,31 @@ class XdpDataPlane(DataPlane):
             libbpf.map_update(fd, _lpm_key(self.abi, *key), val)
         for key in have.keys() - want.keys():
             libbpf.map_delete(fd, _lpm_key(self.abi, *key))
+        # Counters of destinations whose protection or group changed go with the change:
+        # detection must not go on reading counters of what it no longer protects.
+        changed = {
+            k
+            for k in want.keys() | have.keys()
+            if k not in have or k not in want or int(have[k]["group_id"][0]) != want[k]
+        }
+        if changed and have:
+            self._forget_destinations([key_net(*k) for k in changed])
+
+    def _forget_destinations(self, nets: list[IPNetwork]) -> None:
+        kdt = self.abi.dtype("dst_key")
+        keys, _ = self._read_percpu_hash("dst_stats", kdt, self.abi.dtype("dst_counters"))
+        if not len(keys):
+            return
+        agg = int(self._maps.config()["ipv6_prefix_len"][0])
+        hit = np.zeros(len(keys), dtype=bool)
+        for net in nets:
+            # IPv6 counters are kept per aggregate: widen a longer prefix to its aggregate
+            if net.version == 6 and net.prefixlen > agg:
+                net = net.supernet(new_prefix=agg)
+            hit |= addresses_in(keys["addr"], net)
+        fd = self._maps.fd["dst_stats"]
+        for i in np.nonzero(hit)[0]:
+            libbpf.map_delete(fd, keys[i : i + 1])
 
     def read_counters(self) -> np.ndarray[Any, Any]:
         kdt, vdt = self.abi.dtype("dst_key"), self.abi.dtype("dst_counters")
