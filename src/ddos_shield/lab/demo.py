@@ -45,7 +45,7 @@ allowlist = {json.dumps(list(allowlist))}
 [shield]
 interfaces = ["{lab.SHIELD_OUTSIDE_IF}"]
 dataplane = "{dataplane}"
-interval_ms = 50
+interval_ms = 100
 pin_dir = "{lab.LAB_PIN_DIR}"
 state_dir = "/run/ddos-shield-lab/state"
 sample_target_pps = 4000
