@@ -142,6 +142,51 @@ class Mitigation(_Model):
     min_samples: int = Field(20, gt=0, description="samples of an attack needed before a rule is built from them")
 
 
+DEFAULT_PORTS = {"sflow": 6343, "netflow": 2055}
+
+
+class Source(_Model):
+    """A telemetry source besides the data plane: a flow collector or a mirror port."""
+
+    type: Literal["sflow", "netflow", "mirror"] = Field(
+        description="'sflow' (sFlow v5), 'netflow' (NetFlow v5, v9 and IPFIX on one port), "
+        "'mirror' (a SPAN/mirror port read with AF_PACKET)"
+    )
+    listen: str = Field(
+        "", description="flow collectors: 'address:port' to listen on (default 0.0.0.0:6343 sFlow, 0.0.0.0:2055 NetFlow)"
+    )
+    exporters: list[str] = Field(
+        default_factory=list,
+        description="flow collectors: addresses or prefixes of the trusted exporters; datagrams from others are counted and dropped",
+    )
+    sampling_rate: int = Field(
+        1, gt=0, description="flow collectors: sampling rate assumed when the exporter does not say (1 = unsampled)"
+    )
+    interface: str = Field("", description="mirror: the interface that receives the mirrored traffic")
+    sample_every: int = Field(1, gt=0, description="mirror: keep 1 packet in N (a kernel-side filter)")
+
+    @model_validator(mode="after")
+    def _check(self) -> Source:
+        if self.type == "mirror":
+            if not self.interface:
+                raise ValueError("a mirror source needs 'interface'")
+        else:
+            if not self.exporters:
+                raise ValueError(f"a {self.type} collector needs 'exporters' (the routers it trusts)")
+            _networks([e if "/" in e else f"{e}/{128 if ':' in e else 32}" for e in self.exporters])
+            self.address()
+        return self
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) a flow collector listens on."""
+        if not self.listen:
+            return ("0.0.0.0", DEFAULT_PORTS[self.type])
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen {self.listen!r}: expected 'address:port'")
+        return (host.strip("[]") or "0.0.0.0", int(port))
+
+
 class Events(_Model):
     file: str = Field("-", description="where JSON events go, one per line: '-' for stdout, or a file path (appended)")
 
@@ -158,6 +203,9 @@ class Config(_Model):
     mitigation: Mitigation = Field(default_factory=Mitigation, description="how rules are built from attacks")
     events: Events = Field(default_factory=Events, description="where the JSON events go")
     groups: list[Group] = Field(default_factory=list, description="host groups; a 'default' group is added if absent")
+    sources: list[Source] = Field(
+        default_factory=list, description="telemetry besides the data plane: flow collectors, mirror ports"
+    )
 
     @field_validator("protected", "allowlist")
     @classmethod
@@ -249,7 +297,7 @@ def parse(text: str, name: str = "<config>") -> Config:
             line = _find_line(text, loc)
             where = f"{name}:{line}" if line else name
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
+            if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict):
                 msg += f", got {err['input']!r}"
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"
@@ -431,6 +479,12 @@ def reference() -> str:
     table("[shield]", Shield)
     table("[mitigation]", Mitigation)
     table("[events]", Events)
+    table(
+        "[[sources]]",
+        Source,
+        "Telemetry besides the data plane, any number of them, all feeding the same detection: sFlow and "
+        "NetFlow/IPFIX collectors (UDP listeners that trust only the exporters named) and mirror ports.",
+    )
     table(
         "[[groups]]",
         Group,

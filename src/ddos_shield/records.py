@@ -125,6 +125,8 @@ class PacketFlag(enum.IntFlag):
     VLAN = 1 << 3
     PROTECTED = 1 << 4
     ALLOWED = 1 << 5
+    TTL_UNKNOWN = 1 << 6  # flow records without a TTL
+    LEN_MEAN = 1 << 7  # flow records: length is the mean of the flow
 
 
 TrafficBatch = npt.NDArray[Any]

@@ -107,3 +107,11 @@ def test_two_categories_two_fingerprints_and_collateral() -> None:
 def test_allowlisted_sources_take_no_part() -> None:
     w = packets(500, src="198.51.100.66", dst=VICTIM, proto=17, category=Category.UDP)
     assert build(attack(Category.UDP), w, allowlist=[as_network("198.51.100.0/24")], **KW) == []
+
+
+def test_flow_records_leave_ttl_and_length_open() -> None:
+    w = packets(500, src=spoofed_v4(500), dst=VICTIM, proto=17, category=Category.UDP, dport=53, length=90, ttl=0)
+    w["flags"] = int(PacketFlag.TTL_UNKNOWN | PacketFlag.LEN_MEAN)
+    (c,) = build(attack(Category.UDP), w, **KW) or []
+    assert c.match.ttl is None and c.match.length is None
+    assert c.match.dport == Range(53, 53)

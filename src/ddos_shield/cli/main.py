@@ -114,7 +114,10 @@ def _pid_file(state_dir: str) -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield import config as configmod
+    from ddos_shield.capture.sources import open_sources
     from ddos_shield.dataplane import open_dataplane
+    from ddos_shield.dataplane.base import DataPlane
+    from ddos_shield.dataplane.replay import ReplayDataPlane
     from ddos_shield.engine import Engine
     from ddos_shield.events import EventSink
     from ddos_shield.mitigate.memory import MemoryBackend
@@ -127,9 +130,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pidf = _pid_file(cfg.shield.state_dir)
     _refuse_second_instance(pidf)
     events = EventSink.open(cfg.events.file)
-    dataplane = open_dataplane(cfg)
+    if cfg.shield.interfaces:
+        dataplane: DataPlane = open_dataplane(cfg)
+    else:
+        # flow collectors and mirror ports only: detect and decide, nothing to enforce on
+        logging.getLogger(__name__).warning("no shield.interfaces: detection only, rules are not enforced")
+        dataplane = ReplayDataPlane()
+        dataplane.name = "none"
     backend = MemoryBackend() if cfg.shield.dry_run else dataplane.backend
-    engine = Engine(cfg, dataplane, backend, events)
+    engine = Engine(cfg, dataplane, backend, events, sources=open_sources(cfg))
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -154,6 +163,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if live is not None:
                 live.stop()
     finally:
+        engine.close()
         detached = cfg.shield.detach_on_stop
         dataplane.close(detach=detached)
         events.emit("stopped", time.time(), detached=detached)

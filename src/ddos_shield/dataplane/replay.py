@@ -22,16 +22,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ddos_shield.dataplane.base import DataPlane
+from ddos_shield.dataplane.table import CounterTable
 from ddos_shield.mitigate.memory import MemoryBackend
-from ddos_shield.records import (
-    COUNTER_DTYPE,
-    Category,
-    IPNetwork,
-    PacketFlag,
-    TrafficBatch,
-    addresses_in,
-    empty_traffic,
-)
+from ddos_shield.records import IPNetwork, TrafficBatch, empty_traffic
 
 
 class ReplayDataPlane(DataPlane):
@@ -41,16 +34,10 @@ class ReplayDataPlane(DataPlane):
 
     def __init__(self, ipv6_prefix_len: int = 64, seed: int = 0, clock: Callable[[], float] = time.time) -> None:
         self._backend = MemoryBackend(clock)
-        self._protected: list[IPNetwork] = []
-        self._counters: dict[bytes, np.ndarray] = {}
+        self._table = CounterTable({}, ipv6_prefix_len)
         self._samples: list[TrafficBatch] = []
         self._every = 1
         self._rng = np.random.default_rng(seed)
-        self._v6_mask = np.zeros(16, dtype=np.uint8)
-        full, rest = divmod(ipv6_prefix_len, 8)
-        self._v6_mask[:full] = 0xFF
-        if rest:
-            self._v6_mask[full] = (0xFF << (8 - rest)) & 0xFF
         self._stats = {"rx": 0, "dropped": 0, "unprotected": 0, "sampled": 0}
 
     @property
@@ -58,40 +45,19 @@ class ReplayDataPlane(DataPlane):
         return self._backend
 
     def set_protected(self, prefixes: Mapping[IPNetwork, int]) -> None:
-        self._protected = list(prefixes)
+        self._table.set_protected(prefixes)
 
     def set_sample_every(self, n: int) -> None:
         self._every = n
 
     def feed(self, batch: TrafficBatch) -> None:
         """Offer a batch to the data plane: count, sample, enforce."""
-        self._stats["rx"] += int(batch["packets"].sum())
+        total = int(batch["packets"].sum())
+        self._stats["rx"] += total
         dropped = self._backend.offer(batch)
         self._stats["dropped"] += int(batch["packets"][dropped].sum())
-        prot = np.zeros(len(batch), dtype=bool)
-        for net in self._protected:
-            prot |= addresses_in(batch["dst"], net)
-        self._stats["unprotected"] += int(batch["packets"][~prot].sum())
-        rows = batch[prot]
-        drop = dropped[prot]
-        keys = rows["dst"].copy()
-        v6 = (rows["flags"] & PacketFlag.IPV6) != 0
-        keys[v6] &= self._v6_mask
-        keyv = np.ascontiguousarray(keys).view("V16").ravel()
-        for k in np.unique(keyv):
-            sel = keyv == k
-            c = self._counters.get(k.tobytes())
-            if c is None:
-                c = np.zeros(1, dtype=COUNTER_DTYPE)[0]
-                c["dst"] = np.frombuffer(k.tobytes(), dtype=np.uint8)
-                self._counters[k.tobytes()] = c
-            cats = rows["category"][sel]
-            for cat in Category:
-                m = cats == cat
-                c["pkts"][cat] += int(rows["packets"][sel][m].sum())
-                c["bytes"][cat] += int(rows["bytes"][sel][m].sum())
-            c["dropped_pkts"] += int(rows["packets"][sel][drop[sel]].sum())
-            c["dropped_bytes"] += int(rows["bytes"][sel][drop[sel]].sum())
+        self._stats["unprotected"] += total - self._table.add(batch, dropped)
+        rows = batch[self._table.protected_mask(batch["dst"])]
         if self._every and len(rows):
             pick = self._rng.random(len(rows)) < 1.0 / self._every
             s = rows[pick].copy()
@@ -102,9 +68,7 @@ class ReplayDataPlane(DataPlane):
             self._stats["sampled"] += len(s)
 
     def read_counters(self) -> np.ndarray:
-        if not self._counters:
-            return np.zeros(0, dtype=COUNTER_DTYPE)
-        return np.array(list(self._counters.values()), dtype=COUNTER_DTYPE)
+        return self._table.snapshot()
 
     def read_samples(self) -> TrafficBatch:
         if not self._samples:

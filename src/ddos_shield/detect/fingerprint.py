@@ -160,8 +160,9 @@ def _fingerprint(rows: TrafficBatch, cat: Category, target: IPNetwork) -> Match:
         fl = _dominant(rows["tcp_flags"], w)
         if fl is not None:
             tcp_flags = (0xFF, fl)
-    length = _range(rows["length"], w, limit=1 << 16)
-    ttl = _range(rows["ttl"], w, limit=256)
+    # flow records carry no TTL and only a mean length: such fields stay open
+    length = None if (rows["flags"] & PacketFlag.LEN_MEAN).any() else _range(rows["length"], w, limit=1 << 16)
+    ttl = None if (rows["flags"] & PacketFlag.TTL_UNKNOWN).any() else _range(rows["ttl"], w, limit=256)
     src = _common_prefix(rows)
     return Match(
         proto=proto,

@@ -20,13 +20,15 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ddos_shield.capture.base import TelemetrySource
 from ddos_shield.config import Config
 from ddos_shield.dataplane.base import DataPlane, counter_rates
+from ddos_shield.dataplane.table import CounterTable, merge_counters
 from ddos_shield.detect.lifecycle import AttackTracker
 from ddos_shield.detect.threshold import ThresholdDetector
 from ddos_shield.errors import ShieldError
@@ -53,12 +55,16 @@ class Engine:
         backend: Backend,
         events: EventSink,
         *,
+        sources: Sequence[TelemetrySource] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.dataplane = dataplane
         self.backend = backend
         self.events = events
+        self.sources = list(sources)
+        # traffic seen by flow collectors and mirror ports, counted as the kernel counts
+        self._telemetry = CounterTable(config.prefix_groups(), config.shield.ipv6_prefix_len)
         self._clock = clock
         self.detector = ThresholdDetector(config)
         self.tracker = AttackTracker(config, first_id=int(clock() * 1000) % 0x7FFFFFFF + 1)
@@ -79,6 +85,8 @@ class Engine:
         self.dataplane.set_protected(cfg.prefix_groups())
         self.backend.set_allowlist(cfg.allow_networks())
         self.dataplane.set_sample_every(self._sample_every)
+        for src in self.sources:
+            src.start()
         found = self.backend.list()
         if found:
             self.policy.adopt(found)
@@ -91,8 +99,14 @@ class Engine:
             dataplane=self.dataplane.name,
             backend=self.backend.name,
             interfaces=cfg.shield.interfaces,
+            sources=[s.name for s in self.sources],
             dry_run=cfg.shield.dry_run,
         )
+
+    def close(self) -> None:
+        """Stop the telemetry sources (the data plane is the caller's)."""
+        for src in self.sources:
+            src.close()
 
     def reload(self, config: Config) -> None:
         """Swap in a new, already validated configuration at once."""
@@ -102,6 +116,7 @@ class Engine:
             self.tracker.reconfigure(config)
             self.policy.reconfigure(config)
             self.dataplane.set_protected(config.prefix_groups())
+            self._telemetry.set_protected(config.prefix_groups())
             self.backend.set_allowlist(config.allow_networks())
 
     def run(self, stop: threading.Event) -> None:
@@ -128,15 +143,18 @@ class Engine:
             self._tick(now)
 
     def _tick(self, now: float) -> None:
-        counters = self.dataplane.read_counters()
+        flows = [b for src in self.sources if len(b := src.read())]
+        for b in flows:
+            self._telemetry.add(b)
+        counters = merge_counters(self.dataplane.read_counters(), self._telemetry.snapshot())
         dt = now - self._prev_time if self._prev_time is not None else 0.0
         rates = counter_rates(self._prev_counters, counters, dt)
         self._prev_counters, self._prev_time = counters, now
         self._rates = rates
 
-        samples = self.dataplane.read_samples()
-        if len(samples):
-            self._window.append(samples)
+        for samples in [self.dataplane.read_samples(), *flows]:
+            if len(samples):
+                self._window.append(samples)
         while self._window and self._window[0]["ts"].max() < now - WINDOW_SECONDS:
             self._window.popleft()
         window = np.concatenate(list(self._window)) if self._window else empty_traffic()
@@ -209,6 +227,9 @@ class Engine:
                     for r in rules
                 ],
                 "dataplane": self.dataplane.global_stats(),
+                "sources": {
+                    src.name: {exp: st.__dict__ for exp, st in src.stats().items()} for src in self.sources
+                },
                 "loop_ms_p50": loop[len(loop) // 2] if loop else 0.0,
                 "loop_ms_max": loop[-1] if loop else 0.0,
             }

@@ -74,6 +74,9 @@ enum shield_pkt_flag {
 	PKT_VLAN = 1 << 3,
 	PKT_PROTECTED = 1 << 4,   /* destination inside a protected prefix */
 	PKT_ALLOWED = 1 << 5,     /* source on the allow-list */
+	/* Set by flow telemetry, never by the kernel: what a flow record cannot tell. */
+	PKT_TTL_UNKNOWN = 1 << 6, /* no TTL in the record */
+	PKT_LEN_MEAN = 1 << 7,    /* length is the flow's mean packet length */
 };
 
 /* Verdicts recorded in samples. */
