@@ -16,18 +16,16 @@ packet sockets it creates live there; deleting the namespaces removes everything
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import nftables
 
-CLONE_NEWNET = 0x40000000
+from ddos_shield.lab.netns import in_netns
+
 TX_MAC = "02:00:00:00:0d:01"
 RX_MAC = "02:00:00:00:0d:02"
 RX_ADDRS = (
@@ -42,25 +40,6 @@ RX_ADDRS = (
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the block with this thread in network namespace ``name``."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
-    finally:
-        os.close(target)
-        os.close(home)
 
 
 class VethPair:

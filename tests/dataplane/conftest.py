@@ -3,9 +3,6 @@ a loaded (unattached) data plane, and entering a network namespace."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import uuid
@@ -16,7 +13,6 @@ import pytest
 from ddos_shield.dataplane.xdp import XdpDataPlane, detach
 
 BPFFS = "/sys/fs/bpf"
-CLONE_NEWNET = 0x40000000
 
 
 def _kernel_ready() -> str | None:
@@ -47,23 +43,3 @@ def plane(pin_dir: str) -> Iterator[XdpDataPlane]:
     dp = XdpDataPlane.open([], pin_dir)
     yield dp
     dp.close(detach=True)
-
-
-@contextlib.contextmanager
-def in_netns(name: str) -> Iterator[None]:
-    """Run the block with this thread in network namespace ``name`` (mounts untouched,
-    unlike ``ip netns exec``, so /sys/fs/bpf stays visible)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
-    finally:
-        os.close(target)
-        os.close(home)

@@ -31,8 +31,8 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from ddos_shield.dataplane.xdp import XdpDataPlane, detach
+from ddos_shield.lab.netns import in_netns
 from ddos_shield.records import Action, Category, IPNetwork, Match, Rule, as_network, bytes_addr
-from tests.dataplane.conftest import in_netns
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab]
 
@@ -223,7 +223,7 @@ CHILD = """
 import sys, time
 from ddos_shield.dataplane.xdp import XdpDataPlane
 from ddos_shield.records import Action, Match, Rule, as_network
-from tests.dataplane.conftest import in_netns
+from ddos_shield.lab.netns import in_netns
 with in_netns(sys.argv[1]):
     dp = XdpDataPlane.open([sys.argv[2]], sys.argv[3])
 rule = dp.backend.apply(Rule(Match(src=as_network("198.51.100.66/32")), Action.DROP, time.time() + 600))

@@ -2,17 +2,13 @@
 
 Time to detect and time to mitigate are measured from the moment the first attack
 packet reaches the shield, not from when the generator was started.  The probe
-opens an AF_PACKET socket inside the shield's namespace (by entering it from one
-short-lived thread: a network namespace belongs to a thread, and a socket keeps the
-namespace it was made in), asks for kernel receive timestamps, and reads until a
+opens an AF_PACKET socket inside the shield's namespace (:func:`~ddos_shield.lab.netns.netns_socket`), asks for kernel receive timestamps, and reads until a
 packet from one of the attack's sources arrives.  The kernel stamps each packet on
 arrival, so the answer is exact even if this thread reads late.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import struct
 import threading
@@ -22,41 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from ddos_shield.capture.decode import decode_frames_valid
+from ddos_shield.lab.netns import netns_socket
 from ddos_shield.records import IPNetwork, addresses_in
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
-CLONE_NEWNET = 0x40000000
 PACKET_OUTGOING = 4
 SNAP = 128
-
-
-def netns_socket(ns: str, family: int, kind: int, proto: int) -> socket.socket:
-    """A socket created inside network namespace ``ns`` (``ip netns`` name)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    result: list[socket.socket | BaseException] = []
-
-    def enter() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({ns}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(socket.socket(family, kind, proto))
-        except BaseException as e:  # handed to the caller's thread
-            result.append(e)
-
-    # The thread ends right after, taking its namespace with it; ours is untouched.
-    t = threading.Thread(target=enter, name=f"netns-{ns}")
-    t.start()
-    t.join()
-    r = result[0]
-    if isinstance(r, BaseException):
-        raise r
-    return r
 
 
 class FirstPacketProbe:
