@@ -74,7 +74,8 @@ _U32 = struct.Struct(">I")
 _U32x2 = struct.Struct(">II")
 _HEAD = struct.Struct(">IIII")  # sub-agent, sequence, uptime, samples
 _FLOW = struct.Struct(">8I")  # sequence, source id, rate, pool, drops, input, output, records
-_FLOW_EXPANDED = struct.Struct(">11I")  # sequence, id type, id index, rate, pool, drops, in fmt/value, out fmt/value, records
+# sequence, source id type and index, rate, pool, drops, input and output format and value, records
+_FLOW_EXPANDED = struct.Struct(">11I")
 _RAW = struct.Struct(">IIII")  # header protocol, frame length, stripped, header length
 _SAMPLED4 = struct.Struct(">II4s4sIIII")  # length, protocol, src, dst, sport, dport, tcp flags, tos
 _SAMPLED6 = struct.Struct(">II16s16sIIII")  # length, protocol, src, dst, sport, dport, tcp flags, priority
@@ -284,45 +285,42 @@ class SflowDecoder:
             return empty_traffic()
         # Raw headers: IP-only headers get an Ethernet header in front so that every
         # header of the datagram goes through one decoder call.
-        with_header = [i for i, s in enumerate(samples) if s.header is not None]
+        headers = [(i, s.header) for i, s in enumerate(samples) if s.header is not None]
         from_header = np.zeros(n, dtype=bool)
         decoded = empty_traffic()
-        if with_header:
-            width = 14 + max(len(samples[i].header[2]) for i in with_header)  # type: ignore[index]
-            frames = np.zeros((len(with_header), width), dtype=np.uint8)
-            caplen = np.zeros(len(with_header), dtype=np.int64)
-            wirelen = np.zeros(len(with_header), dtype=np.int64)
-            for row, i in enumerate(with_header):
-                proto, frame_len, data = samples[i].header  # type: ignore[misc]
+        if headers:
+            width = 14 + max(len(h[2]) for _, h in headers)
+            frames = np.zeros((len(headers), width), dtype=np.uint8)
+            caplen = np.zeros(len(headers), dtype=np.int64)
+            wirelen = np.zeros(len(headers), dtype=np.int64)
+            for row, (_, (proto, frame_len, data)) in enumerate(headers):
                 if proto != HEADER_ETHERNET:
                     etype = ETH_P_IP if proto == HEADER_IPV4 else ETH_P_IPV6
                     data = b"\x00" * 12 + etype.to_bytes(2, "big") + data
                 frames[row, : len(data)] = np.frombuffer(data, dtype=np.uint8)
                 caplen[row] = len(data)
-                wirelen[row] = min(frame_len, 0xFFFFFFFF)
+                wirelen[row] = frame_len
             decoded, valid = decode_frames_valid(frames, caplen, wirelen)
-            pick = np.array(with_header)[valid]
-            from_header[pick] = True
+            from_header[np.array([i for i, _ in headers])[valid]] = True
             decoded = decoded[valid]
 
         out = empty_traffic(n)
         out[from_header] = decoded
         keep = from_header.copy()
-        for i in np.flatnonzero(~from_header):
+        for i in map(int, np.flatnonzero(~from_header)):
             s = samples[i].sampled
             if s is None:
                 continue
             length, proto, src, dst, sport, dport, tcp_flags, v6 = s
-            row = out[i]
-            row["src"] = np.frombuffer(src, dtype=np.uint8)
-            row["dst"] = np.frombuffer(dst, dtype=np.uint8)
-            row["sport"] = sport & 0xFFFF
-            row["dport"] = dport & 0xFFFF
-            row["proto"] = proto & 0xFF
-            row["tcp_flags"] = tcp_flags & 0xFF
-            row["category"] = _category(proto, tcp_flags)
-            row["flags"] = PacketFlag.TTL_UNKNOWN | (PacketFlag.IPV6 if v6 else 0)
-            row["length"] = length
+            out["src"][i] = np.frombuffer(src, dtype=np.uint8)
+            out["dst"][i] = np.frombuffer(dst, dtype=np.uint8)
+            out["sport"][i] = sport & 0xFFFF
+            out["dport"][i] = dport & 0xFFFF
+            out["proto"][i] = proto & 0xFF
+            out["tcp_flags"][i] = tcp_flags & 0xFF
+            out["category"][i] = _category(proto, tcp_flags)
+            out["flags"][i] = PacketFlag.TTL_UNKNOWN | (PacketFlag.IPV6 if v6 else 0)
+            out["length"][i] = length
             keep[i] = True
         self.undecodable_samples += int(n - keep.sum())
         out = out[keep]
