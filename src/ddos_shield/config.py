@@ -153,7 +153,8 @@ class Source(_Model):
         "'mirror' (a SPAN/mirror port read with AF_PACKET)"
     )
     listen: str = Field(
-        "", description="flow collectors: 'address:port' to listen on (default 0.0.0.0:6343 sFlow, 0.0.0.0:2055 NetFlow)"
+        "",
+        description="flow collectors: 'address:port' to listen on (default 0.0.0.0:6343 sFlow, 0.0.0.0:2055 NetFlow)",
     )
     exporters: list[str] = Field(
         default_factory=list,
@@ -297,7 +298,11 @@ def parse(text: str, name: str = "<config>") -> Config:
             line = _find_line(text, loc)
             where = f"{name}:{line}" if line else name
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict):
+            if (
+                err["type"] not in ("missing", "extra_forbidden")
+                and "input" in err
+                and not isinstance(err["input"], dict)
+            ):
                 msg += f", got {err['input']!r}"
             if err["type"] == "extra_forbidden":
                 msg = "unknown field"

@@ -227,9 +227,7 @@ class Engine:
                     for r in rules
                 ],
                 "dataplane": self.dataplane.global_stats(),
-                "sources": {
-                    src.name: {exp: st.__dict__ for exp, st in src.stats().items()} for src in self.sources
-                },
+                "sources": {src.name: {exp: st.__dict__ for exp, st in src.stats().items()} for src in self.sources},
                 "loop_ms_p50": loop[len(loop) // 2] if loop else 0.0,
                 "loop_ms_max": loop[-1] if loop else 0.0,
             }
