@@ -1,0 +1,1 @@
+"""What people read: reports of replayed captures (:mod:`~ddos_shield.ui.report`)."""
