@@ -59,8 +59,9 @@ def record(fmt: int, body: bytes, enterprise: int = 0) -> bytes:
 def raw_header(frame: bytes | Packet, proto: int = 1, frame_length: int | None = None, snap: int = 128) -> bytes:
     data = bytes(frame)
     head = data[:snap]
-    length = len(data) if frame_length is None else frame_length
-    return record(1, u32(proto, length, length - len(head), len(head)) + pad4(head))
+    if frame_length is None:  # an Ethernet frame's length counts its FCS, as agents report it
+        frame_length = len(data) + 4 if proto == 1 else len(data)
+    return record(1, u32(proto, frame_length, max(frame_length - len(head), 0), len(head)) + pad4(head))
 
 
 def sampled_ipv4(
@@ -315,9 +316,9 @@ def test_real_datagrams_decode_as_tshark_shows(name: str) -> None:
                 r.sport << 8 | r.dport if r.proto in (1, 58) else r.dport,  # ICMP type/code as flow exporters store it
                 r.ttl,
                 r.tcp_flags,
-                r.frame_length,
+                r.frame_length - 4,  # the frame without its FCS, as the kernel sees it
                 r.rate,
-                r.frame_length * r.rate,
+                (r.frame_length - 4) * r.rate,
                 r.ifindex,
             )
             for r in rows
@@ -450,6 +451,21 @@ CASES: dict[str, Case] = {
         [Category.UDP],
         [0],
         {"flow_samples": 1},
+    ),
+    # the FCS in an Ethernet header's frame length is not part of the frame at the hook
+    "ethernet-frame-length-without-fcs": Case(
+        [flow_sample([raw_header(UDP4, frame_length=500)], rate=2)],
+        [("198.18.0.1", "203.0.113.10", 17, 4000, 53, 61, 0, 496, 2, 992, 3)],
+        [Category.UDP],
+        [0],
+        {},
+    ),
+    "ethernet-frame-length-below-fcs": Case(
+        [flow_sample([raw_header(UDP4, frame_length=3)], rate=2)],
+        [("198.18.0.1", "203.0.113.10", 17, 4000, 53, 61, 0, 0, 2, 0, 3)],
+        [Category.UDP],
+        [0],
+        {},
     ),
     # sampled IPv4 / IPv6 records when there is no raw header
     "sampled-ipv4": Case(

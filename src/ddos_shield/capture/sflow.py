@@ -10,9 +10,14 @@ samples (formats 2 and 4) are interface statistics, not traffic: counted and ski
 Everything else (extended records, other enterprises) is skipped by its length.
 
 One flow sample gives one record: ``packets`` = the sampling rate, ``bytes`` = the
-frame length times the rate, ``length`` the frame length; with a raw header the TTL
-and TCP flags come from the packet itself, from a sampled IPv4/IPv6 record they are
-unknown (:attr:`~ddos_shield.records.PacketFlag.TTL_UNKNOWN`).  The raw headers of a
+length times the rate, ``length`` the packet's length; with a raw header the TTL and
+TCP flags come from the packet itself, from a sampled IPv4/IPv6 record they are
+unknown (:attr:`~ddos_shield.records.PacketFlag.TTL_UNKNOWN`).  The frame length of
+an Ethernet header counts the 4-byte FCS (sFlow v5, ``sampled_header``); the length
+stored is the frame without it, as the kernel sees the frame at its hook, so that a
+rule built from sFlow samples matches the same packets in the data plane.  An IP-only
+header (protocols 11, 12) and the sampled IPv4/IPv6 records give the IP packet's
+length: no link-layer length is known there.  The raw headers of a
 datagram are decoded together by :func:`~ddos_shield.capture.decode.decode_frames_valid`.
 
 Every read is bounded by the datagram's length.  A sample is decoded whole or not at
@@ -54,6 +59,8 @@ RECORD_SAMPLED_IPV6 = 4
 HEADER_ETHERNET = 1
 HEADER_IPV4 = 11
 HEADER_IPV6 = 12
+#: bytes of Ethernet FCS counted in an Ethernet header's frame length
+FCS_LEN = 4
 
 #: bytes of each raw header handed to the vectorised decoder (agents send 128 by default)
 MAX_HEADER = 256
@@ -297,6 +304,8 @@ class SflowDecoder:
                 if proto != HEADER_ETHERNET:
                     etype = ETH_P_IP if proto == HEADER_IPV4 else ETH_P_IPV6
                     data = b"\x00" * 12 + etype.to_bytes(2, "big") + data
+                else:
+                    frame_len = max(frame_len - FCS_LEN, 0)
                 frames[row, : len(data)] = np.frombuffer(data, dtype=np.uint8)
                 caplen[row] = len(data)
                 wirelen[row] = frame_len
