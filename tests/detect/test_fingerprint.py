@@ -115,3 +115,30 @@ def test_flow_records_leave_ttl_and_length_open() -> None:
     (c,) = build(attack(Category.UDP), w, **KW) or []
     assert c.match.ttl is None and c.match.length is None
     assert c.match.dport == Range(53, 53)
+
+
+def test_v6_spoofed_prefix_is_not_taken_from_a_client_sharing_the_first_bits() -> None:
+    # the client (2001:db8:100::10) shares 2001::/16 with the spoofed range 2001:2::/48
+    import ipaddress as ip
+
+    rng = np.random.default_rng(3)
+    spoofed = [str(ip.IPv6Address(int(ip.IPv6Address("2001:2::")) + int(x))) for x in rng.integers(0, 1 << 16, 2000)]
+    w = np.concatenate(
+        [
+            packets(
+                3,
+                src="2001:db8:100::10",
+                dst="2001:db8:113::10",
+                proto=6,
+                category=Category.TCP_SYN,
+                tcp_flags=2,
+                length=94,
+            ),
+            packets(
+                2000, src=spoofed, dst="2001:db8:113::10", proto=6, category=Category.TCP_SYN, tcp_flags=2, length=74
+            ),
+        ]
+    )
+    (c,) = build(attack(Category.TCP_SYN, target="2001:db8:113::/64"), w, **KW) or []
+    assert c.match.src is not None and c.match.src.subnet_of(ip.ip_network("2001:2::/48"))  # type: ignore[arg-type]
+    assert c.match.length == Range(74, 74)

@@ -38,8 +38,9 @@ TCP_SYN = 0x02
 TCP_ACK = 0x10
 #: a field is fixed when one value covers this share of the attack's packets
 DOMINANT = 0.95
-#: quantiles that bound length and TTL ranges (outliers stay out of the rule)
-TAIL = 0.005
+#: quantiles that bound length and TTL ranges (outliers, such as a legitimate client's
+#: packets caught among the attack's, stay out of the rule)
+TAIL = 0.01
 #: the source prefix of a fingerprint holds at least this share of the attack's packets
 COMMON_PREFIX_SHARE = 0.99
 _V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
@@ -57,7 +58,11 @@ def attack_samples(
     window: TrafficBatch, attack: Attack, since: float
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Masks of the window's rows that belong to the attack (its categories at its target,
-    sampled from ``since`` on), and of the target's other rows (its normal traffic)."""
+    sampled from ``since`` on), and of the target's traffic in its other categories.
+
+    What the target received in the attack's categories before ``since`` is neither: it
+    may be normal traffic or the attack ramping up, so it judges nothing.
+    """
     to_target = addresses_in(window["dst"], attack.target)
     in_cats = np.isin(window["category"], [int(c) for c in attack.categories])
     return to_target & in_cats & (window["ts"] >= since), to_target & ~in_cats
@@ -198,8 +203,9 @@ def _common_prefix(rows: TrafficBatch) -> IPNetwork | None:
     w = rows["packets"].astype(float)
     v4 = bool(np.all(src[:, :12] == _V4_MAPPED[None, :]))
     top = 12 if v4 else 0
-    # reference: a source under the most common leading 16 bits
-    lead = src[:, top].astype(np.int64) << 8 | src[:, top + 1]
+    # reference: a source under the most common /16 (IPv4) or /48 (IPv6), where a
+    # spoofed range lives, so that a stray legitimate source is not taken for it
+    lead = np.ascontiguousarray(src[:, top : top + (2 if v4 else 6)]).view(f"V{2 if v4 else 6}").ravel()
     _, inv = np.unique(lead, return_inverse=True)
     ref = src[np.nonzero(inv == int(np.argmax(np.bincount(inv, weights=w))))[0][0]]
     # leading bits each source shares with the reference
