@@ -469,13 +469,13 @@ class _Iface:
             value = body[pos + 4 : pos + 4 + length]
             if code == 0:
                 break
-            if code == 9 and length >= 1:  # if_tsresol
+            if code == 9 and len(value) >= 1:  # if_tsresol
                 v = value[0]
                 if v & 0x80:
                     per_second, shift = 0, v & 0x7F
                 else:
                     per_second = 10 ** min(v, 18)
-            elif code == 14 and length >= 8:  # if_tsoffset
+            elif code == 14 and len(value) >= 8:  # if_tsoffset
                 offset = struct.unpack_from(order + "q", value)[0]
             pos += 4 + (length + 3) // 4 * 4
         return cls(linktype, snaplen, per_second, shift, offset)

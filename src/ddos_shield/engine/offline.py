@@ -11,9 +11,11 @@ Time is driven by the packets.  The engine ticks at the end of every interval th
 holds packets, and at the start of such an interval when the tick before lies further
 back, so that rates are always measured over one interval.  Silent stretches create
 no ticks, whatever their length -- captures that span years replay as fast as short
-ones -- except the few the engine needs there: when an open attack's
-``end_after_seconds`` runs out and when a rule's ``hold_seconds`` after its attack
-runs out, so attacks end and rules are withdrawn at the time they would have been.
+ones -- except the few the engine needs there: while an attack is open, the rule
+refreshes (one a second); when its ``end_after_seconds`` runs out; and when its rules'
+``hold_seconds`` run out.  Attacks end, rules expire and are withdrawn exactly when
+they would have with a tick every interval; the ticks left out would have changed
+nothing.
 
 Memory stays bounded whatever the capture's size: packets are read and replayed a
 chunk at a time, per-attack source counts keep at most :data:`MAX_TRACKED_SOURCES`
@@ -44,6 +46,7 @@ from ddos_shield.config import Config
 from ddos_shield.dataplane.replay import ReplayDataPlane
 from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
+from ddos_shield.policy import REFRESH_EVERY
 from ddos_shield.records import CATEGORY_NAMES, Match, TrafficBatch, addresses_in, bytes_addr
 
 #: source addresses counted exactly per attack; beyond, the lightest are folded into totals
@@ -298,6 +301,7 @@ class _Replay:
         self.attacks: dict[int, _AttackState] = {}
         self.rules: dict[int, RuleReport] = {}
         self.open_rules: dict[int, int] = {}  # rule id -> attack id, rules in force
+        self.refreshed: dict[int, float] = {}  # attack id -> when the policy last refreshed its rules
         self.timeline = _TimelineCounter()
 
     def run(self) -> CaptureAnalysis:
@@ -373,13 +377,17 @@ class _Replay:
         times = []
         for a in self.engine.tracker.active:
             times.append(a.last_seen + self.cfg.group_for_name(a.group).end_after_seconds)
+            if a.attack_id in self.refreshed:
+                times.append(self.refreshed[a.attack_id] + REFRESH_EVERY)
         for aid in set(self.open_rules.values()):
             st = self.attacks.get(aid)
             if st is not None and st.ended is not None:
                 times.append(st.ended + self.cfg.group_for_name(st.group).hold_seconds)
         if not times:
             return None
-        b = math.ceil((min(times) - self.t0) / self.interval - 1e-6)
+        # a boundary can sit a few float steps off the exact time (Unix seconds carry ~0.2 us
+        # of rounding): ticking one boundary early is harmless, one late is not
+        b = math.ceil((min(times) - self.t0) / self.interval - 1e-3)
         return max(b, self.b_last + 1)
 
     def _tick(self, b: int) -> float:
@@ -389,6 +397,14 @@ class _Replay:
         self.b_last = b
         self.ticks += 1
         self._events()
+        # mirror the policy's refresh clock (a rule's expiry moves on only at a refresh)
+        for a in self.engine.tracker.active:
+            st = self.attacks.get(a.attack_id)
+            if st is None or not st.rules:
+                continue
+            last = self.refreshed.get(a.attack_id)
+            if last is None or now - last >= REFRESH_EVERY:
+                self.refreshed[a.attack_id] = now
         return now
 
     def _events(self) -> None:
