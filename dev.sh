@@ -19,6 +19,10 @@ setup() {
         echo "dev.sh: installing ${missing[*]}"
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+        # pmacct's and softflowd's own services would hold the flow ports the tests use
+        if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+            systemctl disable --now pmacctd nfacctd sfacctd uacctd softflowd >/dev/null 2>&1 || true
+        fi
     fi
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
     if [ ! -x "$VENV/bin/python" ]; then

@@ -27,6 +27,9 @@ class ByteDecoder:
         b["ts"] = now
         return Decoded(b, "bad tail" if bad or datagram.endswith(b"!") else None)
 
+    def counters(self) -> dict[str, int]:
+        return {"calls": 1}
+
 
 def collector() -> FlowCollector:
     return FlowCollector("test", ("127.0.0.1", 0), ["127.0.0.1", "2001:db8::/64"], ByteDecoder)
@@ -45,6 +48,7 @@ def test_trust_counting_and_partial_datagrams() -> None:
     assert (st["127.0.0.1"].datagrams, st["127.0.0.1"].records, st["127.0.0.1"].malformed) == (2, 5, 1)
     assert (st["192.0.2.7"].datagrams, st["192.0.2.7"].untrusted, st["192.0.2.7"].records) == (1, 1, 0)
     assert st["2001:db8::5"].records == 1
+    assert st["127.0.0.1"].extra == {"calls": 1}  # the decoder's own counters
     assert len(c.read()) == 0  # drained
 
 
@@ -52,6 +56,9 @@ def test_a_decoder_bug_is_counted_not_fatal() -> None:
     class Broken:
         def decode(self, datagram: bytes, exporter: bytes, now: float) -> Decoded:
             raise IndexError("oops")
+
+        def counters(self) -> dict[str, int]:
+            return {}
 
     c = FlowCollector("test", ("127.0.0.1", 0), ["127.0.0.1"], Broken)
     c.handle(b"x", "127.0.0.1", 0.0)

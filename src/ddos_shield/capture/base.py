@@ -48,6 +48,10 @@ class FlowDecoder(Protocol):
 
     def decode(self, datagram: bytes, exporter: bytes, now: float) -> Decoded: ...
 
+    def counters(self) -> dict[str, int]:
+        """The decoder's own counters (samples by kind, sequence gaps, unknown templates...)."""
+        ...
+
 
 class TelemetrySource(abc.ABC):
     """A live source of traffic batches (see the module docstring)."""

@@ -144,6 +144,8 @@ class FlowCollector(TelemetrySource):
         return np.concatenate(parts) if parts else empty_traffic()
 
     def stats(self) -> dict[str, ExporterStats]:
+        for exporter, dec in self._decoders.items():
+            self._stats[exporter].extra.update(dec.counters())
         return dict(self._stats)
 
     def close(self) -> None:
