@@ -30,6 +30,10 @@ from ddos_shield.lab.demo import AttackResult, LabShield, measure_attack
 from ddos_shield.lab.topology import Lab, lab_session
 
 
+#: how long the idle control process is measured
+IDLE_SECONDS = 30
+
+
 def proc_usage(pid: int) -> tuple[float, int]:
     """(CPU seconds, peak resident kB) of a process, from /proc."""
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -93,10 +97,11 @@ def run(args: argparse.Namespace, rates: list[int], kinds: list[tuple[str, int]]
             shield.start()
             assert shield.proc is not None
             pid = _shield_pid(shield)
+            time.sleep(5)  # let start-up work (imports, program load, adoption) settle
             cpu0, _ = proc_usage(pid)
-            time.sleep(10)
+            time.sleep(IDLE_SECONDS)
             cpu1, mem_idle = proc_usage(pid)
-            idle_cpu = (cpu1 - cpu0) / 10
+            idle_cpu = (cpu1 - cpu0) / IDLE_SECONDS
             legit = [
                 LegitTraffic.start(family=4, rate=20.0, seconds=3600),
                 LegitTraffic.start(family=6, rate=20.0, seconds=3600),

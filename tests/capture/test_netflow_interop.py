@@ -337,3 +337,28 @@ def test_unsampled_totals_are_exact(
     assert {bytes(s) for s in b["src"]} == {addr_bytes(s) for s in sources}
     st = got.collector.stats()[EXPORTER]
     assert st.malformed == 0 and st.untrusted == 0
+
+
+# ---- sampled -------------------------------------------------------------------------
+
+N_SAMPLED = 10000
+RATE = 10
+
+SAMPLED: list[tuple[str, Callable[[Path], list[str]]]] = [
+    ("softflowd v9 1 in 10", lambda t: softflowd(9, t, sampling=RATE)),
+    ("softflowd ipfix 1 in 10", lambda t: softflowd(10, t, sampling=RATE)),
+    ("pmacctd v9 1 in 10", lambda t: pmacctd(9, t, sampling=RATE)),
+    ("pmacctd ipfix 1 in 10", lambda t: pmacctd(10, t, sampling=RATE)),
+]
+
+
+@pytest.mark.parametrize(("name", "argv"), SAMPLED, ids=[e[0] for e in SAMPLED])
+def test_sampled_totals_within_sampling_error(topo: Topo, name: str, argv: Callable[[Path], list[str]]) -> None:
+    sources = spoofed(N_FLOWS)
+    frames = udp_frames(topo, N_SAMPLED, sources, TARGET4)
+    with tempfile.TemporaryDirectory(prefix="dnf-") as tmp, collector() as got, exporter(argv(Path(tmp))):
+        warm_up(topo, got)
+        assert send(frames, pps=10000) == N_SAMPLED
+        drive(topo, got, lambda: False, timeout=6.0)
+        b = got.towards(TARGET4, sources)
+    print(name, totals(b), set(b["sample_rate"]), len(b))

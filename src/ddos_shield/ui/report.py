@@ -78,11 +78,14 @@ def rule_line(r: RuleReport) -> str:
 
 
 def sources_line(a: AttackReport) -> str:
-    if a.spoofed_share >= 0.5:
-        head = f"{a.distinct_sources:,} distinct, {_pct(a.spoofed_share)} of packets from sources seen once (spoofed-looking)"
-    else:
-        head = f"{a.distinct_sources:,} distinct"
-    tops = ", ".join(f"{s.address} {_pct(s.share)}" for s in a.top_sources[:5])
+    """Distinct sources, the spoofed-looking share when it is most of the attack, and
+    the top sources (only those that carry a real share, for a spoofed one)."""
+    spoofed = a.spoofed_share >= 0.5
+    head = f"{a.distinct_sources:,} distinct"
+    if spoofed:
+        head += f", {_pct(a.spoofed_share)} of packets from sources seen only once (spoofed, or reflectors)"
+    shown = [s for s in a.top_sources[:5] if not spoofed or s.share >= 0.01]
+    tops = ", ".join(f"{s.address} {_pct(s.share)}" for s in shown)
     return f"{head}; top: {tops}" if tops else head
 
 
