@@ -263,16 +263,20 @@ class CaptureReader:
             buf, pos, eof = blocks.buf, blocks.pos, blocks.eof
             end = len(buf)
             offs: list[int] = []
-            limit = self.chunk_packets
-            while len(offs) < limit and pos + 16 <= end:
-                incl = incl_of(buf, pos + 8)[0]
+            add = offs.append
+            limit, n, last = self.chunk_packets, 0, end - 16
+            # the one per-packet loop: find where each record starts
+            while n < limit and pos <= last:
+                (incl,) = incl_of(buf, pos + 8)
+                nxt = pos + 16 + incl
                 if incl > MAX_RECORD:
                     self.stats.error = f"corrupt record at byte {blocks.base + pos}: length {incl}"
                     break
-                if pos + 16 + incl > end:
+                if nxt > end:
                     break
-                offs.append(pos)
-                pos += 16 + incl
+                add(pos)
+                pos = nxt
+                n += 1
             blocks.pos = pos
             if offs:
                 yield self._pcap_chunk(blocks.padded(), np.array(offs, dtype=np.int64), hdr_dtype)
