@@ -103,8 +103,12 @@ def test_html_is_well_formed_self_contained_and_shows_every_attack(analysis: Ana
     assert "url(http" not in page and "@import" not in page
     # each attack: its section, and a shaded span with a label on the timeline
     text = "".join(chk.text)
+    ids = [at["id"] for _, at in chk.tags if at.get("id")]
+    assert len(ids) == len(set(ids))  # attack ids start at 1 in every capture: anchors name the capture too
+    for i, c in enumerate(analysis.captures, 1):
+        for a in c.attacks:
+            assert f"capture-{i}-attack-{a.attack_id}" in ids
     for a in analysis.attacks:
-        assert any(t == "div" and at.get("id") == f"attack-{a.attack_id}" for t, at in chk.tags)
         assert f"#{a.attack_id} {', '.join(a.types)} {a.target}" in text
         for r in a.rules:
             assert r.description in text
