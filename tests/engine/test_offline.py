@@ -21,7 +21,8 @@ from ddos_shield.engine.offline import analyze, default_config
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink
 from ddos_shield.records import CATEGORY_NAMES, Match, as_network
-from tests.capture.test_pcap import eth, ipv4, pcap_bytes, tcp, udp
+from ddos_shield.ui import report
+from tests.capture.test_pcap import epb, eth, idb, ipv4, pcap_bytes, shb, tcp, udp
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "captures"
 SHARED_BENIGN = Path(__file__).resolve().parents[3] / "shared" / "data" / "captures" / "benign"
@@ -259,6 +260,35 @@ def test_source_counts_stay_bounded_and_keep_the_heavy_sources(monkeypatch: pyte
     assert top[0] == ("192.0.2.1", 2000)
     assert counter.total == 10000
     assert distinct == pytest.approx(8001, abs=50) and once == pytest.approx(8000, abs=100)
+
+
+def test_sources_of_all_open_attacks_share_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    exact = one(DATA / "stopddos_pkt.TCP.synflood.spoofed.pcap").attacks[0]
+    monkeypatch.setattr(offline, "MAX_TOTAL_SOURCES", 2000)
+    monkeypatch.setattr(offline, "SOURCE_BUFFER", 1000)
+    held: list[int] = []
+    shrink = offline._SourceCounter.shrink
+
+    def watch(self: offline._SourceCounter, keep: int) -> None:
+        shrink(self, keep)
+        held.append(self.held)
+
+    monkeypatch.setattr(offline._SourceCounter, "shrink", watch)
+    bounded = one(DATA / "stopddos_pkt.TCP.synflood.spoofed.pcap").attacks[0]
+    assert held and max(held) <= 1000
+    assert bounded.packets == exact.packets
+    assert bounded.distinct_sources == pytest.approx(exact.distinct_sources, rel=0.02)
+    assert bounded.spoofed_share == pytest.approx(exact.spoofed_share, abs=0.02)
+
+
+def test_broken_timestamps_are_replayed_without_error(tmp_path: Path) -> None:
+    frame = eth(ipv4("198.51.100.1", "203.0.113.10", 17, udp(1, 2)))
+    content = shb() + idb(1, tsoffset=1 << 62) + epb(0, 5, frame) + idb(1) + epb(1, 7, frame) + epb(0, 9, frame)
+    p = tmp_path / "odd.pcapng"
+    p.write_bytes(content)
+    c = one(p)
+    assert c.stats.decoded == 3 and c.attacks == []
+    assert "Unix time" in report.render_text(analyze([p])) and "<svg" in report.render_html(analyze([p]))
 
 
 def test_timeline_holds_every_packet_and_coarsens_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:

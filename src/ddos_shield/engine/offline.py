@@ -53,8 +53,12 @@ from ddos_shield.records import CATEGORY_NAMES, Match, TrafficBatch, addresses_i
 MAX_TRACKED_SOURCES = 100_000
 #: sources listed per attack
 TOP_SOURCES = 10
+#: source addresses counted over all open attacks at most (a carpet bomb opens thousands)
+MAX_TOTAL_SOURCES = 1_000_000
 #: attack packets buffered before their sources are merged into the counts
 SOURCE_BUFFER = 262_144
+#: intervals from the first packet beyond which a timestamp is taken as broken (~29 million years)
+_MAX_INTERVALS = 1 << 62
 #: timeline bins kept at most; past this the bins double in width
 MAX_TIMELINE_BINS = 100_000
 #: timeline bins are this wide (seconds) while the capture spans at most FINE_SPAN seconds, 1 s beyond
@@ -332,7 +336,7 @@ class _Replay:
             self._events()
         # The interval of each packet; a packet stamped earlier than the one before it
         # (captures are not always in order) joins the interval being filled.
-        k = np.floor((ts - self.t0) / self.interval).astype(np.int64)
+        k = np.floor(np.clip((ts - self.t0) / self.interval, 0, _MAX_INTERVALS)).astype(np.int64)
         k = np.maximum.accumulate(np.maximum(k, self.k_cur or 0))
         cuts = (np.flatnonzero(np.diff(k)) + 1).tolist()
         for lo, hi in zip([0, *cuts], [*cuts, len(k)], strict=True):
@@ -360,6 +364,11 @@ class _Replay:
             mask = addresses_in(rows["dst"], a.target) & np.isin(rows["category"], [int(c) for c in a.categories])
             if mask.any():
                 st.add(rows[mask])
+        counters = [st.sources for st in self.attacks.values() if st.sources is not None]
+        if sum(c.held for c in counters) > MAX_TOTAL_SOURCES:
+            each = max(MAX_TOTAL_SOURCES // (2 * len(counters)), 64)
+            for c in counters:
+                c.shrink(each)
 
     def _advance(self, k: int | None) -> None:
         """Move time up to the start of interval ``k`` (None: until everything has
@@ -428,6 +437,7 @@ class _Replay:
             st.peak_bps = max(st.peak_bps, e["peak_bps"])
             if name == "attack_end":
                 st.ended = e["ts"]
+                st.finish()
         elif name == "mitigation_applied":
             r = e["rule"]
             rep = RuleReport(
@@ -476,7 +486,8 @@ class _AttackState:
         self.bytes = 0
         self.rules: list[RuleReport] = []
         self.skipped: str | None = None
-        self.sources = _SourceCounter()
+        self.sources: _SourceCounter | None = _SourceCounter()  # until the attack ends
+        self._summary: tuple[list[tuple[str, int]], int, int, int] | None = None
 
     def add(self, rows: TrafficBatch) -> None:
         ts = rows["ts"]
@@ -484,11 +495,21 @@ class _AttackState:
         self.end = float(ts.max()) if self.end is None else max(self.end, float(ts.max()))
         self.packets += int(rows["packets"].sum())
         self.bytes += int(rows["bytes"].sum())
-        self.sources.add(rows["src"], rows["packets"])
+        if self.sources is not None:
+            self.sources.add(rows["src"], rows["packets"])
+
+    def finish(self) -> tuple[list[tuple[str, int]], int, int, int]:
+        """Sum up the sources and free their counts (the attack is over): (top sources,
+        distinct sources, packets from single-packet sources, packets)."""
+        if self._summary is None or self.sources is not None:
+            src = self.sources or _SourceCounter()
+            self._summary = (*src.result(TOP_SOURCES), src.total)
+            self.sources = None
+        return self._summary
 
     def report(self, capture: str) -> AttackReport:
-        top, distinct, once = self.sources.result(TOP_SOURCES)
-        total = max(self.sources.total, 1)
+        top, distinct, once, total = self.finish()
+        total = max(total, 1)
         return AttackReport(
             capture=capture,
             attack_id=self.attack_id,
@@ -535,6 +556,17 @@ class _SourceCounter:
         if self._buffered >= SOURCE_BUFFER:
             self._merge()
 
+    @property
+    def held(self) -> int:
+        """Addresses held: counted, and buffered to be counted."""
+        return len(self.counts) + self._buffered
+
+    def shrink(self, keep: int) -> None:
+        """Count what is buffered and keep at most ``keep`` addresses."""
+        self._merge()
+        if len(self.counts) > keep:
+            self._fold(keep)
+
     def _merge(self) -> None:
         if not self._buf:
             return
@@ -545,12 +577,15 @@ class _SourceCounter:
         self.keys = keys[uniq_idx]
         self.counts = np.bincount(inv, weights=counts, minlength=len(uniq_idx)).astype(np.int64)
         if len(self.counts) > MAX_TRACKED_SOURCES:
-            keep = MAX_TRACKED_SOURCES // 2
-            order = np.argsort(self.counts, kind="stable")[::-1]
-            fold = order[keep:]
-            self.folded_keys += len(fold)
-            self.folded_once += int((self.counts[fold] == 1).sum())
-            self.keys, self.counts = self.keys[order[:keep]], self.counts[order[:keep]]
+            self._fold(MAX_TRACKED_SOURCES // 2)
+
+    def _fold(self, keep: int) -> None:
+        """Keep the ``keep`` heaviest addresses; the rest become totals."""
+        order = np.argsort(self.counts, kind="stable")[::-1]
+        fold = order[keep:]
+        self.folded_keys += len(fold)
+        self.folded_once += int((self.counts[fold] == 1).sum())
+        self.keys, self.counts = self.keys[order[:keep]], self.counts[order[:keep]]
 
     def result(self, top: int) -> tuple[list[tuple[str, int]], int, int]:
         """(top sources with packets, distinct sources, packets from single-packet sources)."""
@@ -595,7 +630,7 @@ class _TimelineCounter:
         self._first = float(ts[0]) if self._first is None else self._first
         if self.width == FINE_WIDTH and float(ts.max()) - self._first > FINE_SPAN:
             self._coarsen(round(1.0 / FINE_WIDTH))
-        b = np.floor(ts / self.width).astype(np.int64)
+        b = np.floor(np.clip(ts / self.width, -_MAX_INTERVALS, _MAX_INTERVALS)).astype(np.int64)
         uniq, inv = np.unique(b, return_inverse=True)
         n, ncat = len(uniq), self._ncat
         per = np.bincount(inv * ncat + batch["category"], weights=batch["packets"], minlength=n * ncat)

@@ -48,7 +48,10 @@ def when(ts: float | None, date: bool = True) -> str:
     """UTC time of a capture timestamp, to the millisecond."""
     if ts is None:
         return "-"
-    t = dt.datetime.fromtimestamp(ts, dt.UTC)
+    try:
+        t = dt.datetime.fromtimestamp(ts, dt.UTC)
+    except (OverflowError, ValueError, OSError):  # a broken capture's timestamp
+        return f"{ts:.3f} (Unix time)"
     s = t.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S") + f".{t.microsecond // 1000:03d}"
     return s + (" UTC" if date else "")
 
@@ -394,7 +397,10 @@ def _short(v: float) -> str:
 
 
 def _clock(ts: float, long: bool) -> str:
-    t = dt.datetime.fromtimestamp(ts, dt.UTC)
+    try:
+        t = dt.datetime.fromtimestamp(ts, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return f"{ts:.0f}"
     return t.strftime("%Y-%m-%d %H:%M") if long else t.strftime("%H:%M:%S")
 
 
