@@ -382,7 +382,8 @@ class _Replay:
             self._tick(k)  # so that interval k's rates are measured over one interval
 
     def _next_due(self) -> int | None:
-        """The first boundary at which an open attack ends or a rule's hold runs out."""
+        """The first boundary at which an open attack's rules are refreshed, it ends, or its
+        rules' hold runs out (None: nothing due)."""
         times = []
         for a in self.engine.tracker.active:
             times.append(a.last_seen + self.cfg.group_for_name(a.group).end_after_seconds)
