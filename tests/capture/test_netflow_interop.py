@@ -52,7 +52,7 @@ from ddos_shield.dataplane.replay import ReplayDataPlane
 from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
 from ddos_shield.lab.netns import in_netns, netns_socket
-from ddos_shield.records import PacketFlag, Source, TrafficBatch, addr_bytes, addresses_in, as_network, empty_traffic
+from ddos_shield.records import PacketFlag, Source, TrafficBatch, addr_bytes, empty_traffic
 
 pytestmark = [
     pytest.mark.lab,
@@ -354,11 +354,98 @@ SAMPLED: list[tuple[str, Callable[[Path], list[str]]]] = [
 
 @pytest.mark.parametrize(("name", "argv"), SAMPLED, ids=[e[0] for e in SAMPLED])
 def test_sampled_totals_within_sampling_error(topo: Topo, name: str, argv: Callable[[Path], list[str]]) -> None:
+    """Both exporters announce the rate in options data; the collector scales by it.
+
+    Tolerance: 5 standard deviations of a binomial sample of N packets at 1/RATE, scaled
+    by RATE (15% here).  pmacctd samples at random; softflowd takes every RATE-th packet
+    the capture sees, which is tighter, and the same bound covers it.
+    """
     sources = spoofed(N_FLOWS)
     frames = udp_frames(topo, N_SAMPLED, sources, TARGET4)
+    ip_len = len(frames[0]) - 14
+    p = 1 / RATE
+    tolerance = 5 * RATE * (N_SAMPLED * p * (1 - p)) ** 0.5
     with tempfile.TemporaryDirectory(prefix="dnf-") as tmp, collector() as got, exporter(argv(Path(tmp))):
         warm_up(topo, got)
         assert send(frames, pps=10000) == N_SAMPLED
+        # every flow is exported within a few seconds; there is no exact total to wait for
         drive(topo, got, lambda: False, timeout=6.0)
         b = got.towards(TARGET4, sources)
-    print(name, totals(b), set(b["sample_rate"]), len(b))
+    packets, octets = totals(b)
+    assert (b["sample_rate"] == RATE).all()
+    assert abs(packets - N_SAMPLED) <= tolerance, (packets, tolerance)
+    assert octets == packets * ip_len
+    assert (b["packets"] % RATE == 0).all()
+
+
+# ---- untrusted exporters ---------------------------------------------------------------
+
+
+def test_untrusted_exporter_is_counted_and_dropped(topo: Topo) -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="dnf-") as tmp,
+        collector(exporters=["192.0.2.99/32", "2001:db8:99::/48"]) as got,
+        exporter(softflowd(9, Path(tmp))),
+    ):
+        send(udp_frames(topo, 100, spoofed(5), TARGET4), pps=5000)
+        drive(topo, got, lambda: got.collector.stats().get(EXPORTER, None) is not None, timeout=WAIT)
+        drive(topo, got, lambda: got.collector.stats()[EXPORTER].datagrams >= 3, timeout=WAIT)
+        st = got.collector.stats()[EXPORTER]
+        assert len(got.batch()) == 0
+    assert st.datagrams >= 3
+    assert st.untrusted == st.datagrams
+    assert st.records == st.packets == st.bytes == st.malformed == 0
+
+
+# ---- a flood seen only through flows ---------------------------------------------------
+
+ENGINE_CONFIG = """
+protected = ["203.0.113.0/24"]
+[shield]
+interval_ms = 100
+dry_run = true
+[[groups]]
+name = "default"
+hold_seconds = 5.0
+end_after_seconds = 2.0
+[groups.thresholds]
+udp = { pps = 1000 }
+"""
+
+
+def test_flood_seen_only_through_flows_is_detected(topo: Topo) -> None:
+    """UDP at 3000 pps from 500 spoofed sources for 4 s, seen by softflowd (IPFIX); the
+    engine has no data plane of its own (a replay data plane named "none", as ``run``
+    without interfaces) and ticks in real time."""
+    dp = ReplayDataPlane()
+    dp.name = "none"
+    events = io.StringIO()
+    c = FlowCollector("netflow", ("0.0.0.0", PORT), [EXPORTER], lambda: NetflowDecoder())
+    engine = Engine(parse(ENGINE_CONFIG), dp, dp.backend, EventSink(events), sources=[c])
+    frames = udp_frames(topo, 12000, spoofed(500), TARGET4)
+    with tempfile.TemporaryDirectory(prefix="dnf-") as tmp, exporter(softflowd(10, Path(tmp))):
+        with in_netns(NS_COL):  # the engine starts its sources: the collector's socket lives in dnf-col
+            engine.start(time.time())
+        try:
+            flood = threading.Thread(target=send, args=(frames, 3000))
+            t0 = time.time()
+            flood.start()
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not _events(events, "attack_start"):
+                engine.tick(time.time())
+                time.sleep(0.1)
+            flood.join()
+        finally:
+            engine.close()
+    started = _events(events, "attack_start")
+    assert len(started) >= 1
+    assert started[0]["target"] == f"{TARGET4}/32"
+    assert started[0]["attack_types"] == ["udp_flood"]
+    # flows leave softflowd a second or two after their packets (maxlife=1, expint=1)
+    assert started[0]["ts"] - t0 < 8.0
+    st = c.stats()[EXPORTER]
+    assert st.records > 0 and st.malformed == 0
+
+
+def _events(buf: io.StringIO, name: str) -> list[dict[str, Any]]:
+    return [e for e in map(json.loads, buf.getvalue().splitlines()) if e["event"] == name]

@@ -323,6 +323,15 @@ class NetflowDecoder:
         batch = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else empty_traffic()
         return Decoded(batch, error)
 
+    def counters(self) -> dict[str, int]:
+        """The decoder's counters, for a collector's per-exporter statistics."""
+        return {
+            "unknown_template_sets": self.unknown_template_sets,
+            "expired_templates": self.expired_templates,
+            "addressless_records": self.addressless_records,
+            "templates": len(self._templates),
+        }
+
     def sampling_rate(self, version: int, domain: int, sampler: int | None = None) -> int:
         """The rate records of ``domain`` would get now (for tests and status views)."""
         if sampler is not None and (version, domain, sampler) in self._sampler_rate:
