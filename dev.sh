@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
 APT_PACKAGES=(python3-venv python3-dev clang llvm libbpf-dev libbpf1 bpftool libelf-dev
-              nftables iproute2 hping3 netsniff-ng xdp-tools ethtool curl procps pmacct tshark)
+              nftables iproute2 hping3 netsniff-ng xdp-tools ethtool curl procps pmacct tshark softflowd)
 VENV=.venv
 
 setup() {

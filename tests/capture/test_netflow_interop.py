@@ -345,9 +345,8 @@ N_SAMPLED = 10000
 RATE = 10
 
 SAMPLED: list[tuple[str, Callable[[Path], list[str]]]] = [
+    # each exporter once (every export version is read unsampled above)
     ("softflowd v9 1 in 10", lambda t: softflowd(9, t, sampling=RATE)),
-    ("softflowd ipfix 1 in 10", lambda t: softflowd(10, t, sampling=RATE)),
-    ("pmacctd v9 1 in 10", lambda t: pmacctd(9, t, sampling=RATE)),
     ("pmacctd ipfix 1 in 10", lambda t: pmacctd(10, t, sampling=RATE)),
 ]
 
