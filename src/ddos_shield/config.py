@@ -126,6 +126,11 @@ class Shield(_Model):
         4000, gt=0, description="samples per second to aim for; the 1-in-N sampling rate adapts to the load"
     )
     dry_run: bool = Field(False, description="decide and report everything, enforce nothing")
+    telemetry_window_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="rates from flow collectors and mirror ports are averaged over this window (exporters send in bursts)",
+    )
     state_dir: str = Field("/var/lib/ddos-shield", description="where the running shield keeps its pid file")
 
 

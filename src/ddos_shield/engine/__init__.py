@@ -28,14 +28,24 @@ import numpy as np
 from ddos_shield.capture.base import TelemetrySource
 from ddos_shield.config import Config
 from ddos_shield.dataplane.base import DataPlane, counter_rates
-from ddos_shield.dataplane.table import CounterTable, merge_counters
+from ddos_shield.dataplane.table import CounterTable
 from ddos_shield.detect.lifecycle import AttackTracker
 from ddos_shield.detect.threshold import ThresholdDetector
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.policy import Apply, Policy, Refresh, Skip, Withdraw
-from ddos_shield.records import CATEGORY_NAMES, COUNTER_DTYPE, Attack, Rule, TrafficBatch, empty_rates, empty_traffic
+from ddos_shield.records import (
+    CATEGORY_NAMES,
+    COUNTER_DTYPE,
+    RATE_DTYPE,
+    Attack,
+    RateBatch,
+    Rule,
+    TrafficBatch,
+    empty_rates,
+    empty_traffic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,7 @@ class Engine:
         self.sources = list(sources)
         # traffic seen by flow collectors and mirror ports, counted as the kernel counts
         self._telemetry = CounterTable(config.prefix_groups(), config.shield.ipv6_prefix_len)
+        self._telemetry_history: deque[tuple[float, np.ndarray]] = deque()
         self._clock = clock
         self.detector = ThresholdDetector(config)
         self.tracker = AttackTracker(config, first_id=int(clock() * 1000) % 0x7FFFFFFF + 1)
@@ -143,13 +154,13 @@ class Engine:
             self._tick(now)
 
     def _tick(self, now: float) -> None:
-        flows = [b for src in self.sources if len(b := src.read())]
-        for b in flows:
-            self._telemetry.add(b)
-        counters = merge_counters(self.dataplane.read_counters(), self._telemetry.snapshot())
+        counters = self.dataplane.read_counters()
         dt = now - self._prev_time if self._prev_time is not None else 0.0
         rates = counter_rates(self._prev_counters, counters, dt)
         self._prev_counters, self._prev_time = counters, now
+        flows = [b for src in self.sources if len(b := src.read())]
+        if self.sources:
+            rates = _sum_by_dst(np.concatenate([rates, self._telemetry_rates(flows, now)]))
         self._rates = rates
 
         for samples in [self.dataplane.read_samples(), *flows]:
@@ -165,6 +176,22 @@ class Engine:
         for cmd in self.policy.step(changes, self.tracker.active, window, now):
             self._execute(cmd)
         self._adapt_sampling(rates)
+
+    def _telemetry_rates(self, flows: list[TrafficBatch], now: float) -> RateBatch:
+        """Rates of what the telemetry sources saw, averaged over ``telemetry_window_seconds``:
+        exporters send their records in bursts (at each export), and a rate over one
+        tick would swing between zero and many times the real one."""
+        for b in flows:
+            self._telemetry.add(b)
+        snap = self._telemetry.snapshot()
+        self._telemetry_history.append((now, snap))
+        span = self.config.shield.telemetry_window_seconds
+        while len(self._telemetry_history) > 1 and self._telemetry_history[1][0] <= now - span:
+            self._telemetry_history.popleft()
+        t0, old = self._telemetry_history[0]
+        # until a whole window has been seen, divide by the window anyway: a start-up
+        # burst must not read as a flood
+        return counter_rates(old, snap, span) if now > t0 else empty_rates()
 
     def _execute(self, cmd: Apply | Refresh | Withdraw | Skip) -> None:
         if isinstance(cmd, Skip):
@@ -231,3 +258,18 @@ class Engine:
                 "loop_ms_p50": loop[len(loop) // 2] if loop else 0.0,
                 "loop_ms_max": loop[-1] if loop else 0.0,
             }
+
+
+def _sum_by_dst(rates: RateBatch) -> RateBatch:
+    """One row per destination: rates seen by several sources add up."""
+    if len(rates) < 2:
+        return rates
+    kv = np.ascontiguousarray(rates["dst"]).view("V16").ravel()
+    uniq, first, inv = np.unique(kv, return_index=True, return_inverse=True)
+    if len(uniq) == len(rates):
+        return rates
+    out = np.zeros(len(uniq), dtype=RATE_DTYPE)
+    out["dst"] = rates["dst"][first]
+    for col in ("pps", "bps", "dropped_pps"):
+        np.add.at(out[col], inv, rates[col])
+    return out
