@@ -29,7 +29,6 @@ from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import AttackResult, LabShield, measure_attack
 from ddos_shield.lab.topology import Lab, lab_session
 
-
 #: how long the idle control process is measured
 IDLE_SECONDS = 30
 
@@ -139,10 +138,10 @@ def run(args: argparse.Namespace, rates: list[int], kinds: list[tuple[str, int]]
         print(f"| {kind}/{fam} | {sent} | {pct(ok, n)} ({ok}/{n}) |")
     print(f"\nShield on: idle control process {idle_cpu * 100:.2f}% of a core, peak RSS {mem_idle / 1024:.0f} MB.\n")
     print(
-        "| attack | pps | TTD median / worst ms | TTM median / worst ms | dropped | legit ok (whole / after rule) "
-        "| legit blocked | ctl CPU s per attack | peak RSS MB |"
+        "| attack | pps | TTD median / worst ms | TTM median / worst ms | dropped | dropped after rule (est.) "
+        "| legit ok (whole / after rule) | legit blocked | ctl CPU s per attack | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for pps in rates:
         for kind, fam in kinds:
             rs = [(r, m) for r, m in rows if r.kind == kind and r.family == fam and r.offered_pps == pps]
@@ -155,8 +154,11 @@ def run(args: argparse.Namespace, rates: list[int], kinds: list[tuple[str, int]]
             aok = sum(r.legit_ok_after_rule for r, _ in rs)
             an = sum(r.legit_requests_after_rule for r, _ in rs)
             blocked = sum(r.legit_sources_blocked for r, _ in rs)
+            # packets that arrived before the rule: about the offered rate times the time to mitigate
+            before = sum(pps * (r.time_to_mitigate_ms or 0) / 1000 for r, _ in rs)
             print(
                 f"| {kind}/{fam} | {pps} | {_mw(ttd)} | {_mw(ttm)} | {pct(dropped, sent)} | "
+                f"{pct(dropped, sent - before)} | "
                 f"{pct(lok, ln)} / {pct(aok, an)} | {blocked} | "
                 f"{statistics.median(m['cpu_s'] for _, m in rs):.2f} | {max(m['mem_kb'] for _, m in rs) / 1024:.0f} |"
             )

@@ -1,0 +1,852 @@
+"""Side by side: DDoS Shield and FastNetMon fed the same NetFlow export, in the same run.
+
+    .venv/bin/python bench/fastnetmon.py [--runs 3] [--pps 200000] [--seconds 8] [--kinds syn,udp,icmp]
+
+Needs, besides the project's own set-up (run as root)::
+
+    apt-get install fastnetmon softflowd netsniff-ng tcpdump
+
+(pmacct is not needed: softflowd itself sends every export datagram to both collectors,
+see below.)  FastNetMon is Debian's ``fastnetmon`` package (1.2.4, community edition)
+run from ``/usr/sbin/fastnetmon`` with a configuration file written here.
+
+Topology (namespaces made and removed here, prefix ``dfb-``)::
+
+    dfb-gen  dfb-g0 ------ dfb-r0  dfb-rtr  dfb-r1 ------ dfb-c0  dfb-col
+    trafgen              victims 203.0.113.x   192.0.2.1/24       192.0.2.2/24
+                         softflowd (NetFlow v9) exporter          shield   udp/2056
+                                                                  FastNetMon udp/2057
+                                                                  tcpdump on dfb-c0
+
+* dfb-gen: trafgen writes byte-exact frames (spoofed sources 198.18.0.0/16, inside the
+  benchmarking range 198.18.0.0/15; random source ports) at a fixed rate, paced by a
+  tbf on dfb-g0 as the lab does, bounded by ``-n COUNT`` and ``timeout``.
+* dfb-rtr: each run floods its own victim address, 203.0.113.(10+i), assigned to
+  dfb-r0, so neither tool carries state (FastNetMon's ban, the shield's attack) from
+  one run into the next.  softflowd reads dfb-r0 (libpcap) with 1 s timeouts
+  (``maxlife=1, expint=1``) and exports NetFlow v9 to *two* destinations
+  (``-n 192.0.2.2:2056,192.0.2.2:2057``): every datagram is sent twice, once to each
+  collector, so both get the same bytes at the same moment.  An nftables netdev
+  ingress rule drops the flood after the capture tap (packet sockets see a frame
+  before the ingress hook), so the router namespace spends nothing answering it.
+* dfb-col: ``ddos-shield run`` (``[[sources]] type = "netflow"``, no interfaces:
+  detection only, dry run) on 2056 and ``fastnetmon`` (``netflow = on``) on 2057;
+  tcpdump on dfb-c0 timestamps every export datagram (kernel time, ns).
+
+Measured per flood type (SYN, UDP, ICMP), ``--runs`` times:
+
+* what trafgen really sent (dfb-g0's kernel tx counter) and the rate it reached;
+* the exporter's delay: the first attack frame on dfb-r0 (tcpdump ``-c 1``) to the
+  first export datagram that carries a record of the attack (every captured datagram
+  is decoded with the shield's NetflowDecoder; "carries the attack" = a record whose
+  destination is the run's victim);
+* each tool's time to detect from that first datagram: the shield's ``attack_start``
+  event ``ts``; FastNetMon's notify script (``ban`` action), which records the time it
+  is started before it reads anything;
+* datagrams: sent to each collector (the capture on dfb-c0), lost at each socket
+  (``drops`` of that socket in dfb-col's /proc/net/udp: the kernel's per-socket
+  receive-buffer overflows), FastNetMon's own received counter (its Prometheus
+  endpoint), and dfb-col's Udp InDatagrams / RcvbufErrors (/proc/net/snmp).
+
+Prints a Markdown report (paste into bench/RESULTS.md).  Everything it starts is
+bounded (``timeout``) and stopped by pid, and the namespaces are deleted, on any exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dpkt
+import numpy as np
+
+from ddos_shield.capture.netflow import NetflowDecoder
+from ddos_shield.lab.netns import in_netns
+from ddos_shield.records import addr_bytes
+
+NS_GEN, NS_RTR, NS_COL = "dfb-gen", "dfb-rtr", "dfb-col"
+GEN_IF, RTR_IN, RTR_OUT, COL_IF = "dfb-g0", "dfb-r0", "dfb-r1", "dfb-c0"
+GEN_MAC, RTR_MAC = "02:df:b0:00:00:01", "02:df:b0:00:00:02"
+EXPORTER, COLLECTOR = "192.0.2.1", "192.0.2.2"
+SHIELD_PORT, FNM_PORT = 2056, 2057
+FNM_METRICS = ("127.0.0.1", 9209)
+SPOOF = ipaddress.ip_network("198.18.0.0/15")
+GEN_ADDR = "198.18.0.1"
+VICTIM_NET = ipaddress.ip_network("203.0.113.0/24")
+FIRST_VICTIM = 10
+
+#: per-protocol thresholds given to both tools (the shield's defaults)
+THRESHOLDS = {"syn": 10000, "udp": 20000, "icmp": 5000}
+#: seconds to wait for both detections after a flood ends
+DETECT_WAIT = 15.0
+#: seconds after a flood for the exporter's last flows to arrive before counters are read
+DRAIN = 4.0
+MAX_PPS = 1_000_000
+MAX_SECONDS = 60.0
+
+REPO = Path(__file__).resolve().parent.parent
+SHIELD_BIN = REPO / ".venv" / "bin" / "ddos-shield"
+
+
+# ---- small helpers -------------------------------------------------------------------
+
+
+def run(*argv: str, check: bool = True, timeout: float = 30) -> str:
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {p.returncode}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def ip(*args: str, check: bool = True) -> str:
+    return run("ip", *args, check=check)
+
+
+def link_stats(ns: str, dev: str) -> dict[str, int]:
+    s = json.loads(ip("-n", ns, "-s", "-j", "link", "show", dev))[0]["stats64"]
+    return {
+        "rx_packets": int(s["rx"]["packets"]),
+        "rx_dropped": int(s["rx"]["dropped"]),
+        "tx_packets": int(s["tx"]["packets"]),
+        "tx_dropped": int(s["tx"]["dropped"]),
+    }
+
+
+def udp_socket_drops(ns: str) -> dict[int, int]:
+    """Kernel drop counter of each bound UDP socket in ``ns``, by local port."""
+    out: dict[int, int] = {}
+    for line in run("ip", "netns", "exec", ns, "cat", "/proc/net/udp").splitlines()[1:]:
+        f = line.split()
+        out[int(f[1].split(":")[1], 16)] = int(f[-1])
+    return out
+
+
+def udp_snmp(ns: str) -> dict[str, int]:
+    """The namespace's Udp line of /proc/net/snmp."""
+    rows = [
+        r.split() for r in run("ip", "netns", "exec", ns, "cat", "/proc/net/snmp").splitlines() if r.startswith("Udp:")
+    ]
+    return {k: int(v) for k, v in zip(rows[0][1:], rows[1][1:], strict=True)}
+
+
+def median(xs: Sequence[float | None]) -> float | None:
+    v = [x for x in xs if x is not None]
+    return statistics.median(v) if v else None
+
+
+# ---- topology ------------------------------------------------------------------------
+
+
+def cleanup_namespaces() -> None:
+    for ns in (NS_GEN, NS_RTR, NS_COL):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def build_topology() -> None:
+    cleanup_namespaces()
+    for ns in (NS_GEN, NS_RTR, NS_COL):
+        ip("netns", "add", ns)
+        ip("-n", ns, "link", "set", "lo", "up")
+    ip("link", "add", GEN_IF, "netns", NS_GEN, "address", GEN_MAC, "type", "veth",
+       "peer", "name", RTR_IN, "netns", NS_RTR, "address", RTR_MAC)  # fmt: skip
+    ip("link", "add", RTR_OUT, "netns", NS_RTR, "type", "veth", "peer", "name", COL_IF, "netns", NS_COL)
+    ip("-n", NS_GEN, "addr", "add", f"{GEN_ADDR}/{SPOOF.prefixlen}", "dev", GEN_IF)
+    ip("-n", NS_RTR, "addr", "add", f"{EXPORTER}/24", "dev", RTR_OUT)
+    ip("-n", NS_COL, "addr", "add", f"{COLLECTOR}/24", "dev", COL_IF)
+    for ns, dev in ((NS_GEN, GEN_IF), (NS_RTR, RTR_IN), (NS_RTR, RTR_OUT), (NS_COL, COL_IF)):
+        ip("-n", ns, "link", "set", dev, "up")
+    ip("-n", NS_GEN, "route", "add", str(VICTIM_NET), "dev", GEN_IF)
+    # The flood is dropped at ingress, after the packet-socket tap softflowd reads:
+    # no replies, no conntrack, nothing for the router namespace to do with it.
+    rules = (
+        "table netdev dfb {\n"
+        f'  chain flood {{ type filter hook ingress device "{RTR_IN}" priority 0; '
+        f"ip saddr {SPOOF} ip daddr {VICTIM_NET} drop; }}\n"
+        "}\n"
+    )
+    subprocess.run(["ip", "netns", "exec", NS_RTR, "nft", "-f", "-"], input=rules, text=True, check=True, timeout=30)
+
+
+def add_victim(i: int) -> str:
+    target = str(VICTIM_NET[FIRST_VICTIM + i])
+    ip("-n", NS_RTR, "addr", "add", f"{target}/32", "dev", RTR_IN)
+    return target
+
+
+# ---- processes -----------------------------------------------------------------------
+
+
+@dataclass
+class Daemons:
+    """Every process started here, so that each is stopped by its own pid."""
+
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, ns: str, argv: Sequence[str], bound: float, log: Path) -> subprocess.Popen[bytes]:
+        # `timeout` forwards the TERM we send it to the daemon; the bound stops a daemon
+        # that this script, for whatever reason, never got to stop.
+        with log.open("wb") as out:
+            p = subprocess.Popen(
+                ["timeout", "-s", "TERM", "-k", "5", str(int(bound)), "ip", "netns", "exec", ns, *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = p
+        return p
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        p = self.procs.pop(name, None)
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(sig)
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(5)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def wait_for(path: Path, pattern: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and re.search(pattern, path.read_text(errors="replace"), re.MULTILINE):
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+# ---- the two detectors ---------------------------------------------------------------
+
+
+def shield_config(tmp: Path) -> Path:
+    t = THRESHOLDS
+    text = f"""\
+protected = ["{VICTIM_NET}"]
+[shield]
+interval_ms = 100
+dry_run = true
+state_dir = "{tmp / "shield-state"}"
+[events]
+file = "{tmp / "shield-events.jsonl"}"
+[[groups]]
+name = "default"
+hold_seconds = 5.0
+end_after_seconds = 2.0
+[groups.thresholds]
+syn = {{ pps = {t["syn"]} }}
+udp = {{ pps = {t["udp"]} }}
+icmp = {{ pps = {t["icmp"]} }}
+[[sources]]
+type = "netflow"
+listen = "{COLLECTOR}:{SHIELD_PORT}"
+exporters = ["{EXPORTER}"]
+"""
+    p = tmp / "shield.toml"
+    p.write_text(text)
+    return p
+
+
+def fastnetmon_config(tmp: Path, average_seconds: int) -> Path:
+    """FastNetMon's configuration: the packaged file's values, but for what this bench
+    must set (NetFlow on our port, our network, per-protocol pps thresholds equal to the
+    shield's, a notify script, no API and no usage report, files in ``tmp``)."""
+    (tmp / "fnm-networks").write_text(f"{VICTIM_NET}\n")
+    (tmp / "fnm-whitelist").write_text("")
+    notify = tmp / "fnm-notify.sh"
+    # The time is taken first: FastNetMon writes attack details to the script's stdin,
+    # which must be read (FastNetMon's own example script warns it crashes otherwise).
+    notify.write_text(
+        f'#!/bin/sh\nt=$(date +%s.%N)\ncat > /dev/null\necho "$t $1 $2 $3 $4" >> {tmp / "fnm-notify.log"}\n'
+    )
+    notify.chmod(0o755)
+    t = THRESHOLDS
+    conf = {
+        "logging_level": "info",
+        "logging_local_syslog_logging": "off",
+        "logging_remote_syslog_logging": "off",
+        "disable_usage_report": "on",
+        "enable_ban": "on",
+        "enable_ban_ipv6": "on",
+        "process_incoming_traffic": "on",
+        "process_outgoing_traffic": "on",
+        "ban_details_records_count": "20",
+        "ban_time": "1900",
+        "unban_only_if_attack_finished": "on",
+        "networks_list_path": str(tmp / "fnm-networks"),
+        "white_list_path": str(tmp / "fnm-whitelist"),
+        "check_period": "1",
+        "enable_connection_tracking": "on",
+        # per protocol only, as the shield's per-category thresholds
+        "ban_for_pps": "off",
+        "ban_for_bandwidth": "off",
+        "ban_for_flows": "off",
+        "ban_for_tcp_pps": "on",
+        "ban_for_udp_pps": "on",
+        "ban_for_icmp_pps": "on",
+        "threshold_tcp_pps": str(t["syn"]),
+        "threshold_udp_pps": str(t["udp"]),
+        "threshold_icmp_pps": str(t["icmp"]),
+        "ban_for_tcp_bandwidth": "off",
+        "ban_for_udp_bandwidth": "off",
+        "ban_for_icmp_bandwidth": "off",
+        "mirror_afpacket": "off",
+        "mirror_afxdp": "off",
+        "mirror_netmap": "off",
+        "pcap": "off",
+        "sflow": "off",
+        "netflow": "on",
+        "netflow_port": str(FNM_PORT),
+        "netflow_host": COLLECTOR,
+        "netflow_sampling_ratio": "1",
+        "average_calculation_time": str(average_seconds),
+        "speed_calculation_delay": "1",
+        "notify_script_path": str(notify),
+        "collect_attack_pcap_dumps": "off",
+        "monitor_local_ip_addresses": "off",
+        "pid_path": str(tmp / "fnm.pid"),
+        "cli_stats_file_path": str(tmp / "fnm.dat"),
+        "cli_stats_ipv6_file_path": str(tmp / "fnm6.dat"),
+        "enable_api": "off",
+        "prometheus": "on",
+        "prometheus_host": FNM_METRICS[0],
+        "prometheus_port": str(FNM_METRICS[1]),
+    }
+    p = tmp / "fastnetmon.conf"
+    p.write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
+    return p
+
+
+def fnm_metrics() -> dict[str, float]:
+    """FastNetMon's Prometheus counters (its endpoint listens inside dfb-col)."""
+    with in_netns(NS_COL):
+        # the socket is made (and stays) in dfb-col
+        body = urllib.request.urlopen(f"http://{FNM_METRICS[0]}:{FNM_METRICS[1]}/metrics", timeout=5).read()
+    out: dict[str, float] = {}
+    for line in body.decode(errors="replace").splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                out[name] = float(value)
+    return out
+
+
+def fnm_received(m: dict[str, float]) -> int:
+    return int(m.get("fastnetmon_netflow_v9_total_packets", 0))
+
+
+def shield_detections(events: Path) -> dict[str, float]:
+    """First ``attack_start`` ts per target address."""
+    out: dict[str, float] = {}
+    if not events.exists():
+        return out
+    for line in events.read_text().splitlines():
+        e = json.loads(line)
+        if e.get("event") == "attack_start":
+            out.setdefault(str(e["target"]).split("/")[0], float(e["ts"]))
+    return out
+
+
+def fnm_detections(log: Path) -> dict[str, float]:
+    """First ``ban`` notification time per target address."""
+    out: dict[str, float] = {}
+    if not log.exists():
+        return out
+    for line in log.read_text().splitlines():
+        f = line.split()
+        if len(f) >= 5 and f[4] == "ban":
+            out.setdefault(f[1], float(f[0]))
+    return out
+
+
+# ---- the exporter ----------------------------------------------------------------------
+
+
+def softflowd_argv(tmp: Path) -> list[str]:
+    return [
+        "softflowd", "-d", "-i", RTR_IN, "-v", "9",
+        "-n", f"{COLLECTOR}:{SHIELD_PORT},{COLLECTOR}:{FNM_PORT}",
+        "-p", str(tmp / "softflowd.pid"), "-c", str(tmp / "softflowd.ctl"),
+        # flows leave at most about a second after their packets
+        "-t", "maxlife=1", "-t", "expint=1", "-t", "general=1",
+        "-t", "udp=1", "-t", "icmp=1", "-t", "tcp=1", "-t", "tcp.rst=1", "-t", "tcp.fin=1",
+    ]  # fmt: skip
+
+
+def softflowd_stats(tmp: Path) -> dict[str, int]:
+    """A few of softflowd's own counters (``softflowctl statistics``)."""
+    text = run(
+        "ip", "netns", "exec", NS_RTR, "softflowctl", "-c", str(tmp / "softflowd.ctl"), "statistics", check=False
+    )
+    out: dict[str, int] = {}
+    for key, pat in (
+        ("packets", r"Packets processed:\s*(\d+)"),
+        ("pcap_received", r"Packets received by libpcap:\s*(\d+)"),
+        ("pcap_dropped", r"Packets dropped by libpcap:\s*(\d+)"),
+        ("if_dropped", r"Packets dropped by interface:\s*(\d+)"),
+        ("flows_exported", r"Flows exported:\s*(\d+)"),
+        ("datagrams", r"Flows exported:.* in (\d+) packets"),
+        ("export_failures", r"Flows exported:.*\((\d+) failures\)"),
+        ("forced", r"Flows expired:\s*\d+ \((\d+) forced\)"),
+    ):
+        if m := re.search(pat, text):
+            out[key] = int(m.group(1))
+    with (tmp / "softflowd-stats.txt").open("a") as fh:
+        fh.write(f"--- {time.time():.3f}\n{text}\n")
+    return out
+
+
+# ---- traffic -------------------------------------------------------------------------
+
+PAYLOAD = {"syn": 0, "udp": 64, "icmp": 56}
+
+
+def trafgen_config(kind: str, target: str) -> tuple[str, int]:
+    """A trafgen packet (random source in 198.18.0.0/16 and random ports) and its length."""
+    mac = ", ".join(f"0x{b}" for b in (RTR_MAC + ":" + GEN_MAC).split(":"))
+    dst = ", ".join(str(int(b)) for b in target.split("."))
+    proto = {"syn": 6, "udp": 17, "icmp": 1}[kind]
+    l4_len = {"syn": 20, "udp": 8 + PAYLOAD["udp"], "icmp": 8 + PAYLOAD["icmp"]}[kind]
+    items = [
+        mac,
+        "0x08, 0x00",
+        f"0x45, 0x00, c16({20 + l4_len}), drnd(2), 0x00, 0x00, 64, {proto}, csumip(14, 33)",
+        f"198, 18, drnd(2), {dst}",
+    ]
+    if kind == "syn":
+        items.append("drnd(2), c16(80), drnd(4), 0, 0, 0, 0, 0x50, 0x02, c16(64240), csumtcp(14, 34), 0, 0")
+    elif kind == "udp":
+        items.append(f"drnd(2), c16(53), c16({l4_len}), csumudp(14, 34), fill(0x41, {PAYLOAD['udp']})")
+    else:
+        items.append(f"8, 0, csumicmp(34, {34 + l4_len - 1}), c16(0x4453), c16(1), fill(0x41, {PAYLOAD['icmp']})")
+    return "{\n  " + ",\n  ".join(items) + "\n}\n", 14 + 20 + l4_len
+
+
+def pace(pps: int, frame: int) -> None:
+    """tbf at exactly pps x frame length: trafgen's rate mode sends each second's packets
+    in one burst, which the tbf spreads evenly (as the lab's attacks do)."""
+    rate = pps * frame * 8
+    burst = max(4 * frame, pps * frame // 1000)
+    run("tc", "-n", NS_GEN, "qdisc", "replace", "dev", GEN_IF, "root", "tbf", "rate", f"{rate}bit",
+        "burst", str(burst), "limit", str(max(1 << 20, 4 * burst)))  # fmt: skip
+
+
+@dataclass
+class Flood:
+    kind: str
+    target: str
+    pps: int
+    seconds: float
+    sent: int = 0
+    started: float = 0.0  # wall clock, first rise of the tx counter
+    ended: float = 0.0  # wall clock, last rise
+    first_frame: float | None = None  # kernel timestamp of the first attack frame at dfb-r0
+
+    @property
+    def achieved_pps(self) -> float:
+        return self.sent / (self.ended - self.started) if self.ended > self.started else 0.0
+
+
+def flood(kind: str, target: str, pps: int, seconds: float, tmp: Path) -> Flood:
+    if not (0 < pps <= MAX_PPS and 0 < seconds <= MAX_SECONDS):
+        raise ValueError(f"rate {pps} pps for {seconds} s is outside the bounds")
+    if ipaddress.ip_address(target) not in VICTIM_NET:
+        raise ValueError(f"{target} is not a victim address of this bench")
+    cfg, frame = trafgen_config(kind, target)
+    cfg_path = tmp / f"{kind}.trafgen"
+    cfg_path.write_text(cfg)
+    count = int(pps * seconds)
+    pace(pps, frame)
+    f = Flood(kind, target, pps, seconds)
+    first_pcap = tmp / f"first-{target}.pcap"
+    # the first attack frame as dfb-r0 receives it: tcpdump exits after one packet
+    first = subprocess.Popen(
+        ["timeout", "-s", "INT", "-k", "2", str(int(seconds + 10)), "ip", "netns", "exec", NS_RTR,
+         "tcpdump", "-i", RTR_IN, "-n", "-c", "1", "--time-stamp-precision=nano", "-w", str(first_pcap),
+         "dst", "host", target],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert first.stderr is not None
+    os.set_blocking(first.stderr.fileno(), False)
+    deadline = time.monotonic() + 5
+    seen = b""
+    while b"listening on" not in seen and time.monotonic() < deadline:
+        seen += first.stderr.read() or b""
+        time.sleep(0.05)
+    base = link_stats(NS_GEN, GEN_IF)["tx_packets"]
+    gen = subprocess.Popen(
+        ["timeout", "-s", "INT", "-k", "2", str(seconds + 3), "ip", "netns", "exec", NS_GEN,
+         "trafgen", "-o", GEN_IF, "-i", str(cfg_path), "-n", str(count), "-b", f"{pps}pps", "-P", "1",
+         "--qdisc-path", "--no-sock-mem", "--notouch-irq", "--no-cpu-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    last = 0
+    exited: float | None = None
+    while True:
+        c = link_stats(NS_GEN, GEN_IF)["tx_packets"] - base
+        now = time.time()
+        if c > 0 and not f.started:
+            f.started = now
+        if c > last:
+            last, f.ended = c, now
+        if gen.poll() is not None:
+            exited = exited or time.monotonic()
+            if time.monotonic() - exited > 0.5:  # the tbf queue has drained by then
+                break
+        time.sleep(0.05)
+    f.sent = last
+    _, err = gen.communicate()
+    if gen.returncode not in (0, 124):
+        print(f"# trafgen exit {gen.returncode}: {err.decode(errors='replace').strip()[-300:]}", file=sys.stderr)
+    try:
+        first.wait(3)
+    except subprocess.TimeoutExpired:
+        first.send_signal(signal.SIGINT)
+        first.wait(5)
+    f.first_frame = first_packet_time(first_pcap)
+    run("tc", "-n", NS_GEN, "qdisc", "del", "dev", GEN_IF, "root", check=False)
+    return f
+
+
+def first_packet_time(path: Path) -> float | None:
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with path.open("rb") as fh:
+        for ts, _ in dpkt.pcap.Reader(fh):
+            return float(ts)
+    return None
+
+
+# ---- the export capture ----------------------------------------------------------------
+
+
+@dataclass
+class Datagram:
+    ts: float
+    dport: int
+    payload: bytes
+
+
+def read_export(path: Path) -> list[Datagram]:
+    out: list[Datagram] = []
+    with path.open("rb") as fh:
+        for ts, buf in dpkt.pcap.Reader(fh):
+            eth = dpkt.ethernet.Ethernet(buf)
+            ip4 = eth.data
+            if not isinstance(ip4, dpkt.ip.IP) or not isinstance(ip4.data, dpkt.udp.UDP):
+                continue
+            out.append(Datagram(float(ts), int(ip4.data.dport), bytes(ip4.data.data)))
+    return out
+
+
+def first_carrying(datagrams: Sequence[Datagram], port: int) -> dict[str, tuple[float, int]]:
+    """For each destination address: (arrival time of the first datagram to ``port``
+    carrying a record towards it, packets all records towards it carried in total)."""
+    dec = NetflowDecoder(default_rate=1)
+    exporter = addr_bytes(EXPORTER)
+    first: dict[str, float] = {}
+    packets: dict[str, int] = {}
+    for d in datagrams:
+        if d.dport != port:
+            continue
+        b = dec.decode(d.payload, exporter, d.ts).batch
+        if not len(b):
+            continue
+        dsts = b["dst"].view("V16").ravel()
+        for key in np.unique(dsts):
+            rows = dsts == key
+            a = str(ipaddress.ip_address(bytes(key)))
+            a = a.removeprefix("::ffff:")
+            first.setdefault(a, d.ts)
+            packets[a] = packets.get(a, 0) + int(b["packets"][rows].sum())
+    return {a: (first[a], packets[a]) for a in first}
+
+
+# ---- one run -------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    kind: str
+    flood: Flood
+    window: tuple[float, float]
+    shield_detect: float | None
+    fnm_detect: float | None
+    drops_before: dict[int, int]
+    drops_after: dict[int, int]
+    snmp_before: dict[str, int]
+    snmp_after: dict[str, int]
+    fnm_before: int
+    fnm_after: int
+    sfd_before: dict[str, int]
+    sfd_after: dict[str, int]
+    rtr_rx: int
+    # filled from the capture at the end
+    first_export: float | None = None
+    exported_packets: int = 0
+    sent_to: dict[int, int] = field(default_factory=dict)
+
+    def drops(self, port: int) -> int:
+        return self.drops_after.get(port, 0) - self.drops_before.get(port, 0)
+
+    def ttd(self, which: str) -> float | None:
+        t = self.shield_detect if which == "shield" else self.fnm_detect
+        return None if t is None or self.first_export is None else t - self.first_export
+
+    @property
+    def export_delay(self) -> float | None:
+        if self.first_export is None or self.flood.first_frame is None:
+            return None
+        return self.first_export - self.flood.first_frame
+
+
+def one_run(kind: str, i: int, args: argparse.Namespace, tmp: Path) -> Result:
+    target = add_victim(i)
+    time.sleep(1.0)
+    t0 = time.time()
+    drops0, snmp0, fnm0, sfd0 = (
+        udp_socket_drops(NS_COL),
+        udp_snmp(NS_COL),
+        fnm_received(fnm_metrics()),
+        softflowd_stats(tmp),
+    )
+    rx0 = link_stats(NS_RTR, RTR_IN)["rx_packets"]
+    f = flood(kind, target, args.pps, args.seconds, tmp)
+    deadline = time.monotonic() + DETECT_WAIT
+    sd = fd = None
+    while time.monotonic() < deadline:
+        sd = shield_detections(tmp / "shield-events.jsonl").get(target)
+        fd = fnm_detections(tmp / "fnm-notify.log").get(target)
+        if sd is not None and fd is not None:
+            break
+        time.sleep(0.2)
+    time.sleep(DRAIN)
+    rx1 = link_stats(NS_RTR, RTR_IN)["rx_packets"]
+    r = Result(
+        kind, f, (t0, time.time()), sd, fd,
+        drops0, udp_socket_drops(NS_COL), snmp0, udp_snmp(NS_COL),
+        fnm0, fnm_received(fnm_metrics()), sfd0, softflowd_stats(tmp), rx1 - rx0,
+    )  # fmt: skip
+    print(
+        f"# {kind} {target}: sent {f.sent} at {f.achieved_pps:.0f} pps; shield "
+        f"{'-' if sd is None else f'{sd - f.started:+.2f}'} s, fastnetmon "
+        f"{'-' if fd is None else f'{fd - f.started:+.2f}'} s after the first frame sent",
+        file=sys.stderr,
+        flush=True,
+    )
+    return r
+
+
+# ---- report --------------------------------------------------------------------------
+
+
+def fmt(x: float | None, spec: str = ".2f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def report(results: list[Result], args: argparse.Namespace, env: dict[str, str]) -> str:
+    lines = [
+        f"Machine: {env['machine']}; measured {env['date']}.  softflowd {env['softflowd']} (NetFlow v9, "
+        f"maxlife=1, expint=1), FastNetMon {env['fastnetmon']} (Debian; average_calculation_time="
+        f"{args.fnm_average}), ddos-shield at {env['commit']}.  Floods: spoofed sources in 198.18.0.0/16, "
+        f"random ports, {args.seconds:g} s at {args.pps} pps asked, {args.runs} run(s) per type; "
+        f"thresholds SYN/TCP {THRESHOLDS['syn']}, UDP {THRESHOLDS['udp']}, ICMP {THRESHOLDS['icmp']} pps "
+        f"in both tools.  net.core.rmem_default={env['rmem_default']}, rmem_max={env['rmem_max']}.",
+        "",
+        "Times are medians in seconds.  *export delay*: first attack frame at the exporter to the first "
+        "export datagram carrying an attack record; *TTD*: that datagram's arrival to the tool's detection "
+        "(the shield's `attack_start`, FastNetMon's `ban` notification); `-` = not detected within "
+        f"{DETECT_WAIT:g} s of the flood's end.  Datagrams: sent by the exporter to each collector "
+        "(capture on the collector's interface) and dropped at that collector's socket (kernel per-socket "
+        "`drops`); FastNetMon's own received counter in brackets.",
+        "",
+        "| flood | sent pps (kernel) | exporter saw | export delay | shield TTD | FastNetMon TTD | detected (shield / FNM) "
+        "| datagrams to each | shield socket drops | FNM socket drops [FNM counted] |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for kind in args.kinds:
+        rs = [r for r in results if r.kind == kind]
+        if not rs:
+            continue
+        sent_pps = median([r.flood.achieved_pps for r in rs])
+        saw = median([r.exported_packets / r.flood.sent if r.flood.sent else None for r in rs])
+        to_each = median([float(r.sent_to.get(SHIELD_PORT, 0)) for r in rs])
+        sd = median([float(r.drops(SHIELD_PORT)) for r in rs])
+        fdr = median([float(r.drops(FNM_PORT)) for r in rs])
+        fc = median([float(r.fnm_after - r.fnm_before) for r in rs])
+        det_s = sum(r.shield_detect is not None for r in rs)
+        det_f = sum(r.fnm_detect is not None for r in rs)
+        lines.append(
+            f"| {kind.upper()} | {fmt(sent_pps, ',.0f')} | {fmt(None if saw is None else 100 * saw, '.0f')}% "
+            f"| {fmt(median([r.export_delay for r in rs]))} | {fmt(median([r.ttd('shield') for r in rs]))} "
+            f"| {fmt(median([r.ttd('fnm') for r in rs]))} | {det_s}/{len(rs)} / {det_f}/{len(rs)} "
+            f"| {fmt(to_each, ',.0f')} | {fmt(sd, ',.0f')} | {fmt(fdr, ',.0f')} [{fmt(fc, ',.0f')}] |"
+        )
+    lines += [
+        "",
+        "Every run:",
+        "",
+        "| flood | victim | sent | pps | export delay | shield TTD | FNM TTD | to each | shield drops | FNM drops | FNM counted | col Udp InDatagrams / RcvbufErrors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.kind} | {r.flood.target} | {r.flood.sent} | {r.flood.achieved_pps:,.0f} | {fmt(r.export_delay)} "
+            f"| {fmt(r.ttd('shield'))} | {fmt(r.ttd('fnm'))} | {r.sent_to.get(SHIELD_PORT, 0)} "
+            f"| {r.drops(SHIELD_PORT)} | {r.drops(FNM_PORT)} | {r.fnm_after - r.fnm_before} "
+            f"| {r.snmp_after['InDatagrams'] - r.snmp_before['InDatagrams']} / "
+            f"{r.snmp_after['RcvbufErrors'] - r.snmp_before['RcvbufErrors']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict[str, str]:
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+
+    def pkg(name: str) -> str:
+        return run("dpkg-query", "-W", "-f", "${Version}", name, check=False).strip() or "?"
+
+    return {
+        "machine": f"Linux {platform.release()}, {cpu}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "softflowd": pkg("softflowd"),
+        "fastnetmon": pkg("fastnetmon"),
+        "commit": run("git", "-C", str(REPO), "rev-parse", "--short", "HEAD", check=False).strip(),
+        "rmem_default": Path("/proc/sys/net/core/rmem_default").read_text().strip(),
+        "rmem_max": Path("/proc/sys/net/core/rmem_max").read_text().strip(),
+    }
+
+
+# ---- main ----------------------------------------------------------------------------
+
+
+def check_tools() -> None:
+    missing = [
+        t
+        for t in ("trafgen", "softflowd", "softflowctl", "tcpdump", "fastnetmon", "nft", "tc")
+        if shutil.which(t) is None
+    ]
+    if missing:
+        sys.exit(f"missing: {', '.join(missing)} (apt-get install fastnetmon softflowd netsniff-ng tcpdump nftables)")
+    if not SHIELD_BIN.exists():
+        sys.exit(f"{SHIELD_BIN} not found: run `bash dev.sh setup` first")
+    if os.geteuid() != 0:
+        sys.exit("run as root (namespaces, packet sockets)")
+
+
+@contextlib.contextmanager
+def bench_session(tmp: Path, args: argparse.Namespace) -> Iterator[Daemons]:
+    d = Daemons()
+    bound = len(args.kinds) * args.runs * (args.seconds + DETECT_WAIT + DRAIN + 15) + 120
+    try:
+        build_topology()
+        cap = d.start(
+            "capture", NS_COL,
+            ["tcpdump", "-i", COL_IF, "-n", "-s", "2048", "-B", "65536", "--time-stamp-precision=nano",
+             "-w", str(tmp / "export.pcap"), "udp", "and", "dst", "host", COLLECTOR],
+            bound, tmp / "tcpdump.log",
+        )  # fmt: skip
+        if not wait_for(tmp / "tcpdump.log", "listening on", 10, cap):
+            raise RuntimeError(f"tcpdump did not start: {(tmp / 'tcpdump.log').read_text()}")
+        sh = d.start("shield", NS_COL, [str(SHIELD_BIN), "run", "--config", str(shield_config(tmp)), "--no-live"],
+                     bound, tmp / "shield.log")  # fmt: skip
+        if not wait_for(tmp / "shield.log", r"^ready", 60, sh):
+            raise RuntimeError(f"the shield did not start: {(tmp / 'shield.log').read_text()[-2000:]}")
+        fnm = d.start(
+            "fastnetmon", NS_COL,
+            ["fastnetmon", "--configuration_file", str(fastnetmon_config(tmp, args.fnm_average)),
+             "--log_file", str(tmp / "fastnetmon.log"), "--disable_pid_logic"],
+            bound, tmp / "fastnetmon.out",
+        )  # fmt: skip
+        if not wait_for(tmp / "fastnetmon.log", "netflow plugin will listen", 20, fnm):
+            raise RuntimeError(f"FastNetMon did not start: {(tmp / 'fastnetmon.out').read_text()[-2000:]}")
+        sfd = d.start("softflowd", NS_RTR, softflowd_argv(tmp), bound, tmp / "softflowd.log")
+        time.sleep(1.0)
+        if sfd.poll() is not None:
+            raise RuntimeError(f"softflowd exited: {(tmp / 'softflowd.log').read_text()}")
+        yield d
+    finally:
+        d.stop_all()
+        cleanup_namespaces()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--pps", type=int, default=200000)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--kinds", default="syn,udp,icmp")
+    ap.add_argument("--fnm-average", type=int, default=5, help="FastNetMon's average_calculation_time (package: 5)")
+    ap.add_argument("--keep", help="copy the captures, logs and events into this directory")
+    args = ap.parse_args()
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    if not set(args.kinds) <= set(PAYLOAD):
+        ap.error(f"--kinds: choose from {', '.join(PAYLOAD)}")
+    if not (0 < args.pps <= MAX_PPS and 0 < args.seconds <= MAX_SECONDS and 0 < args.runs * len(args.kinds) <= 200):
+        ap.error("rate, duration or number of runs out of bounds")
+    check_tools()
+    env = environment()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="dfb-") as t:
+        tmp = Path(t)
+        try:
+            with bench_session(tmp, args) as daemons:
+                # warm-up: templates reach both collectors before the first measured flood
+                warm = flood("udp", add_victim(200), 2000, 2.0, tmp)
+                time.sleep(3)
+                print(f"# warm-up: {warm.sent} frames", file=sys.stderr)
+                n = 0
+                for _ in range(args.runs):
+                    for kind in args.kinds:
+                        results.append(one_run(kind, n, args, tmp))
+                        n += 1
+                daemons.stop("capture", signal.SIGINT)
+            datagrams = read_export(tmp / "export.pcap")
+            by_port = {p: first_carrying(datagrams, p) for p in (SHIELD_PORT, FNM_PORT)}
+            for r in results:
+                first = [by_port[p].get(r.flood.target, (None, 0))[0] for p in (SHIELD_PORT, FNM_PORT)]
+                known = [x for x in first if x is not None]
+                r.first_export = min(known) if known else None
+                r.exported_packets = by_port[SHIELD_PORT].get(r.flood.target, (0.0, 0))[1]
+                lo, hi = r.window
+                for p in (SHIELD_PORT, FNM_PORT):
+                    r.sent_to[p] = sum(1 for d in datagrams if d.dport == p and lo <= d.ts <= hi)
+        finally:
+            if args.keep:
+                shutil.copytree(tmp, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.ctl"))
+    print(report(results, args, env))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
