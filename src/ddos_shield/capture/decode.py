@@ -53,6 +53,18 @@ TCP_ACK = 0x10
 
 _V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
+#: bytes from the IP header that the fast path reads: an IPv6 header and TCP up to its flags
+_FAST_L3 = 54
+#: next-header values after IPv6 that the fast path leaves to the general one
+_V6_SLOW = np.zeros(256, dtype=bool)
+_V6_SLOW[_V6_EXT] = True
+_V6_SLOW[IPPROTO_FRAGMENT] = True
+_CATEGORY_OF_PROTO = np.full(256, int(Category.OTHER), dtype=np.uint8)
+_CATEGORY_OF_PROTO[IPPROTO_TCP] = int(Category.TCP)
+_CATEGORY_OF_PROTO[IPPROTO_UDP] = int(Category.UDP)
+_CATEGORY_OF_PROTO[IPPROTO_ICMP] = int(Category.ICMP)
+_CATEGORY_OF_PROTO[IPPROTO_ICMPV6] = int(Category.ICMP)
+
 
 def decode_frames(
     frames: npt.NDArray[np.uint8],
@@ -77,13 +89,174 @@ def decode_frames_valid(
     ``"ethernet"`` or ``"raw"`` (rows start at the IP header).  The caller fills
     ``ts``, ``packets``, ``bytes``, ``sample_rate`` and the source columns.
     """
+    if link not in ("ethernet", "raw"):
+        raise ValueError(f"unknown link type {link!r}")
+    frames = np.asarray(frames, dtype=np.uint8)
     n = frames.shape[0]
     out = empty_traffic(n)
+    valid = np.zeros(n, dtype=bool)
     if n == 0:
-        return out, np.zeros(0, dtype=bool)
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+        return out, valid
     snap = frames.shape[1]
-    cap = np.minimum(np.asarray(caplen, dtype=np.int64), snap)
+    cap = np.broadcast_to(np.minimum(np.asarray(caplen, dtype=np.int64), snap), (n,))
+    wire = np.broadcast_to(np.asarray(wirelen), (n,))
+    out["length"] = wire
+    rest = _decode_fast(frames, cap, link, out, valid)
+    # What the fast path left: IPv4 with options, IPv6 with extension headers, two VLAN
+    # tags, truncated headers.  Non-IP rows stay as they are (invalid, zero).
+    slow = np.flatnonzero(rest)
+    if len(slow):
+        part, ok = _decode_general(frames[slow], cap[slow], wire[slow], link)
+        out[slow] = part
+        valid[slow] = ok
+    return out, valid
+
+
+def _be16(a: npt.NDArray[np.uint8], col: int) -> npt.NDArray[np.uint16]:
+    v: npt.NDArray[np.uint16] = (a[:, col].astype(np.uint16) << 8) | a[:, col + 1]
+    return v
+
+
+def _decode_fast(
+    frames: npt.NDArray[np.uint8],
+    cap: npt.NDArray[np.int64],
+    link: str,
+    out: TrafficBatch,
+    valid: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.bool_]:
+    """Decode the common layouts -- untagged or single-tagged Ethernet, or raw IP, then
+    IPv4 without options or IPv6 without extension headers -- from column slices of
+    ``frames``: every field sits at a fixed column, so nothing is gathered per row.
+    Fills ``out`` and ``valid`` for those rows and for non-IP rows; returns the mask of
+    the rows left for :func:`_decode_general`."""
+    n = len(frames)
+    width = _FAST_L3 + (18 if link == "ethernet" else 0)
+    if frames.shape[1] < width:  # short prefixes (a few sFlow headers): zeros read as absent bytes
+        frames = np.concatenate([frames, np.zeros((n, width - frames.shape[1]), dtype=np.uint8)], axis=1)
+    tagged: npt.NDArray[np.bool_] | None = None
+    off: Any
+    if link == "ethernet":
+        etype = _be16(frames, 12)
+        tagged = (etype == ETH_P_8021Q) | (etype == ETH_P_8021AD)
+        if tagged.any():
+            inner = _be16(frames, 16)
+            one_tag = tagged & ((inner == ETH_P_IP) | (inner == ETH_P_IPV6))
+            etype = np.where(one_tag, inner, etype)
+            l3 = np.where(one_tag[:, None], frames[:, 18 : 18 + _FAST_L3], frames[:, 14 : 14 + _FAST_L3])
+            off = np.where(one_tag, 18, 14)
+            leftover = tagged & ~one_tag  # two tags, or a tag before a non-IP frame
+        else:
+            tagged = None
+            l3 = frames[:, 14 : 14 + _FAST_L3]
+            off = 14
+            leftover = None
+        is4 = etype == ETH_P_IP
+        is6 = etype == ETH_P_IPV6
+    else:
+        version = frames[:, 0] >> 4
+        is4 = version == 4
+        is6 = version == 6
+        l3 = frames[:, :_FAST_L3]
+        off = 0
+        leftover = None
+
+    room = cap - off  # bytes from the IP header on
+    nxt = l3[:, 6]
+    f4 = is4 & ((l3[:, 0] & 0x0F) == 5) & (room >= 20)
+    f6 = is6 & ~_V6_SLOW[nxt] & (room >= 40)
+    fast = f4 | f6
+    rest = (is4 | is6) & ~fast
+    if leftover is not None:
+        rest |= leftover
+    if not fast.any():
+        out["category"] = int(Category.OTHER)
+        return rest
+    every = bool(fast.all())
+    only4 = every and bool(is4.all())
+    only6 = every and bool(is6.all())
+
+    proto = nxt if only6 else np.where(is4, l3[:, 9], nxt)
+    ttl = l3[:, 7] if only6 else np.where(is4, l3[:, 8], l3[:, 7])
+    # IPv4 fragment field: flags(3) offset(13); later fragments carry no transport header
+    later = f4 & (((l3[:, 6] & 0x1F) | l3[:, 7]) != 0)
+    frag = f4 & (((l3[:, 6] & 0x3F) | l3[:, 7]) != 0)
+
+    # Transport header: at 20 after IPv4, 40 after IPv6
+    if only4:
+        l4, tcpfl, l4_at = l3[:, 20:24], l3[:, 33], 20
+    elif only6:
+        l4, tcpfl, l4_at = l3[:, 40:44], l3[:, 53], 40
+    else:
+        l4 = np.where(is4[:, None], l3[:, 20:24], l3[:, 40:44])
+        tcpfl = np.where(is4, l3[:, 33], l3[:, 53])
+        l4_at = np.where(is4, 20, 40)
+    room4 = room - l4_at
+    first = fast & ~later
+    is_tcp = proto == IPPROTO_TCP
+    ports_ok = first & (is_tcp | (proto == IPPROTO_UDP)) & (room4 >= 4)
+    tcp_ok = first & is_tcp & (room4 >= 14)
+    # ICMP type/code go in the port columns, as flow exporters do (type<<8 | code in dport).
+    icmp_ok = first & ((proto == IPPROTO_ICMP) | (proto == IPPROTO_ICMPV6)) & (room4 >= 2)
+    w0 = _be16(l4, 0)
+    out["sport"] = np.where(ports_ok, w0, 0)
+    out["dport"] = np.where(ports_ok, _be16(l4, 2), np.where(icmp_ok, w0, 0))
+    tcp_flags = np.where(tcp_ok, tcpfl, 0)
+    out["tcp_flags"] = tcp_flags
+
+    cat = _CATEGORY_OF_PROTO[proto]
+    cat = np.where(tcp_ok & ((tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN), np.uint8(Category.TCP_SYN), cat)
+    cat = np.where(later, np.uint8(Category.FRAG), cat)
+    if every:
+        out["proto"] = proto
+        out["ttl"] = ttl
+        out["category"] = cat
+    else:
+        out["proto"] = np.where(fast, proto, 0)
+        out["ttl"] = np.where(fast, ttl, 0)
+        out["category"] = np.where(fast, cat, np.uint8(Category.OTHER))
+
+    flags = is6.astype(np.uint16) * np.uint16(PacketFlag.IPV6)
+    flags |= frag * np.uint16(PacketFlag.FRAG)
+    flags |= later * np.uint16(PacketFlag.FRAG_LATER)
+    if tagged is not None:
+        flags |= tagged * np.uint16(PacketFlag.VLAN)
+    out["flags"] = flags
+
+    # Addresses, 16 bytes each, IPv4-mapped.
+    src, dst = out["src"], out["dst"]
+    if only4:
+        src[:, 10:12] = 0xFF
+        dst[:, 10:12] = 0xFF
+        src[:, 12:] = l3[:, 12:16]
+        dst[:, 12:] = l3[:, 16:20]
+    elif only6:
+        src[:] = l3[:, 8:24]
+        dst[:] = l3[:, 24:40]
+    else:
+        both = np.where(f6[:, None], l3[:, 8:40], 0)  # source then destination, IPv6
+        v4 = np.where(f4[:, None], l3[:, 12:20], 0)
+        ff = (f4 * np.uint8(0xFF))[:, None]
+        both[:, 10:12] |= ff
+        both[:, 26:28] |= ff
+        both[:, 12:16] |= v4[:, :4]
+        both[:, 28:32] |= v4[:, 4:]
+        src[:] = both[:, :16]
+        dst[:] = both[:, 16:]
+    valid |= fast
+    return rest
+
+
+def _decode_general(
+    frames: npt.NDArray[np.uint8],
+    cap: npt.NDArray[np.int64],
+    wirelen: npt.NDArray[Any],
+    link: str,
+) -> tuple[TrafficBatch, npt.NDArray[np.bool_]]:
+    """Any layout the module reads, one gathered column at a time (the rows the fast
+    path leaves: IPv4 options, IPv6 extension headers, two VLAN tags, truncation)."""
+    n = frames.shape[0]
+    out = empty_traffic(n)
+    snap = frames.shape[1]
     out["length"] = np.asarray(wirelen, dtype=np.uint32)
     rows = np.arange(n)
     # Pad so that reads past the snap length return zeros instead of failing; the
