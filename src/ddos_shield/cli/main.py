@@ -339,7 +339,7 @@ def _cmd_lab_attack(args: argparse.Namespace) -> int:
         kind=args.kind, family=args.family, pps=args.pps, seconds=args.seconds, dport=args.dport, cpu=args.cpu
     )
     report = launch(spec).wait()
-    print(json.dumps(report.to_json() if hasattr(report, "to_json") else report.__dict__, default=str))
+    print(json.dumps(report.to_json()))
     return 0
 
 
