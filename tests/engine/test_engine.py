@@ -115,22 +115,16 @@ def test_spoofed_udp_flood_gets_a_fingerprint_that_spares_the_client() -> None:
     assert h.dp.backend.list() == []
 
 
+def single_source_syn_flood(now: float) -> np.ndarray:
+    return packets(
+        400, src="198.51.100.66", dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=0x02, length=54, ts=now
+    )
+
+
 def test_single_source_syn_flood_is_blocked_by_source() -> None:
     h = Harness()
 
-    def flood(now: float) -> np.ndarray:
-        return packets(
-            400,
-            src="198.51.100.66",
-            dst=VICTIM,
-            proto=6,
-            category=Category.TCP_SYN,
-            tcp_flags=0x02,
-            length=54,
-            ts=now,
-        )
-
-    h.run(1.0, [legit, flood])
+    h.run(1.0, [legit, single_source_syn_flood])
     rules = [e["rule"] for e in h.events("mitigation_applied")]
     assert [r["match"] for r in rules] == [{"src": "198.51.100.66/32"}]
     assert h.events("attack_start")[0]["attack_types"] == ["syn_flood"]
@@ -139,19 +133,7 @@ def test_single_source_syn_flood_is_blocked_by_source() -> None:
 def test_allowlisted_source_is_never_chosen() -> None:
     h = Harness(CONFIG.replace("protected =", 'allowlist = ["198.51.100.66/32"]\nprotected ='))
 
-    def flood(now: float) -> np.ndarray:
-        return packets(
-            400,
-            src="198.51.100.66",
-            dst=VICTIM,
-            proto=6,
-            category=Category.TCP_SYN,
-            tcp_flags=0x02,
-            length=54,
-            ts=now,
-        )
-
-    h.run(1.0, [flood])
+    h.run(1.0, [single_source_syn_flood])
     for e in h.events("mitigation_applied"):
         assert "src" not in e["rule"]["match"] or e["rule"]["match"]["src"] != "198.51.100.66/32"
 
