@@ -5,6 +5,8 @@ Each behaviour once, at modest rates (the matrices are in bench/shield.py).
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from ddos_shield import lab
 from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import LabShield, measure_attack
+from ddos_shield.lab.netns import netns_socket
 from ddos_shield.lab.topology import Lab, if_counters, lab_session
 from ddos_shield.records import Match
 
@@ -185,3 +188,69 @@ def _xdp_stats(shield: LabShield) -> dict[str, int]:
     assert out.returncode == 0, out.stderr
     stats: dict[str, int] = json.loads(out.stdout)["dataplane"]
     return stats
+
+
+NETFLOW_SOURCE = """
+[[sources]]
+type = "netflow"
+listen = "127.0.0.1:2055"
+exporters = ["127.0.0.1"]
+"""
+
+
+def _netflow_v5(records: list[tuple[str, str, int, int]], seq: int) -> bytes:
+    """A NetFlow v5 datagram: (src, dst, packets, bytes) UDP flows to port 53."""
+    head = struct.pack("!HHIIIIBBH", 5, len(records), 1000, int(time.time()), 0, seq, 0, 0, 0)
+    body = b"".join(
+        struct.pack(
+            "!4s4s4sHHIIIIHHBBBBHHBBH",
+            socket.inet_aton(src),
+            socket.inet_aton(dst),
+            b"\0" * 4,
+            0,
+            0,
+            pk,
+            by,
+            0,
+            1000,
+            40000,
+            53,
+            0,
+            0,
+            17,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
+        for src, dst, pk, by in records
+    )
+    return head + body
+
+
+def test_xdp_and_a_flow_collector_at_once(the_lab: Lab, tmp_path: Path) -> None:
+    """One shield, two sources: a flood seen only through NetFlow is detected and the
+    rule is enforced by the XDP data plane."""
+    s = LabShield(tmp_path, extra_config=NETFLOW_SOURCE)
+    ready = s.start()
+    try:
+        assert ready["dataplane"] == "xdp" and ready["sources"] == ["netflow"]
+        target = "203.0.113.20"
+        sock = netns_socket(lab.NS_SHIELD, socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            # 3 s of a 20 k pps spoofed UDP flood, exported once every 100 ms
+            for i in range(30):
+                recs = [(f"198.18.{i}.{j + 1}", target, 100, 6000) for j in range(20)]
+                sock.sendto(_netflow_v5(recs, i * 20), ("127.0.0.1", 2055))
+                time.sleep(0.1)
+        start = s.events.wait_for(lambda e: e["event"] == "attack_start" and e["target"] == f"{target}/32", 5)
+        assert start is not None and start["attack_types"] == ["udp_flood"]
+        applied = s.events.wait_for(lambda e: e["event"] == "mitigation_applied", 5)
+        assert applied is not None and applied["backend"] == "xdp"
+        assert applied["rule"]["match"]["dst"] == f"{target}/32"
+        assert "ttl" not in applied["rule"]["match"]  # flows carry no TTL
+    finally:
+        s.stop()
+        _cli("stop", "--detach", "--config", str(s.config_path))

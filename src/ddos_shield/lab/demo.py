@@ -109,13 +109,20 @@ class LabShield:
     """``ddos-shield run`` in the lab's shield namespace; stop it with :meth:`stop`."""
 
     def __init__(
-        self, workdir: Path, *, dataplane: str = "auto", hold_seconds: float = 3.0, allowlist: Sequence[str] = ()
+        self,
+        workdir: Path,
+        *,
+        dataplane: str = "auto",
+        hold_seconds: float = 3.0,
+        allowlist: Sequence[str] = (),
+        extra_config: str = "",
     ) -> None:
+        """``extra_config`` is TOML appended to the lab configuration (e.g. ``[[sources]]``)."""
         self.workdir = workdir
         self.events = EventLog(workdir / "events.jsonl")
         self.config_path = workdir / "shield.toml"
         text = lab_config(str(self.events.path), dataplane=dataplane, hold_seconds=hold_seconds, allowlist=allowlist)
-        self.config_path.write_text(text)
+        self.config_path.write_text(text + extra_config)
         self.stderr_path = workdir / "shield.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
 
