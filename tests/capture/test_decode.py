@@ -6,6 +6,8 @@ import ipaddress
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -17,7 +19,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from ddos_shield.capture.decode import decode_frames_valid, frames_from_bytes
+from ddos_shield.capture.decode import _BLOCK, _decode_general, decode_frames_valid, frames_from_bytes
 from ddos_shield.records import Category, PacketFlag, bytes_addr
 
 E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
@@ -126,3 +128,85 @@ def test_random_bytes_never_raise() -> None:
     batch, valid = decode_frames_valid(frames, cap, cap)
     assert len(batch) == 2000
     assert not valid[cap < 34].any()
+
+
+# ---- the fast path against the general one -------------------------------------------
+# decode_frames_valid reads the common layouts from fixed columns and leaves the rest to
+# the general decoder (_decode_general); both must give the same rows, byte for byte.
+
+
+def _general(frames: np.ndarray, cap: np.ndarray, wire: np.ndarray, link: str) -> tuple[np.ndarray, np.ndarray]:
+    cap = np.minimum(np.asarray(cap, dtype=np.int64), frames.shape[1])
+    return _decode_general(frames, cap, np.asarray(wire), link)
+
+
+def _assert_same(frames: np.ndarray, cap: np.ndarray, wire: np.ndarray, link: str) -> None:
+    got, ok = decode_frames_valid(frames, cap, wire, link)
+    want, want_ok = _general(frames, cap, wire, link)
+    assert (ok == want_ok).all()
+    diff = [i for i in range(len(got)) if got[i].tobytes() != want[i].tobytes()]
+    assert not diff, f"rows {diff[:5]} differ, first: {got[diff[0]]} != {want[diff[0]]}"
+
+
+def test_fast_path_matches_general_on_every_case_and_truncation() -> None:
+    pkts = [bytes(c[1]) for c in CASES]
+    # every case cut at every length, Ethernet and raw IP, in one batch
+    cut = [p[:k] for p in pkts for k in range(len(p) + 1)]
+    frames, cap, wire = frames_from_bytes(cut)
+    _assert_same(frames, cap, wire, "ethernet")
+    raw = [p[14:][:k] for p in pkts if p[12:14] in (b"\x08\x00", b"\x86\xdd") for k in range(len(p) - 13)]
+    frames, cap, wire = frames_from_bytes(raw)
+    _assert_same(frames, cap, wire, "raw")
+    # snap lengths shorter than the fast path reads
+    for snap in (20, 40, 64, 71):
+        frames, cap, wire = frames_from_bytes(pkts, snap)
+        _assert_same(frames, cap, wire, "ethernet")
+
+
+def test_fast_path_matches_general_across_blocks() -> None:
+    # more rows than one block, the layouts interleaved, one VLAN-tagged row in a later block
+    pkts = [bytes(c[1]) for c in CASES if Dot1Q not in c[1] and Dot1AD not in c[1]]
+    rows = pkts * (2 * _BLOCK // len(pkts) + 1)
+    rows[-3] = bytes(CASES[6][1])
+    frames, cap, wire = frames_from_bytes(rows)
+    _assert_same(frames, cap, wire, "ethernet")
+    # and a block of one layout only (IPv4), another of IPv6 only
+    frames, cap, wire = frames_from_bytes([pkts[0]] * _BLOCK + [pkts[10]] * _BLOCK)
+    _assert_same(frames, cap, wire, "ethernet")
+
+
+# random frames steered towards IP: an EtherType (or version) the decoder takes, IHL 5 often
+_ETHERTYPES = [b"\x08\x00", b"\x86\xdd", b"\x81\x00", b"\x88\xa8", b"\x08\x06"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.binary(min_size=80, max_size=128),
+            st.sampled_from(_ETHERTYPES),
+            st.sampled_from(_ETHERTYPES),
+            st.sampled_from([0x45, 0x46, 0x60, 0x4F, 0x00]),
+            st.sampled_from([6, 17, 1, 58, 44, 0, 43, 47]),
+            st.integers(0, 128),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    raw=st.booleans(),
+)
+def test_fast_path_matches_general_on_random_frames(
+    rows: list[tuple[bytes, bytes, bytes, int, int, int]], raw: bool
+) -> None:
+    frames = np.zeros((len(rows), 128), dtype=np.uint8)
+    cap = np.zeros(len(rows), dtype=np.int64)
+    for i, (body, et1, et2, vihl, proto, c) in enumerate(rows):
+        b = bytearray(body)
+        if not raw:
+            b[12:14], b[16:18] = et1, et2
+        ip = 0 if raw else (18 if et1 in (b"\x81\x00", b"\x88\xa8") else 14)
+        b[ip] = vihl
+        b[ip + (6 if vihl >> 4 == 6 else 9)] = proto
+        frames[i, : len(b)] = np.frombuffer(bytes(b), dtype=np.uint8)
+        cap[i] = min(c, len(b))
+    _assert_same(frames, cap, cap + 4, "raw" if raw else "ethernet")

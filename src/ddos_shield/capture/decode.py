@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ddos_shield.records import Category, PacketFlag, TrafficBatch, empty_traffic
+from ddos_shield.records import TRAFFIC_DTYPE, Category, PacketFlag, TrafficBatch, empty_traffic
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -53,11 +53,14 @@ TCP_ACK = 0x10
 
 _V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
+#: rows decoded at a time by the fast path (their frame prefixes fit in a core's L2 cache)
+_BLOCK = 4096
 #: bytes from the IP header that the fast path reads: an IPv6 header and TCP up to its flags
 _FAST_L3 = 54
+_IS_V6_EXT = np.zeros(256, dtype=bool)
+_IS_V6_EXT[_V6_EXT] = True
 #: next-header values after IPv6 that the fast path leaves to the general one
-_V6_SLOW = np.zeros(256, dtype=bool)
-_V6_SLOW[_V6_EXT] = True
+_V6_SLOW = _IS_V6_EXT.copy()
 _V6_SLOW[IPPROTO_FRAGMENT] = True
 _CATEGORY_OF_PROTO = np.full(256, int(Category.OTHER), dtype=np.uint8)
 _CATEGORY_OF_PROTO[IPPROTO_TCP] = int(Category.TCP)
@@ -101,7 +104,11 @@ def decode_frames_valid(
     cap = np.broadcast_to(np.minimum(np.asarray(caplen, dtype=np.int64), snap), (n,))
     wire = np.broadcast_to(np.asarray(wirelen), (n,))
     out["length"] = wire
-    rest = _decode_fast(frames, cap, link, out, valid)
+    # In blocks whose frames stay in the core's cache while each column is read.
+    rest = np.zeros(n, dtype=bool)
+    for lo in range(0, n, _BLOCK):
+        hi = lo + _BLOCK
+        rest[lo:hi] = _decode_fast(frames[lo:hi], cap[lo:hi], link, out[lo:hi], valid[lo:hi])
     # What the fast path left: IPv4 with options, IPv6 with extension headers, two VLAN
     # tags, truncated headers.  Non-IP rows stay as they are (invalid, zero).
     slow = np.flatnonzero(rest)
@@ -112,9 +119,37 @@ def decode_frames_valid(
     return out, valid
 
 
-def _be16(a: npt.NDArray[np.uint8], col: int) -> npt.NDArray[np.uint16]:
-    v: npt.NDArray[np.uint16] = (a[:, col].astype(np.uint16) << 8) | a[:, col + 1]
-    return v
+def _column(frames: npt.NDArray[np.uint8], at: int, dtype: str) -> npt.NDArray[Any]:
+    """The field of ``dtype`` at byte ``at`` of every row, as a native 1-D array: one
+    strided pass over the rows (reading byte by byte would make one pass a byte)."""
+    size = np.dtype(dtype).itemsize
+    col: npt.NDArray[Any] = frames[:, at : at + size].view(dtype)[:, 0]
+    return col.astype(np.dtype(dtype).newbyteorder("="))
+
+
+class _Fields:
+    """Columns of the IP header and what follows, at fixed offsets from its start.
+
+    The IP header starts at byte ``base`` of a row, or ``base + 4`` in the rows that
+    carry one VLAN tag (``tagged``): there each column is picked from the two
+    positions, which costs a second pass only when a batch holds tagged rows."""
+
+    def __init__(self, frames: npt.NDArray[np.uint8], base: int, tagged: npt.NDArray[np.bool_] | None) -> None:
+        self.frames = frames
+        self.base = base
+        self.tagged = tagged
+
+    def __call__(self, at: int, dtype: str) -> npt.NDArray[Any]:
+        col = _column(self.frames, self.base + at, dtype)
+        if self.tagged is None:
+            return col
+        out: npt.NDArray[Any] = np.where(self.tagged, _column(self.frames, self.base + 4 + at, dtype), col)
+        return out
+
+
+#: byte offsets of the address columns in a TRAFFIC_DTYPE row
+_SRC_AT: int = TRAFFIC_DTYPE.fields["src"][1]  # type: ignore[index]
+_DST_AT: int = TRAFFIC_DTYPE.fields["dst"][1]  # type: ignore[index]
 
 
 def _decode_fast(
@@ -125,71 +160,80 @@ def _decode_fast(
     valid: npt.NDArray[np.bool_],
 ) -> npt.NDArray[np.bool_]:
     """Decode the common layouts -- untagged or single-tagged Ethernet, or raw IP, then
-    IPv4 without options or IPv6 without extension headers -- from column slices of
-    ``frames``: every field sits at a fixed column, so nothing is gathered per row.
-    Fills ``out`` and ``valid`` for those rows and for non-IP rows; returns the mask of
-    the rows left for :func:`_decode_general`."""
+    IPv4 without options or IPv6 without extension headers -- where every field sits at
+    a fixed offset, so each is read as one typed column of ``frames`` (no per-row
+    gathers, no padded copy).  Fills ``out`` and ``valid`` for those rows and for
+    non-IP rows; returns the mask of the rows left for :func:`_decode_general`."""
     n = len(frames)
     width = _FAST_L3 + (18 if link == "ethernet" else 0)
     if frames.shape[1] < width:  # short prefixes (a few sFlow headers): zeros read as absent bytes
         frames = np.concatenate([frames, np.zeros((n, width - frames.shape[1]), dtype=np.uint8)], axis=1)
+    elif frames.strides[1] != 1:
+        frames = np.ascontiguousarray(frames)
     tagged: npt.NDArray[np.bool_] | None = None
+    leftover: npt.NDArray[np.bool_] | None = None
     off: Any
     if link == "ethernet":
-        etype = _be16(frames, 12)
+        etype = _column(frames, 12, ">u2")
         tagged = (etype == ETH_P_8021Q) | (etype == ETH_P_8021AD)
         if tagged.any():
-            inner = _be16(frames, 16)
+            inner = _column(frames, 16, ">u2")
             one_tag = tagged & ((inner == ETH_P_IP) | (inner == ETH_P_IPV6))
             etype = np.where(one_tag, inner, etype)
-            l3 = np.where(one_tag[:, None], frames[:, 18 : 18 + _FAST_L3], frames[:, 14 : 14 + _FAST_L3])
-            off = np.where(one_tag, 18, 14)
             leftover = tagged & ~one_tag  # two tags, or a tag before a non-IP frame
+            field = _Fields(frames, 14, one_tag)
+            off = np.where(one_tag, 18, 14)
         else:
             tagged = None
-            l3 = frames[:, 14 : 14 + _FAST_L3]
+            field = _Fields(frames, 14, None)
             off = 14
-            leftover = None
         is4 = etype == ETH_P_IP
         is6 = etype == ETH_P_IPV6
+        b0 = field(0, "u1")
     else:
-        version = frames[:, 0] >> 4
-        is4 = version == 4
-        is6 = version == 6
-        l3 = frames[:, :_FAST_L3]
+        field = _Fields(frames, 0, None)
         off = 0
-        leftover = None
+        b0 = field(0, "u1")
+        is4 = (b0 >> 4) == 4
+        is6 = (b0 >> 4) == 6
 
     room = cap - off  # bytes from the IP header on
-    nxt = l3[:, 6]
-    f4 = is4 & ((l3[:, 0] & 0x0F) == 5) & (room >= 20)
+    w6 = field(6, ">u2")  # IPv4: flags and fragment offset; IPv6: next header, hop limit
+    nxt = (w6 >> 8).astype(np.uint8)
+    f4 = is4 & ((b0 & 0x0F) == 5) & (room >= 20)
     f6 = is6 & ~_V6_SLOW[nxt] & (room >= 40)
     fast = f4 | f6
-    rest = (is4 | is6) & ~fast
+    rest: npt.NDArray[np.bool_] = (is4 | is6) & ~fast
     if leftover is not None:
         rest |= leftover
     if not fast.any():
         out["category"] = int(Category.OTHER)
         return rest
     every = bool(fast.all())
-    only4 = every and bool(is4.all())
-    only6 = every and bool(is6.all())
+    any4 = bool(f4.any())
+    any6 = bool(f6.any())
 
-    proto = nxt if only6 else np.where(is4, l3[:, 9], nxt)
-    ttl = l3[:, 7] if only6 else np.where(is4, l3[:, 8], l3[:, 7])
-    # IPv4 fragment field: flags(3) offset(13); later fragments carry no transport header
-    later = f4 & (((l3[:, 6] & 0x1F) | l3[:, 7]) != 0)
-    frag = f4 & (((l3[:, 6] & 0x3F) | l3[:, 7]) != 0)
-
-    # Transport header: at 20 after IPv4, 40 after IPv6
-    if only4:
-        l4, tcpfl, l4_at = l3[:, 20:24], l3[:, 33], 20
-    elif only6:
-        l4, tcpfl, l4_at = l3[:, 40:44], l3[:, 53], 40
+    if any4:
+        w8 = field(8, ">u2")  # TTL, protocol
+        proto4 = (w8 & 0xFF).astype(np.uint8)
+        ttl4 = (w8 >> 8).astype(np.uint8)
+        # later fragments (offset > 0) carry no transport header
+        later = f4 & ((w6 & 0x1FFF) != 0)
+        frag = f4 & ((w6 & 0x3FFF) != 0)
+    if any6:
+        hlim = (w6 & 0xFF).astype(np.uint8)
+    if any4 and any6:
+        proto = np.where(is4, proto4, nxt)
+        ttl = np.where(is4, ttl4, hlim)
+        ports = np.where(is4, field(20, ">u4"), field(40, ">u4"))
+        tcpfl = np.where(is4, field(33, "u1"), field(53, "u1"))
+        l4_at: Any = np.where(is4, 20, 40)
+    elif any4:
+        proto, ttl, ports, tcpfl, l4_at = proto4, ttl4, field(20, ">u4"), field(33, "u1"), 20
     else:
-        l4 = np.where(is4[:, None], l3[:, 20:24], l3[:, 40:44])
-        tcpfl = np.where(is4, l3[:, 33], l3[:, 53])
-        l4_at = np.where(is4, 20, 40)
+        proto, ttl, ports, tcpfl, l4_at = nxt, hlim, field(40, ">u4"), field(53, "u1"), 40
+        later = frag = np.zeros(n, dtype=bool)
+
     room4 = room - l4_at
     first = fast & ~later
     is_tcp = proto == IPPROTO_TCP
@@ -197,10 +241,10 @@ def _decode_fast(
     tcp_ok = first & is_tcp & (room4 >= 14)
     # ICMP type/code go in the port columns, as flow exporters do (type<<8 | code in dport).
     icmp_ok = first & ((proto == IPPROTO_ICMP) | (proto == IPPROTO_ICMPV6)) & (room4 >= 2)
-    w0 = _be16(l4, 0)
+    w0 = (ports >> 16).astype(np.uint16)
     out["sport"] = np.where(ports_ok, w0, 0)
-    out["dport"] = np.where(ports_ok, _be16(l4, 2), np.where(icmp_ok, w0, 0))
-    tcp_flags = np.where(tcp_ok, tcpfl, 0)
+    out["dport"] = np.where(ports_ok, ports & 0xFFFF, np.where(icmp_ok, w0, 0))
+    tcp_flags = np.where(tcp_ok, tcpfl, 0).astype(np.uint8)
     out["tcp_flags"] = tcp_flags
 
     cat = _CATEGORY_OF_PROTO[proto]
@@ -222,26 +266,28 @@ def _decode_fast(
         flags |= tagged * np.uint16(PacketFlag.VLAN)
     out["flags"] = flags
 
-    # Addresses, 16 bytes each, IPv4-mapped.
-    src, dst = out["src"], out["dst"]
-    if only4:
-        src[:, 10:12] = 0xFF
-        dst[:, 10:12] = 0xFF
-        src[:, 12:] = l3[:, 12:16]
-        dst[:, 12:] = l3[:, 16:20]
-    elif only6:
-        src[:] = l3[:, 8:24]
-        dst[:] = l3[:, 24:40]
-    else:
-        both = np.where(f6[:, None], l3[:, 8:40], 0)  # source then destination, IPv6
-        v4 = np.where(f4[:, None], l3[:, 12:20], 0)
-        ff = (f4 * np.uint8(0xFF))[:, None]
-        both[:, 10:12] |= ff
-        both[:, 26:28] |= ff
-        both[:, 12:16] |= v4[:, :4]
-        both[:, 28:32] |= v4[:, 4:]
-        src[:] = both[:, :16]
-        dst[:] = both[:, 16:]
+    # Addresses, 16 bytes each, IPv4-mapped: written as two 8-byte words a row.  The
+    # words are read and written little-endian, so the bytes keep their order.
+    rows = out.view(np.uint8).reshape(n, TRAFFIC_DTYPE.itemsize)
+    for at4, at6, col in ((12, 8, _SRC_AT), (16, 24, _DST_AT)):
+        words = rows[:, col : col + 16].view("<u8")
+        if any4:
+            lo4 = (field(at4, "<u4").astype(np.uint64) << np.uint64(32)) | np.uint64(0xFFFF0000)
+        if any4 and any6:
+            hi = np.where(f6, field(at6, "<u8"), 0)
+            lo = np.where(f6, field(at6 + 8, "<u8"), np.where(f4, lo4, 0))
+        elif any4:
+            hi = None
+            lo = lo4 if every else np.where(f4, lo4, 0)
+        else:
+            hi = field(at6, "<u8")
+            lo = field(at6 + 8, "<u8")
+            if not every:
+                hi = np.where(f6, hi, 0)
+                lo = np.where(f6, lo, 0)
+        if hi is not None:
+            words[:, 0] = hi
+        words[:, 1] = lo
     valid |= fast
     return rest
 
@@ -310,7 +356,9 @@ def _decode_general(
     more6 = np.zeros(n, dtype=bool)
     for _ in range(MAX_EXTHDR):
         isfrag = is6 & (nxt == IPPROTO_FRAGMENT)
-        isext = is6 & np.isin(nxt, _V6_EXT)
+        isext = is6 & _IS_V6_EXT[nxt]
+        if not (isfrag.any() or isext.any()):
+            break
         # fragment header: next(1) reserved(1) offset/flags(2) id(4)
         fo = u16(l4_6 + 2)
         frag_off6 = np.where(isfrag, fo >> 3, frag_off6)
