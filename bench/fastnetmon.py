@@ -55,6 +55,7 @@ bounded (``timeout``) and stopped by pid, and the namespaces are deleted, on any
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import ipaddress
 import json
@@ -72,11 +73,13 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import numpy as np
 
 from ddos_shield.capture.netflow import NetflowDecoder
+from ddos_shield.config import parse
 from ddos_shield.lab.netns import in_netns
 from ddos_shield.records import addr_bytes
 
@@ -91,6 +94,8 @@ GEN_ADDR = "198.18.0.1"
 VICTIM_NET = ipaddress.ip_network("203.0.113.0/24")
 FIRST_VICTIM = 10
 
+#: daemons whose CPU time is reported
+CPU_OF = ("shield", "fastnetmon", "softflowd")
 #: per-protocol thresholds given to both tools (the shield's defaults)
 THRESHOLDS = {"syn": 10000, "udp": 20000, "icmp": 5000}
 #: seconds to wait for both detections after a flood ends
@@ -118,14 +123,16 @@ def ip(*args: str, check: bool = True) -> str:
     return run("ip", *args, check=check)
 
 
-def link_stats(ns: str, dev: str) -> dict[str, int]:
-    s = json.loads(ip("-n", ns, "-s", "-j", "link", "show", dev))[0]["stats64"]
-    return {
-        "rx_packets": int(s["rx"]["packets"]),
-        "rx_dropped": int(s["rx"]["dropped"]),
-        "tx_packets": int(s["tx"]["packets"]),
-        "tx_dropped": int(s["tx"]["dropped"]),
-    }
+def tx_packets(ns: str, dev: str) -> int:
+    """The kernel's transmit packet counter of ``dev`` in ``ns``, read without a subprocess
+    (it is polled while the flood runs): /proc/thread-self/net is the calling thread's
+    namespace."""
+    with in_netns(ns):
+        for line in Path("/proc/thread-self/net/dev").read_text().splitlines()[2:]:
+            name, _, counters = line.partition(":")
+            if name.strip() == dev:
+                return int(counters.split()[9])
+    raise RuntimeError(f"{dev} not found in {ns}")
 
 
 def udp_socket_drops(ns: str) -> dict[int, int]:
@@ -210,6 +217,17 @@ class Daemons:
             )
         self.procs[name] = p
         return p
+
+    def cpu_seconds(self, name: str) -> float:
+        """CPU seconds (user + system, all threads) used so far by the daemon under
+        ``timeout`` (``ip netns exec`` execs the daemon, so it is timeout's one child)."""
+        p = self.procs[name]
+        try:
+            kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+            stat = Path(f"/proc/{kids[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
         p = self.procs.pop(name, None)
@@ -354,8 +372,9 @@ def fnm_metrics() -> dict[str, float]:
     return out
 
 
-def fnm_received(m: dict[str, float]) -> int:
-    return int(m.get("fastnetmon_netflow_v9_total_packets", 0))
+def fnm_received() -> int:
+    """FastNetMon's count of NetFlow v9 datagrams received."""
+    return int(fnm_metrics().get("fastnetmon_netflow_v9_total_packets", 0))
 
 
 def shield_detections(events: Path) -> dict[str, float]:
@@ -496,7 +515,7 @@ def flood(kind: str, target: str, pps: int, seconds: float, tmp: Path) -> Flood:
     while b"listening on" not in seen and time.monotonic() < deadline:
         seen += first.stderr.read() or b""
         time.sleep(0.05)
-    base = link_stats(NS_GEN, GEN_IF)["tx_packets"]
+    base = tx_packets(NS_GEN, GEN_IF)
     gen = subprocess.Popen(
         ["timeout", "-s", "INT", "-k", "2", str(seconds + 3), "ip", "netns", "exec", NS_GEN,
          "trafgen", "-o", GEN_IF, "-i", str(cfg_path), "-n", str(count), "-b", f"{pps}pps", "-P", "1",
@@ -506,7 +525,7 @@ def flood(kind: str, target: str, pps: int, seconds: float, tmp: Path) -> Flood:
     last = 0
     exited: float | None = None
     while True:
-        c = link_stats(NS_GEN, GEN_IF)["tx_packets"] - base
+        c = tx_packets(NS_GEN, GEN_IF) - base
         now = time.time()
         if c > 0 and not f.started:
             f.started = now
@@ -544,45 +563,66 @@ def first_packet_time(path: Path) -> float | None:
 
 
 @dataclass
-class Datagram:
-    ts: float
-    dport: int
-    payload: bytes
+class Export:
+    """The export datagrams captured on dfb-c0.  softflowd sends each datagram to both
+    collectors, back to back, so the shield's copies are decoded and FastNetMon's are
+    matched to them by their bytes."""
 
+    ts: dict[int, list[float]]  # arrival times by destination port, in order
+    shield_payloads: list[bytes]
+    fnm_first: dict[bytes, float]  # FastNetMon's copy of each payload: first arrival
 
-def read_export(path: Path) -> list[Datagram]:
-    out: list[Datagram] = []
-    with path.open("rb") as fh:
-        for ts, buf in dpkt.pcap.Reader(fh):
-            eth = dpkt.ethernet.Ethernet(buf)
-            ip4 = eth.data
-            if not isinstance(ip4, dpkt.ip.IP) or not isinstance(ip4.data, dpkt.udp.UDP):
+    @classmethod
+    def read(cls, path: Path) -> Export:
+        out = cls({SHIELD_PORT: [], FNM_PORT: []}, [], {})
+        with path.open("rb") as fh:
+            for ts, buf in dpkt.pcap.Reader(fh):
+                ip4 = dpkt.ethernet.Ethernet(buf).data
+                if not isinstance(ip4, dpkt.ip.IP) or not isinstance(ip4.data, dpkt.udp.UDP):
+                    continue
+                port, payload = int(ip4.data.dport), bytes(ip4.data.data)
+                if port not in out.ts:
+                    continue
+                out.ts[port].append(float(ts))
+                if port == SHIELD_PORT:
+                    out.shield_payloads.append(payload)
+                else:
+                    out.fnm_first.setdefault(payload, float(ts))
+        return out
+
+    def count(self, port: int, lo: float, hi: float) -> int:
+        t = self.ts[port]
+        return bisect.bisect_right(t, hi) - bisect.bisect_left(t, lo)
+
+    def attacks(self) -> dict[str, Carried]:
+        """What the export says of each destination address."""
+        dec = NetflowDecoder(default_rate=1)
+        exporter = addr_bytes(EXPORTER)
+        out: dict[str, Carried] = {}
+        for ts, payload in zip(self.ts[SHIELD_PORT], self.shield_payloads, strict=True):
+            b = dec.decode(payload, exporter, ts).batch
+            if not len(b):
                 continue
-            out.append(Datagram(float(ts), int(ip4.data.dport), bytes(ip4.data.data)))
-    return out
+            dsts = b["dst"].view("V16").ravel()
+            for key in np.unique(dsts):
+                a6 = ipaddress.IPv6Address(bytes(key))
+                a = str(a6.ipv4_mapped or a6)
+                c = out.get(a)
+                if c is None:
+                    c = out[a] = Carried(first={SHIELD_PORT: ts})
+                    if (t := self.fnm_first.get(payload)) is not None:
+                        c.first[FNM_PORT] = t
+                c.packets += int(b["packets"][dsts == key].sum())
+        return out
 
 
-def first_carrying(datagrams: Sequence[Datagram], port: int) -> dict[str, tuple[float, int]]:
-    """For each destination address: (arrival time of the first datagram to ``port``
-    carrying a record towards it, packets all records towards it carried in total)."""
-    dec = NetflowDecoder(default_rate=1)
-    exporter = addr_bytes(EXPORTER)
-    first: dict[str, float] = {}
-    packets: dict[str, int] = {}
-    for d in datagrams:
-        if d.dport != port:
-            continue
-        b = dec.decode(d.payload, exporter, d.ts).batch
-        if not len(b):
-            continue
-        dsts = b["dst"].view("V16").ravel()
-        for key in np.unique(dsts):
-            rows = dsts == key
-            a = str(ipaddress.ip_address(bytes(key)))
-            a = a.removeprefix("::ffff:")
-            first.setdefault(a, d.ts)
-            packets[a] = packets.get(a, 0) + int(b["packets"][rows].sum())
-    return {a: (first[a], packets[a]) for a in first}
+@dataclass
+class Carried:
+    """For one destination: when the first datagram with a record towards it reached each
+    collector, and how many packets its records add up to."""
+
+    first: dict[int, float]
+    packets: int = 0
 
 
 # ---- one run -------------------------------------------------------------------------
@@ -590,50 +630,52 @@ def first_carrying(datagrams: Sequence[Datagram], port: int) -> dict[str, tuple[
 
 @dataclass
 class Result:
+    """One flood and what each side made of it (counters as before/after pairs)."""
+
     kind: str
     flood: Flood
     window: tuple[float, float]
-    shield_detect: float | None
-    fnm_detect: float | None
-    drops_before: dict[int, int]
-    drops_after: dict[int, int]
-    snmp_before: dict[str, int]
-    snmp_after: dict[str, int]
-    fnm_before: int
-    fnm_after: int
-    sfd_before: dict[str, int]
-    sfd_after: dict[str, int]
-    rtr_rx: int
-    # filled from the capture at the end
-    first_export: float | None = None
-    exported_packets: int = 0
-    sent_to: dict[int, int] = field(default_factory=dict)
+    detected: dict[int, float | None]  # by collector port
+    drops: dict[int, int]  # per-socket kernel drops during the run, by port
+    snmp: dict[str, int]  # dfb-col's Udp counters during the run
+    fnm_counted: int  # FastNetMon's own NetFlow v9 datagram counter during the run
+    exporter: dict[str, int]  # softflowd's counters during the run
+    cpu: dict[str, float]  # CPU seconds each daemon used during the run
+    # from the capture, at the end
+    first_at: dict[int, float] = field(default_factory=dict)  # first datagram carrying the attack, by port
+    arrived: dict[int, int] = field(default_factory=dict)  # datagrams captured during the run, by port
+    attack_packets: int = 0  # packets the attack's flow records add up to
 
-    def drops(self, port: int) -> int:
-        return self.drops_after.get(port, 0) - self.drops_before.get(port, 0)
+    def ttd(self, port: int) -> float | None:
+        """Seconds from the first datagram carrying the attack to this collector's detection."""
+        t, first = self.detected.get(port), self.first_at.get(port)
+        return None if t is None or first is None else t - first
 
-    def ttd(self, which: str) -> float | None:
-        t = self.shield_detect if which == "shield" else self.fnm_detect
-        return None if t is None or self.first_export is None else t - self.first_export
+    def from_frame(self, port: int) -> float | None:
+        """Seconds from the first attack frame at the exporter to this collector's detection."""
+        t, first = self.detected.get(port), self.flood.first_frame
+        return None if t is None or first is None else t - first
 
     @property
     def export_delay(self) -> float | None:
-        if self.first_export is None or self.flood.first_frame is None:
-            return None
-        return self.first_export - self.flood.first_frame
+        first = self.first_at.get(SHIELD_PORT)
+        return None if first is None or self.flood.first_frame is None else first - self.flood.first_frame
+
+    def lost(self, port: int) -> float | None:
+        n = self.arrived.get(port, 0)
+        return 100.0 * self.drops.get(port, 0) / n if n else None
 
 
-def one_run(kind: str, i: int, args: argparse.Namespace, tmp: Path) -> Result:
+def delta(after: dict[Any, int], before: dict[Any, int]) -> dict[Any, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+def one_run(kind: str, i: int, args: argparse.Namespace, tmp: Path, daemons: Daemons) -> Result:
     target = add_victim(i)
     time.sleep(1.0)
     t0 = time.time()
-    drops0, snmp0, fnm0, sfd0 = (
-        udp_socket_drops(NS_COL),
-        udp_snmp(NS_COL),
-        fnm_received(fnm_metrics()),
-        softflowd_stats(tmp),
-    )
-    rx0 = link_stats(NS_RTR, RTR_IN)["rx_packets"]
+    cpu0 = {n: daemons.cpu_seconds(n) for n in CPU_OF}
+    drops0, snmp0, fnm0, sfd0 = udp_socket_drops(NS_COL), udp_snmp(NS_COL), fnm_received(), softflowd_stats(tmp)
     f = flood(kind, target, args.pps, args.seconds, tmp)
     deadline = time.monotonic() + DETECT_WAIT
     sd = fd = None
@@ -644,12 +686,17 @@ def one_run(kind: str, i: int, args: argparse.Namespace, tmp: Path) -> Result:
             break
         time.sleep(0.2)
     time.sleep(DRAIN)
-    rx1 = link_stats(NS_RTR, RTR_IN)["rx_packets"]
     r = Result(
-        kind, f, (t0, time.time()), sd, fd,
-        drops0, udp_socket_drops(NS_COL), snmp0, udp_snmp(NS_COL),
-        fnm0, fnm_received(fnm_metrics()), sfd0, softflowd_stats(tmp), rx1 - rx0,
-    )  # fmt: skip
+        kind=kind,
+        flood=f,
+        window=(t0, time.time()),
+        detected={SHIELD_PORT: sd, FNM_PORT: fd},
+        drops=delta(udp_socket_drops(NS_COL), drops0),
+        snmp=delta(udp_snmp(NS_COL), snmp0),
+        fnm_counted=fnm_received() - fnm0,
+        exporter=delta(softflowd_stats(tmp), sfd0),
+        cpu={n: daemons.cpu_seconds(n) - c for n, c in cpu0.items()},
+    )
     print(
         f"# {kind} {target}: sent {f.sent} at {f.achieved_pps:.0f} pps; shield "
         f"{'-' if sd is None else f'{sd - f.started:+.2f}'} s, fastnetmon "
@@ -668,57 +715,63 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
 
 
 def report(results: list[Result], args: argparse.Namespace, env: dict[str, str]) -> str:
+    t = THRESHOLDS
     lines = [
-        f"Machine: {env['machine']}; measured {env['date']}.  softflowd {env['softflowd']} (NetFlow v9, "
-        f"maxlife=1, expint=1), FastNetMon {env['fastnetmon']} (Debian; average_calculation_time="
-        f"{args.fnm_average}), ddos-shield at {env['commit']}.  Floods: spoofed sources in 198.18.0.0/16, "
-        f"random ports, {args.seconds:g} s at {args.pps} pps asked, {args.runs} run(s) per type; "
-        f"thresholds SYN/TCP {THRESHOLDS['syn']}, UDP {THRESHOLDS['udp']}, ICMP {THRESHOLDS['icmp']} pps "
-        f"in both tools.  net.core.rmem_default={env['rmem_default']}, rmem_max={env['rmem_max']}.",
+        f"Machine: {env['machine']}; measured {env['date']} with ddos-shield at {env['commit']} "
+        f"(telemetry_window_seconds={env['window']}), FastNetMon {env['fastnetmon']} "
+        f"(average_calculation_time={args.fnm_average}), softflowd {env['softflowd']} (NetFlow v9 to both "
+        f"collectors, maxlife=1, expint=1).  Floods: random sources in 198.18.0.0/16 and random ports, "
+        f"{args.pps:,} pps asked for {args.seconds:g} s, {args.runs} run(s) per type.  Thresholds in both tools: "
+        f"SYN (FastNetMon: TCP) {t['syn']:,}, UDP {t['udp']:,}, ICMP {t['icmp']:,} pps.  "
+        f"net.core.rmem_default={env['rmem_default']}, rmem_max={env['rmem_max']}.  Capture on the collector "
+        f"side: {env.get('capture', '?')}.",
         "",
-        "Times are medians in seconds.  *export delay*: first attack frame at the exporter to the first "
-        "export datagram carrying an attack record; *TTD*: that datagram's arrival to the tool's detection "
-        "(the shield's `attack_start`, FastNetMon's `ban` notification); `-` = not detected within "
-        f"{DETECT_WAIT:g} s of the flood's end.  Datagrams: sent by the exporter to each collector "
-        "(capture on the collector's interface) and dropped at that collector's socket (kernel per-socket "
-        "`drops`); FastNetMon's own received counter in brackets.",
+        "Medians over the runs.  *sent pps*: dfb-g0's kernel counter.  *export delay*: first attack frame at "
+        "the exporter to the first export datagram carrying a record of the attack.  *TTD*: from that "
+        "datagram's arrival to the shield's `attack_start` / FastNetMon's `ban` notification (s); "
+        f"*detected*: runs with a detection within {DETECT_WAIT:g} s of the flood's end.  *lost*: the "
+        "collector socket's kernel `drops` over the datagrams that reached the collector's interface.  "
+        "*CPU s*: CPU seconds each daemon used during the run.",
         "",
-        "| flood | sent pps (kernel) | exporter saw | export delay | shield TTD | FastNetMon TTD | detected (shield / FNM) "
-        "| datagrams to each | shield socket drops | FNM socket drops [FNM counted] |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| flood | sent pps | export delay | shield TTD | FastNetMon TTD | detected shield / FNM "
+        "| datagrams exported to each | lost at the shield's socket | lost at FastNetMon's socket "
+        "| CPU s shield / FNM / softflowd |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for kind in args.kinds:
         rs = [r for r in results if r.kind == kind]
         if not rs:
             continue
-        sent_pps = median([r.flood.achieved_pps for r in rs])
-        saw = median([r.exported_packets / r.flood.sent if r.flood.sent else None for r in rs])
-        to_each = median([float(r.sent_to.get(SHIELD_PORT, 0)) for r in rs])
-        sd = median([float(r.drops(SHIELD_PORT)) for r in rs])
-        fdr = median([float(r.drops(FNM_PORT)) for r in rs])
-        fc = median([float(r.fnm_after - r.fnm_before) for r in rs])
-        det_s = sum(r.shield_detect is not None for r in rs)
-        det_f = sum(r.fnm_detect is not None for r in rs)
+        n = len(rs)
         lines.append(
-            f"| {kind.upper()} | {fmt(sent_pps, ',.0f')} | {fmt(None if saw is None else 100 * saw, '.0f')}% "
-            f"| {fmt(median([r.export_delay for r in rs]))} | {fmt(median([r.ttd('shield') for r in rs]))} "
-            f"| {fmt(median([r.ttd('fnm') for r in rs]))} | {det_s}/{len(rs)} / {det_f}/{len(rs)} "
-            f"| {fmt(to_each, ',.0f')} | {fmt(sd, ',.0f')} | {fmt(fdr, ',.0f')} [{fmt(fc, ',.0f')}] |"
+            f"| {kind.upper()} | {fmt(median([r.flood.achieved_pps for r in rs]), ',.0f')} "
+            f"| {fmt(median([r.export_delay for r in rs]))} | {fmt(median([r.ttd(SHIELD_PORT) for r in rs]))} "
+            f"| {fmt(median([r.ttd(FNM_PORT) for r in rs]))} "
+            f"| {sum(r.detected[SHIELD_PORT] is not None for r in rs)}/{n} / "
+            f"{sum(r.detected[FNM_PORT] is not None for r in rs)}/{n} "
+            f"| {fmt(median([float(r.exporter.get('datagrams', 0)) for r in rs]), ',.0f')} "
+            f"| {fmt(median([r.lost(SHIELD_PORT) for r in rs]), '.1f')}% "
+            f"| {fmt(median([r.lost(FNM_PORT) for r in rs]), '.1f')}% "
+            f"| {' / '.join(fmt(median([r.cpu.get(name, 0.0) for r in rs]), '.1f') for name in CPU_OF)} |"
         )
     lines += [
         "",
-        "Every run:",
+        "Every run (times in s; *frame->*: from the first attack frame at the exporter):",
         "",
-        "| flood | victim | sent | pps | export delay | shield TTD | FNM TTD | to each | shield drops | FNM drops | FNM counted | col Udp InDatagrams / RcvbufErrors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| flood | victim | frames sent | pps | in flow records | export delay | shield TTD | FNM TTD "
+        "| shield frame-> | FNM frame-> | exported (softflowd) | arrived at each (capture) | shield socket drops "
+        "| FNM socket drops | FNM counted | dfb-col Udp InDatagrams / RcvbufErrors | CPU s shield / FNM / softflowd |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.kind} | {r.flood.target} | {r.flood.sent} | {r.flood.achieved_pps:,.0f} | {fmt(r.export_delay)} "
-            f"| {fmt(r.ttd('shield'))} | {fmt(r.ttd('fnm'))} | {r.sent_to.get(SHIELD_PORT, 0)} "
-            f"| {r.drops(SHIELD_PORT)} | {r.drops(FNM_PORT)} | {r.fnm_after - r.fnm_before} "
-            f"| {r.snmp_after['InDatagrams'] - r.snmp_before['InDatagrams']} / "
-            f"{r.snmp_after['RcvbufErrors'] - r.snmp_before['RcvbufErrors']} |"
+            f"| {r.kind} | {r.flood.target} | {r.flood.sent:,} | {r.flood.achieved_pps:,.0f} | {r.attack_packets:,} "
+            f"| {fmt(r.export_delay)} | {fmt(r.ttd(SHIELD_PORT))} | {fmt(r.ttd(FNM_PORT))} "
+            f"| {fmt(r.from_frame(SHIELD_PORT))} | {fmt(r.from_frame(FNM_PORT))} | {r.exporter.get('datagrams', 0):,} "
+            f"| {r.arrived.get(SHIELD_PORT, 0):,} / {r.arrived.get(FNM_PORT, 0):,} | {r.drops.get(SHIELD_PORT, 0):,} "
+            f"| {r.drops.get(FNM_PORT, 0):,} | {r.fnm_counted:,} "
+            f"| {r.snmp.get('InDatagrams', 0):,} / {r.snmp.get('RcvbufErrors', 0):,} "
+            f"| {' / '.join(f'{r.cpu.get(name, 0.0):.1f}' for name in CPU_OF)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -741,7 +794,10 @@ def environment() -> dict[str, str]:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "softflowd": pkg("softflowd"),
         "fastnetmon": pkg("fastnetmon"),
-        "commit": run("git", "-C", str(REPO), "rev-parse", "--short", "HEAD", check=False).strip(),
+        "commit": run("git", "-C", str(REPO), "rev-parse", "--short", "HEAD", check=False).strip()
+        # the shield runs from the work tree: say when it differs from the commit
+        + ("+uncommitted" if run("git", "-C", str(REPO), "status", "--porcelain", "src", check=False).strip() else ""),
+        "window": str(parse('protected = ["192.0.2.0/24"]').shield.telemetry_window_seconds),
         "rmem_default": Path("/proc/sys/net/core/rmem_default").read_text().strip(),
         "rmem_max": Path("/proc/sys/net/core/rmem_max").read_text().strip(),
     }
@@ -828,19 +884,19 @@ def main() -> int:
                 n = 0
                 for _ in range(args.runs):
                     for kind in args.kinds:
-                        results.append(one_run(kind, n, args, tmp))
+                        results.append(one_run(kind, n, args, tmp, daemons))
                         n += 1
                 daemons.stop("capture", signal.SIGINT)
-            datagrams = read_export(tmp / "export.pcap")
-            by_port = {p: first_carrying(datagrams, p) for p in (SHIELD_PORT, FNM_PORT)}
+            export = Export.read(tmp / "export.pcap")
+            carried = export.attacks()
             for r in results:
-                first = [by_port[p].get(r.flood.target, (None, 0))[0] for p in (SHIELD_PORT, FNM_PORT)]
-                known = [x for x in first if x is not None]
-                r.first_export = min(known) if known else None
-                r.exported_packets = by_port[SHIELD_PORT].get(r.flood.target, (0.0, 0))[1]
-                lo, hi = r.window
-                for p in (SHIELD_PORT, FNM_PORT):
-                    r.sent_to[p] = sum(1 for d in datagrams if d.dport == p and lo <= d.ts <= hi)
+                c = carried.get(r.flood.target)
+                if c is not None:
+                    r.first_at, r.attack_packets = c.first, c.packets
+                r.arrived = {p: export.count(p, *r.window) for p in (SHIELD_PORT, FNM_PORT)}
+            m = re.search(r"(\d+) packets dropped by kernel", (tmp / "tcpdump.log").read_text())
+            n = sum(len(t) for t in export.ts.values())
+            env["capture"] = f"{n:,} datagrams, {m.group(1) if m else '?'} dropped by the kernel"
         finally:
             if args.keep:
                 shutil.copytree(tmp, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.ctl"))
