@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ddos_shield.dataplane.table import find_keys, key_words, sort_keys
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.records import RATE_DTYPE, IPNetwork, RateBatch, TrafficBatch
 
@@ -60,30 +61,48 @@ def counter_rates(prev: np.ndarray, cur: np.ndarray, seconds: float) -> RateBatc
     A destination missing from ``prev`` (new, or evicted from the LRU and re-created)
     starts from zero in ``prev``'s place only if its counters are small enough to be
     new; counters that went backwards (re-created entry) count from zero.
+
+    Keys are compared as two 64-bit words each (:func:`~ddos_shield.dataplane.table.key_words`).
+    A table that only grew since ``prev`` (the user-space tables, and a kernel map whose
+    dump order held) lists ``prev``'s keys first, in the same order: that is checked
+    in one pass and needs no search; otherwise ``prev`` is sorted and searched.
     """
     out = np.zeros(len(cur), dtype=RATE_DTYPE)
     if len(cur) == 0 or seconds <= 0:
         return out
     out["dst"] = cur["dst"]
-    base_pkts = np.zeros_like(cur["pkts"])
-    base_bytes = np.zeros_like(cur["bytes"])
+    # contiguous copies: arithmetic on the (n, categories) fields of the records is slow
+    cur_pkts = np.ascontiguousarray(cur["pkts"])
+    cur_bytes = np.ascontiguousarray(cur["bytes"])
+    cur_drop = cur["dropped_pkts"]
+    base_pkts = np.zeros_like(cur_pkts)
+    base_bytes = np.zeros_like(cur_bytes)
     base_drop = np.zeros(len(cur), dtype=np.uint64)
-    if len(prev):
-        keys_prev = prev["dst"].view("V16").ravel()
-        keys_cur = cur["dst"].view("V16").ravel()
-        order = np.argsort(keys_prev)
-        pos = np.searchsorted(keys_prev[order], keys_cur)
-        pos = np.minimum(pos, len(prev) - 1)
-        found = keys_prev[order][pos] == keys_cur
-        idx = order[pos[found]]
-        base_pkts[found] = prev["pkts"][idx]
-        base_bytes[found] = prev["bytes"][idx]
-        base_drop[found] = prev["dropped_pkts"][idx]
-        back = np.any(cur["pkts"] < base_pkts, axis=1)
-        base_pkts[back] = 0
-        base_bytes[back] = 0
-        base_drop[back] = 0
-    out["pps"] = (cur["pkts"] - base_pkts) / seconds
-    out["bps"] = (cur["bytes"] - base_bytes) * 8.0 / seconds
-    out["dropped_pps"] = (cur["dropped_pkts"] - np.minimum(base_drop, cur["dropped_pkts"])) / seconds
+    m = len(prev)
+    if m:
+        p_hi, p_lo = key_words(prev["dst"])
+        c_hi, c_lo = key_words(cur["dst"])
+        if m <= len(cur) and np.array_equal(p_hi, c_hi[:m]) and np.array_equal(p_lo, c_lo[:m]):
+            base_pkts[:m] = prev["pkts"]
+            base_bytes[:m] = prev["bytes"]
+            base_drop[:m] = prev["dropped_pkts"]
+        else:
+            order = sort_keys(p_hi, p_lo)
+            pos, found = find_keys(p_hi[order], p_lo[order], c_hi, c_lo)
+            rows = np.flatnonzero(found)
+            idx = order[pos[rows]]
+            base_pkts[rows] = np.take(np.ascontiguousarray(prev["pkts"]), idx, axis=0)
+            base_bytes[rows] = np.take(np.ascontiguousarray(prev["bytes"]), idx, axis=0)
+            base_drop[rows] = prev["dropped_pkts"][idx]
+        lower = cur_pkts < base_pkts
+        back = lower[:, 0].copy()
+        for c in range(1, lower.shape[1]):
+            back |= lower[:, c]
+        if back.any():
+            base_pkts[back] = 0
+            base_bytes[back] = 0
+            base_drop[back] = 0
+    out["pps"] = (cur_pkts - base_pkts) / seconds
+    out["bps"] = (cur_bytes - base_bytes) * 8.0 / seconds
+    out["dropped_pps"] = (cur_drop - np.minimum(base_drop, cur_drop)) / seconds
     return out

@@ -55,12 +55,16 @@ class ReplayDataPlane(DataPlane):
         total = int(batch["packets"].sum())
         self._stats["rx"] += total
         dropped = self._backend.offer(batch)
-        self._stats["dropped"] += int(batch["packets"][dropped].sum())
-        self._stats["unprotected"] += total - self._table.add(batch, dropped)
-        rows = batch[self._table.protected_mask(batch["dst"])]
+        any_dropped = bool(dropped.any())
+        if any_dropped:
+            self._stats["dropped"] += int(batch["packets"][dropped].sum())
+        protected = self._table.protected_mask(batch["dst"])
+        counted = self._table.add(batch, dropped if any_dropped else None, protected)
+        self._stats["unprotected"] += total - counted
+        rows = batch if protected.all() else batch[protected]
         if self._every and len(rows):
             pick = self._rng.random(len(rows)) < 1.0 / self._every
-            s = rows[pick].copy()
+            s = rows[pick]  # a copy: the batch stays the caller's
             s["sample_rate"] = np.maximum(s["sample_rate"], 1) * self._every
             s["packets"] = s["packets"] * self._every
             s["bytes"] = s["bytes"] * self._every
