@@ -785,3 +785,60 @@ def test_mutated_datagrams_keep_records_before_the_mutation(seed: int, data: st.
     out = decode(mutated)
     assert view(out.batch)[: len(kept)] == kept
     assert (out.batch["source"] == Source.SFLOW).all()
+
+
+# ---- many datagrams in one call --------------------------------------------------------
+
+
+def _same(one: list[Decoded], many: list[Decoded]) -> None:
+    assert len(one) == len(many)
+    for a, b in zip(one, many, strict=True):
+        assert a.error == b.error
+        assert a.batch.tobytes() == b.batch.tobytes()
+
+
+def _both(datagrams: list[tuple[bytes, float]]) -> tuple[SflowDecoder, SflowDecoder]:
+    """Decode one by one and all at once (in chunks of every size); both must agree."""
+    one = SflowDecoder(default_rate=3)
+    want = [one.decode(d, EXPORTER, t) for d, t in datagrams]
+    for size in {1, 2, 5, max(len(datagrams), 1)}:
+        many = SflowDecoder(default_rate=3)
+        got = [
+            out for i in range(0, len(datagrams), size) for out in many.decode_many(datagrams[i : i + size], EXPORTER)
+        ]
+        _same(want, got)
+        assert many.counters() == one.counters()
+        assert many.agents == one.agents
+    return one, many
+
+
+def test_decode_many_equals_one_by_one() -> None:
+    good = [*REAL, MIXED, *(datagram(c.samples, seq=i + 2) for i, c in enumerate(CASES.values()))]
+    bad = [data for data, _ in INCONSISTENT.values()] + [MIXED[:cut] for cut in range(0, len(MIXED), 7)]
+    mixed = [d for pair in zip(good, bad * 3, strict=False) for d in pair]  # good and bad interleaved
+    datagrams = [(d, NOW + i) for i, d in enumerate(mixed)]
+    _both(datagrams)
+    # each record carries the arrival time of its own datagram
+    out = SflowDecoder().decode_many(datagrams, EXPORTER)
+    for (_, t), o in zip(datagrams, out, strict=True):
+        assert (o.batch["ts"] == t).all()
+
+
+def test_decode_many_of_nothing() -> None:
+    assert SflowDecoder().decode_many([], EXPORTER) == []
+    out = SflowDecoder().decode_many([(b"", NOW), (datagram([]), NOW)], EXPORTER)
+    assert [len(o.batch) for o in out] == [0, 0]
+    assert out[0].error and out[1].error is None
+
+
+@FUZZ
+@given(
+    st.lists(st.tuples(st.sampled_from(range(len(SEEDS))), st.integers(0, 2000), st.binary(max_size=6)), max_size=12)
+)
+def test_decode_many_of_mutated_datagrams(picks: list[tuple[int, int, bytes]]) -> None:
+    datagrams = []
+    for i, (seed, pos, junk) in enumerate(picks):
+        d = SEEDS[seed]
+        pos %= len(d) + 1
+        datagrams.append((d[:pos] + junk + d[pos + len(junk) :], NOW + i))
+    _both(datagrams)

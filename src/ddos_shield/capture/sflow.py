@@ -35,9 +35,12 @@ Example::
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ddos_shield.capture.base import Decoded
 from ddos_shield.capture.decode import ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, decode_frames_valid
@@ -76,6 +79,9 @@ _IPPROTO_UDP = 17
 _TCP_SYN = 0x02
 _TCP_ACK = 0x10
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+# the Ethernet header put in front of IP-only raw headers
+_ETH_IPV4 = bytes(12) + ETH_P_IP.to_bytes(2, "big")
+_ETH_IPV6 = bytes(12) + ETH_P_IPV6.to_bytes(2, "big")
 
 _U32 = struct.Struct(">I")
 _U32x2 = struct.Struct(">II")
@@ -101,8 +107,7 @@ class AgentState:
     datagrams: int = 1
 
 
-@dataclass(frozen=True)
-class _Sample:
+class _Sample(NamedTuple):
     """One flow sample, parsed and checked whole."""
 
     rate: int
@@ -158,14 +163,34 @@ class SflowDecoder:
     # ---- one datagram ------------------------------------------------------------------
 
     def decode(self, datagram: bytes, exporter: bytes, now: float) -> Decoded:
-        buf = bytes(datagram)
+        return self.decode_many([(datagram, now)], exporter)[0]
+
+    def decode_many(self, datagrams: Sequence[tuple[bytes, float]], exporter: bytes) -> list[Decoded]:
+        """Decode several datagrams of this exporter, (datagram, arrival time) in arrival
+        order: one :class:`Decoded` each, exactly as :meth:`decode` one by one would give
+        (errors per datagram, the records before a bad part kept, counters and sequence
+        numbers followed in order), but the raw headers of all of them go through one
+        vectorised decoder call, whose fixed cost a datagram of a few samples would
+        otherwise pay alone."""
         samples: list[_Sample] = []
-        error: str | None = None
-        try:
-            self._parse(buf, samples)
-        except _Bad as e:
-            error = str(e)
-        return Decoded(self._records(samples, exporter, now), error)
+        ends: list[int] = []  # samples made by the datagrams up to each
+        errors: list[str | None] = []
+        for datagram, _ in datagrams:
+            try:
+                self._parse(bytes(datagram), samples)
+                errors.append(None)
+            except _Bad as e:
+                errors.append(str(e))
+            ends.append(len(samples))
+        if not samples:
+            return [Decoded(empty_traffic(), e) for e in errors]
+        times = np.array([now for _, now in datagrams], dtype=np.float64)
+        owner = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0))  # datagram of each sample
+        batch, keep = self._records(samples, exporter, times[owner])
+        # records (kept samples) made by the datagrams up to each: where each one's batch ends
+        stop = np.concatenate(([0], np.cumsum(keep)))[ends].tolist()
+        start = [0, *stop[:-1]]
+        return [Decoded(batch[a:b], e) for a, b, e in zip(start, stop, errors, strict=True)]
 
     def _parse(self, buf: bytes, samples: list[_Sample]) -> None:
         end = len(buf)
@@ -286,37 +311,33 @@ class SflowDecoder:
 
     # ---- records -----------------------------------------------------------------------
 
-    def _records(self, samples: list[_Sample], exporter: bytes, now: float) -> TrafficBatch:
+    def _records(
+        self, samples: list[_Sample], exporter: bytes, ts: npt.NDArray[np.float64]
+    ) -> tuple[TrafficBatch, npt.NDArray[np.bool_]]:
+        """Records of the samples that give one, in order, and which samples did."""
         n = len(samples)
-        if n == 0:
-            return empty_traffic()
+        out = empty_traffic(n)
+        keep = np.zeros(n, dtype=bool)
         # Raw headers: IP-only headers get an Ethernet header in front so that every
-        # header of the datagram goes through one decoder call.
-        headers = [(i, s.header) for i, s in enumerate(samples) if s.header is not None]
-        from_header = np.zeros(n, dtype=bool)
-        decoded = empty_traffic()
+        # header goes through one decoder call.
+        headers = [(i, smp.header) for i, smp in enumerate(samples) if smp.header is not None]
         if headers:
             width = 14 + max(len(h[2]) for _, h in headers)
-            frames = np.zeros((len(headers), width), dtype=np.uint8)
-            caplen = np.zeros(len(headers), dtype=np.int64)
-            wirelen = np.zeros(len(headers), dtype=np.int64)
-            for row, (_, (proto, frame_len, data)) in enumerate(headers):
-                if proto != HEADER_ETHERNET:
-                    etype = ETH_P_IP if proto == HEADER_IPV4 else ETH_P_IPV6
-                    data = b"\x00" * 12 + etype.to_bytes(2, "big") + data
-                else:
+            blobs, caplen, wirelen = [], [], []
+            for _, (proto, frame_len, data) in headers:
+                if proto == HEADER_ETHERNET:
                     frame_len = max(frame_len - FCS_LEN, 0)
-                frames[row, : len(data)] = np.frombuffer(data, dtype=np.uint8)
-                caplen[row] = len(data)
-                wirelen[row] = frame_len
-            decoded, valid = decode_frames_valid(frames, caplen, wirelen)
-            from_header[np.array([i for i, _ in headers])[valid]] = True
-            decoded = decoded[valid]
-
-        out = empty_traffic(n)
-        out[from_header] = decoded
-        keep = from_header.copy()
-        for i in map(int, np.flatnonzero(~from_header)):
+                else:
+                    data = (_ETH_IPV4 if proto == HEADER_IPV4 else _ETH_IPV6) + data
+                blobs.append(data.ljust(width, b"\x00"))
+                caplen.append(len(data))
+                wirelen.append(frame_len)
+            frames = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(headers), width)
+            decoded, valid = decode_frames_valid(frames, np.array(caplen), np.array(wirelen))
+            at = np.array([i for i, _ in headers])[valid]
+            out[at] = decoded[valid]
+            keep[at] = True
+        for i in np.flatnonzero(~keep).tolist():
             s = samples[i].sampled
             if s is None:
                 continue
@@ -332,16 +353,15 @@ class SflowDecoder:
             out["length"][i] = length
             keep[i] = True
         self.undecodable_samples += int(n - keep.sum())
-        out = out[keep]
-        rate = np.array([s.rate for s, k in zip(samples, keep, strict=True) if k], dtype=np.uint64)
-        out["ts"] = now
+        rate = np.array([smp.rate for smp in samples], dtype=np.uint64)
+        out["ts"] = ts
         out["sample_rate"] = rate
         out["packets"] = rate
         out["bytes"] = out["length"].astype(np.uint64) * rate
-        out["ifindex"] = [s.ifindex for s, k in zip(samples, keep, strict=True) if k]
+        out["ifindex"] = [smp.ifindex for smp in samples]
         out["source"] = int(Source.SFLOW)
         out["exporter"] = np.frombuffer(exporter, dtype=np.uint8)
-        return out
+        return (out if keep.all() else out[keep]), keep
 
 
 def _category(proto: int, tcp_flags: int) -> int:
