@@ -252,7 +252,7 @@ class CounterTable:
         if last is not None and np.array_equal(last[0], hi) and np.array_equal(last[1], lo):
             return last[2]  # the same destinations as the batch before (slots only move on compaction)
         slots = self._lookup(hi, lo)
-        self._last = (hi, lo, slots)
+        self._last = (hi, lo, slots) if bool((slots >= 0).all()) else None
         return slots
 
     def _lookup(self, hi: U64, lo: U64) -> npt.NDArray[np.int64]:
