@@ -101,8 +101,8 @@ def decode_frames_valid(
     if n == 0:
         return out, valid
     snap = frames.shape[1]
-    cap = np.broadcast_to(np.minimum(np.asarray(caplen, dtype=np.int64), snap), (n,))
-    wire = np.broadcast_to(np.asarray(wirelen), (n,))
+    cap = _per_row(np.minimum(np.asarray(caplen, dtype=np.int64), snap), n)
+    wire = _per_row(np.asarray(wirelen), n)
     out["length"] = wire
     # In blocks whose frames stay in the core's cache while each column is read.
     rest = np.zeros(n, dtype=bool)
@@ -119,12 +119,21 @@ def decode_frames_valid(
     return out, valid
 
 
+def _per_row(a: npt.NDArray[Any], n: int) -> npt.NDArray[Any]:
+    """``a`` as one value a row (a scalar repeated)."""
+    return a if a.ndim == 1 else np.full(n, a)
+
+
+#: the field types read from frames, and each one's native form
+_TYPES = {t: (np.dtype(t), np.dtype(t).newbyteorder("=")) for t in ("u1", ">u2", ">u4", "<u4", "<u8")}
+
+
 def _column(frames: npt.NDArray[np.uint8], at: int, dtype: str) -> npt.NDArray[Any]:
     """The field of ``dtype`` at byte ``at`` of every row, as a native 1-D array: one
     strided pass over the rows (reading byte by byte would make one pass a byte)."""
-    size = np.dtype(dtype).itemsize
-    col: npt.NDArray[Any] = frames[:, at : at + size].view(dtype)[:, 0]
-    return col.astype(np.dtype(dtype).newbyteorder("="))
+    raw, native = _TYPES[dtype]
+    col: npt.NDArray[Any] = frames[:, at : at + raw.itemsize].view(raw)[:, 0]
+    return col.astype(native)
 
 
 class _Fields:

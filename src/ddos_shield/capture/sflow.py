@@ -184,9 +184,13 @@ class SflowDecoder:
             ends.append(len(samples))
         if not samples:
             return [Decoded(empty_traffic(), e) for e in errors]
+        if len(datagrams) == 1:
+            ts: float | npt.NDArray[np.float64] = datagrams[0][1]
+            batch, _ = self._records(samples, exporter, ts)
+            return [Decoded(batch, errors[0])]
         times = np.array([now for _, now in datagrams], dtype=np.float64)
-        owner = np.repeat(np.arange(len(ends)), np.diff(ends, prepend=0))  # datagram of each sample
-        batch, keep = self._records(samples, exporter, times[owner])
+        ts = np.repeat(times, np.diff(ends, prepend=0))  # each sample's datagram's
+        batch, keep = self._records(samples, exporter, ts)
         # records (kept samples) made by the datagrams up to each: where each one's batch ends
         stop = np.concatenate(([0], np.cumsum(keep)))[ends].tolist()
         start = [0, *stop[:-1]]
@@ -312,7 +316,7 @@ class SflowDecoder:
     # ---- records -----------------------------------------------------------------------
 
     def _records(
-        self, samples: list[_Sample], exporter: bytes, ts: npt.NDArray[np.float64]
+        self, samples: list[_Sample], exporter: bytes, ts: float | npt.NDArray[np.float64]
     ) -> tuple[TrafficBatch, npt.NDArray[np.bool_]]:
         """Records of the samples that give one, in order, and which samples did."""
         n = len(samples)
