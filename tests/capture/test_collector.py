@@ -41,7 +41,7 @@ def test_trust_counting_and_partial_datagrams() -> None:
     c.handle(b"de!xx", "127.0.0.1", 2.0)  # two records kept, then counted as malformed
     c.handle(b"zzz", "192.0.2.7", 3.0)  # not trusted: counted, dropped
     c.handle(b"q", "2001:db8::5", 4.0)
-    batch = c.read()
+    batch = c.read()  # decoding happens here, per exporter
     assert len(batch) == 6
     assert bytes(batch["bytes"].astype(np.uint8)) == b"abcdeq"
     st = c.stats()
@@ -62,6 +62,7 @@ def test_a_decoder_bug_is_counted_not_fatal() -> None:
 
     c = FlowCollector("test", ("127.0.0.1", 0), ["127.0.0.1"], Broken)
     c.handle(b"x", "127.0.0.1", 0.0)
+    assert len(c.read()) == 0
     assert c.stats()["127.0.0.1"].malformed == 1
 
 

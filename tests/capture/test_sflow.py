@@ -687,6 +687,7 @@ def test_decoder_inside_the_collector() -> None:
     c.handle(MIXED, "192.0.2.1", NOW)
     c.handle(MIXED[:-3], "192.0.2.1", NOW)
     c.handle(MIXED, "192.0.2.66", NOW)  # untrusted
+    assert len(c.read()) == 5  # the collector decodes what it queued when read
     st = c.stats()
     assert (st["192.0.2.1"].datagrams, st["192.0.2.1"].records, st["192.0.2.1"].malformed) == (2, 5, 1)
     assert st["192.0.2.1"].packets == (2 + 3 + 4) + (2 + 3)

@@ -26,15 +26,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ddos_shield.capture.base import ExporterStats, FlowDecoder, TelemetrySource
+from ddos_shield.capture.base import Decoded, ExporterStats, FlowDecoder, TelemetrySource
 from ddos_shield.records import IPNetwork, TrafficBatch, addr_bytes, empty_traffic
 
 log = logging.getLogger(__name__)
 
 #: largest UDP payload
 MAX_DATAGRAM = 65535
-#: queued batches beyond this are dropped (counted) rather than growing memory without bound
-MAX_QUEUED_RECORDS = 2_000_000
+#: datagrams queued between two reads beyond this are dropped (counted) rather than
+#: growing memory without bound (the engine reads every interval)
+MAX_QUEUED_DATAGRAMS = 200_000
 
 
 class FlowCollector(TelemetrySource):
@@ -54,7 +55,7 @@ class FlowCollector(TelemetrySource):
         self._factory = decoder_factory
         self._decoders: dict[str, FlowDecoder] = {}
         self._stats: dict[str, ExporterStats] = {}
-        self._queue: list[TrafficBatch] = []
+        self._pending: dict[str, list[tuple[bytes, float]]] = {}
         self._queued = 0
         self._lock = threading.Lock()
         self._clock = clock or time.time
@@ -104,7 +105,12 @@ class FlowCollector(TelemetrySource):
             self.handle(data, peer[0], self._clock())
 
     def handle(self, data: bytes, exporter: str, now: float) -> None:
-        """Decode one datagram from ``exporter`` (the receive loop calls this)."""
+        """Accept one datagram from ``exporter`` (the receive loop calls this).
+
+        Datagrams are only queued here; :meth:`read` decodes each exporter's queue in
+        one call where the decoder can (``decode_many``: sFlow's raw headers of many
+        datagrams go through one vectorised header decode).
+        """
         if exporter.startswith("::ffff:"):
             exporter = exporter.removeprefix("::ffff:")
         st = self._stats.setdefault(exporter, ExporterStats())
@@ -112,35 +118,50 @@ class FlowCollector(TelemetrySource):
         if not self._trusted_exporter(exporter):
             st.untrusted += 1
             return
+        with self._lock:
+            if self._queued >= MAX_QUEUED_DATAGRAMS:
+                st.extra["queue_dropped"] = st.extra.get("queue_dropped", 0) + 1
+                return
+            self._pending.setdefault(exporter, []).append((data, now))
+            self._queued += 1
+
+    def _decode(self, exporter: str, datagrams: list[tuple[bytes, float]]) -> list[Decoded]:
         dec = self._decoders.get(exporter)
         if dec is None:
             dec = self._decoders[exporter] = self._factory()
-        try:
-            out = dec.decode(data, addr_bytes(exporter), now)
-        except Exception as e:  # a decoder bug must not stop the collector: count it
-            log.exception("%s decoder failed on a datagram from %s", self.name, exporter)
-            st.malformed += 1
-            st.last_error = f"decoder error: {e!r}"
-            return
-        if out.error is not None:
-            st.malformed += 1
-            st.last_error = out.error
-        b = out.batch
-        if len(b) == 0:
-            return
-        st.records += len(b)
-        st.packets += int(b["packets"].sum())
-        st.bytes += int(b["bytes"].sum())
-        with self._lock:
-            if self._queued + len(b) > MAX_QUEUED_RECORDS:
-                st.extra["queue_dropped"] = st.extra.get("queue_dropped", 0) + len(b)
-                return
-            self._queue.append(b)
-            self._queued += len(b)
+        raw = addr_bytes(exporter)
+        many = getattr(dec, "decode_many", None)
+        if many is not None:
+            try:
+                out: list[Decoded] = many(datagrams, raw)
+                return out
+            except Exception:  # isolate the datagram that trips the decoder: one at a time
+                log.exception("%s decoder failed on a batch from %s; decoding one by one", self.name, exporter)
+        results = []
+        for d, now in datagrams:
+            try:
+                results.append(dec.decode(d, raw, now))
+            except Exception as e:  # a decoder bug must not stop the collector: count it
+                log.exception("%s decoder failed on a datagram from %s", self.name, exporter)
+                results.append(Decoded(empty_traffic(), f"decoder error: {e!r}"))
+        return results
 
     def read(self) -> TrafficBatch:
         with self._lock:
-            parts, self._queue, self._queued = self._queue, [], 0
+            pending, self._pending, self._queued = self._pending, {}, 0
+        parts: list[TrafficBatch] = []
+        for exporter, datagrams in pending.items():
+            st = self._stats[exporter]
+            for out in self._decode(exporter, datagrams):
+                if out.error is not None:
+                    st.malformed += 1
+                    st.last_error = out.error
+                b = out.batch
+                if len(b):
+                    st.records += len(b)
+                    st.packets += int(b["packets"].sum())
+                    st.bytes += int(b["bytes"].sum())
+                    parts.append(b)
         return np.concatenate(parts) if parts else empty_traffic()
 
     def stats(self) -> dict[str, ExporterStats]:
