@@ -1,6 +1,6 @@
 """Decode throughput per core: raw frames, ``analyze`` on a pcap, sFlow, NetFlow/IPFIX.
 
-    .venv/bin/python bench/decode.py [--runs 5] [--packets 1200000] [--cpu 0] [--only frames,analyze,sflow,netflow]
+    .venv/bin/python bench/decode.py [--runs 5] [--packets 1200000] [--cpu 0] [--only frames,analyze,tick,sflow,netflow]
 
 Runs in one process pinned to one CPU (``--cpu``), so every figure is per core:
 
@@ -12,6 +12,8 @@ Runs in one process pinned to one CPU (``--cpu``), so every figure is per core:
   Teams and Firefox sessions, repeated with their timing over 30 s) mixed with a
   randomly spoofed SYN flood (sources from 198.18.0.0/15) at 100,000 pps for 6 s.  The
   file is written to a temporary directory and deleted afterwards.
+* **tick** -- one engine tick (counters read, rates, detection, policy) over the
+  replay data plane holding 3,000 and 30,000 destinations.
 * **sflow** -- :class:`~ddos_shield.capture.sflow.SflowDecoder` on datagrams built like
   an agent's (8 flow samples with 128-byte raw headers of the capture's packets, 1 in
   1,000, plus the counter samples agents interleave), and on the real datagrams of
@@ -348,6 +350,47 @@ def bench_sflow(runs: int, rng: np.random.Generator) -> list[tuple[str, float, l
     return out
 
 
+def bench_tick(destinations: int, ticks: int, rng: np.random.Generator) -> tuple[float, list[float]]:
+    """CPU milliseconds of one engine tick over the replay data plane with ``destinations``
+    destinations seen (IPv4 and IPv6, below every threshold), each fed a few packets
+    between ticks: counters read, rates, detection, policy.  Median of ``ticks`` ticks."""
+    import io
+
+    from ddos_shield.dataplane.replay import ReplayDataPlane
+    from ddos_shield.engine import Engine
+    from ddos_shield.engine.offline import default_config
+    from ddos_shield.events import EventSink
+    from ddos_shield.records import empty_traffic
+
+    cfg = default_config()
+    now = [T0]
+    dp = ReplayDataPlane(clock=lambda: now[0])
+    engine = Engine(cfg, dp, dp.backend, EventSink(io.StringIO(), keep=1), clock=lambda: now[0])
+    engine.start(now[0])
+    b = empty_traffic(destinations * 2)
+    dst = np.zeros((len(b), 16), dtype=np.uint8)
+    host = np.tile(np.arange(destinations), 2)
+    v6 = host % 4 == 0  # a quarter IPv6 /64s, the rest IPv4 addresses
+    dst[:, 10:12] = 0xFF
+    dst[:, 12:16] = (10 << 24 | host).astype(">u4").view(np.uint8).reshape(-1, 4)
+    dst[v6] = 0
+    dst[v6, :2] = (0x20, 0x01)
+    dst[v6, 2:6] = host[v6].astype(">u4").view(np.uint8).reshape(-1, 4)
+    b["dst"] = dst
+    b["flags"] = np.where(v6, 1, 0)
+    b["src"][:, 10:12] = 0xFF
+    b["proto"], b["category"], b["packets"], b["bytes"], b["length"] = 17, 2, 1, 100, 100
+    times = []
+    for _ in range(ticks):
+        b["ts"] = now[0]
+        dp.feed(b[rng.permutation(len(b))])
+        now[0] += 0.1
+        t = time.process_time()
+        engine.tick(now[0])
+        times.append((time.process_time() - t) * 1000)
+    return statistics.median(times[ticks // 10 :]), times
+
+
 NETFLOW_CASES = [
     # label, files fed in order (templates first), fill the data datagrams up to 1400 bytes
     ("NetFlow v5 (akvorado nfv5.pcap, 29 records a datagram)", ["akvorado_nfv5"], False),
@@ -413,7 +456,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--packets", type=int, default=1_200_000)
     ap.add_argument("--cpu", type=int, default=0, help="CPU to pin the benchmark to")
-    ap.add_argument("--only", default="frames,analyze,sflow,netflow")
+    ap.add_argument("--only", default="frames,analyze,tick,sflow,netflow")
     args = ap.parse_args()
     only = set(args.only.split(","))
     os.sched_setaffinity(0, {args.cpu})
@@ -450,6 +493,12 @@ def main() -> int:
                 f"| `analyze` end to end on the capture | {fmt_rate(r['rate'])}packets/s | {fmt_runs(r['runs'])} |"
             )
             notes.append(f"analyze found: {r['found'] or 'nothing'}; wall-clock rate {fmt_rate(r['wall'])}packets/s.")
+    if "tick" in only:
+        for n in (3000, 30000):
+            ms, _ = bench_tick(n, 100, rng)
+            lines.append(
+                f"| engine tick over the replay data plane, {n:,} destinations | {ms:.2f} ms a tick | median of 90 ticks |"
+            )
     if "sflow" in only:
         for label, rate, rates in bench_sflow(args.runs, rng):
             lines.append(f"| {label} | {fmt_rate(rate)}samples/s | {fmt_runs(rates)} |")
@@ -461,8 +510,8 @@ def main() -> int:
             notes.append("NetFlow/IPFIX: `ddos_shield.capture.netflow` is not there; not measured.")
     print("\n".join(lines))
     print()
-    for n in notes:
-        print(f"* {n}")
+    for note in notes:
+        print(f"* {note}")
     return 0
 
 

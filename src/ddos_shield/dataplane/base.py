@@ -102,7 +102,10 @@ def counter_rates(prev: np.ndarray, cur: np.ndarray, seconds: float) -> RateBatc
             base_pkts[back] = 0
             base_bytes[back] = 0
             base_drop[back] = 0
-    out["pps"] = (cur_pkts - base_pkts) / seconds
-    out["bps"] = (cur_bytes - base_bytes) * 8.0 / seconds
+    # differences in place, divided straight into the output's fields
+    np.subtract(cur_pkts, base_pkts, out=base_pkts)
+    np.subtract(cur_bytes, base_bytes, out=base_bytes)
+    np.divide(base_pkts, seconds, out=out["pps"])
+    np.divide(base_bytes * 8.0, seconds, out=out["bps"])
     out["dropped_pps"] = (cur_drop - np.minimum(base_drop, cur_drop)) / seconds
     return out
