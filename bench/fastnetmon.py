@@ -380,12 +380,30 @@ def fnm_received() -> int:
 def shield_detections(events: Path) -> dict[str, float]:
     """First ``attack_start`` ts per target address."""
     out: dict[str, float] = {}
-    if not events.exists():
-        return out
-    for line in events.read_text().splitlines():
-        e = json.loads(line)
+    for e in _events(events):
         if e.get("event") == "attack_start":
             out.setdefault(str(e["target"]).split("/")[0], float(e["ts"]))
+    return out
+
+
+def shield_peaks(events: Path) -> dict[str, float]:
+    """The highest ``peak_pps`` the shield reported per target address: its view of the
+    flood's rate, from the datagrams it kept (over its telemetry window)."""
+    out: dict[str, float] = {}
+    for e in _events(events):
+        if "peak_pps" in e and "target" in e:
+            a = str(e["target"]).split("/")[0]
+            out[a] = max(out.get(a, 0.0), float(e["peak_pps"]))
+    return out
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):  # a line still being written
+            out.append(json.loads(line))
     return out
 
 
@@ -641,6 +659,7 @@ class Result:
     fnm_counted: int  # FastNetMon's own NetFlow v9 datagram counter during the run
     exporter: dict[str, int]  # softflowd's counters during the run
     cpu: dict[str, float]  # CPU seconds each daemon used during the run
+    shield_peak_pps: float  # the shield's highest reported rate of this flood
     # from the capture, at the end
     first_at: dict[int, float] = field(default_factory=dict)  # first datagram carrying the attack, by port
     arrived: dict[int, int] = field(default_factory=dict)  # datagrams captured during the run, by port
@@ -660,6 +679,11 @@ class Result:
     def export_delay(self) -> float | None:
         first = self.first_at.get(SHIELD_PORT)
         return None if first is None or self.flood.first_frame is None else first - self.flood.first_frame
+
+    @property
+    def peak_share(self) -> float | None:
+        pps = self.flood.achieved_pps
+        return 100.0 * self.shield_peak_pps / pps if pps else None
 
     def lost(self, port: int) -> float | None:
         n = self.arrived.get(port, 0)
@@ -696,6 +720,7 @@ def one_run(kind: str, i: int, args: argparse.Namespace, tmp: Path, daemons: Dae
         fnm_counted=fnm_received() - fnm0,
         exporter=delta(softflowd_stats(tmp), sfd0),
         cpu={n: daemons.cpu_seconds(n) - c for n, c in cpu0.items()},
+        shield_peak_pps=shield_peaks(tmp / "shield-events.jsonl").get(target, 0.0),
     )
     print(
         f"# {kind} {target}: sent {f.sent} at {f.achieved_pps:.0f} pps; shield "
@@ -731,12 +756,13 @@ def report(results: list[Result], args: argparse.Namespace, env: dict[str, str])
         "datagram's arrival to the shield's `attack_start` / FastNetMon's `ban` notification (s); "
         f"*detected*: runs with a detection within {DETECT_WAIT:g} s of the flood's end.  *lost*: the "
         "collector socket's kernel `drops` over the datagrams that reached the collector's interface.  "
-        "*CPU s*: CPU seconds each daemon used during the run.",
+        "*shield's peak pps*: the highest `peak_pps` in its events for the flood (over its telemetry window), "
+        "against the rate sent.  *CPU s*: CPU seconds each daemon used during the run.",
         "",
         "| flood | sent pps | export delay | shield TTD | FastNetMon TTD | detected shield / FNM "
         "| datagrams exported to each | lost at the shield's socket | lost at FastNetMon's socket "
-        "| CPU s shield / FNM / softflowd |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "| shield's peak pps / sent pps | CPU s shield / FNM / softflowd |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for kind in args.kinds:
         rs = [r for r in results if r.kind == kind]
@@ -752,6 +778,7 @@ def report(results: list[Result], args: argparse.Namespace, env: dict[str, str])
             f"| {fmt(median([float(r.exporter.get('datagrams', 0)) for r in rs]), ',.0f')} "
             f"| {fmt(median([r.lost(SHIELD_PORT) for r in rs]), '.1f')}% "
             f"| {fmt(median([r.lost(FNM_PORT) for r in rs]), '.1f')}% "
+            f"| {fmt(median([r.peak_share for r in rs]), '.0f')}% "
             f"| {' / '.join(fmt(median([r.cpu.get(name, 0.0) for r in rs]), '.1f') for name in CPU_OF)} |"
         )
     lines += [
@@ -760,8 +787,9 @@ def report(results: list[Result], args: argparse.Namespace, env: dict[str, str])
         "",
         "| flood | victim | frames sent | pps | in flow records | export delay | shield TTD | FNM TTD "
         "| shield frame-> | FNM frame-> | exported (softflowd) | arrived at each (capture) | shield socket drops "
-        "| FNM socket drops | FNM counted | dfb-col Udp InDatagrams / RcvbufErrors | CPU s shield / FNM / softflowd |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| FNM socket drops | FNM counted | dfb-col Udp InDatagrams / RcvbufErrors | shield peak pps "
+        "| CPU s shield / FNM / softflowd |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in results:
         lines.append(
@@ -770,7 +798,7 @@ def report(results: list[Result], args: argparse.Namespace, env: dict[str, str])
             f"| {fmt(r.from_frame(SHIELD_PORT))} | {fmt(r.from_frame(FNM_PORT))} | {r.exporter.get('datagrams', 0):,} "
             f"| {r.arrived.get(SHIELD_PORT, 0):,} / {r.arrived.get(FNM_PORT, 0):,} | {r.drops.get(SHIELD_PORT, 0):,} "
             f"| {r.drops.get(FNM_PORT, 0):,} | {r.fnm_counted:,} "
-            f"| {r.snmp.get('InDatagrams', 0):,} / {r.snmp.get('RcvbufErrors', 0):,} "
+            f"| {r.snmp.get('InDatagrams', 0):,} / {r.snmp.get('RcvbufErrors', 0):,} | {r.shield_peak_pps:,.0f} "
             f"| {' / '.join(f'{r.cpu.get(name, 0.0):.1f}' for name in CPU_OF)} |"
         )
     return "\n".join(lines) + "\n"
