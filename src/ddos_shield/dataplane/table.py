@@ -375,23 +375,3 @@ def _sums(cell: npt.NDArray[Any], values: npt.NDArray[Any], size: int) -> U64:
     out = np.zeros(size, dtype=np.uint64)
     np.add.at(out, cell, values.astype(np.uint64))
     return out
-
-
-def merge_counters(*parts: np.ndarray) -> np.ndarray:
-    """Sum counter snapshots of several sources destination by destination."""
-    parts = tuple(p for p in parts if len(p))
-    if not parts:
-        return np.zeros(0, dtype=COUNTER_DTYPE)
-    if len(parts) == 1:
-        return parts[0]
-    allrows = np.concatenate(parts)
-    hi, lo = key_words(allrows["dst"])
-    uhi, ulo, inv = _distinct(hi, lo)
-    out = np.zeros(len(uhi), dtype=COUNTER_DTYPE)
-    out["dst"] = words_key(uhi, ulo)
-    for col in ("pkts", "bytes"):
-        for c in range(_NCAT):
-            out[col][:, c] = _sums(inv, allrows[col][:, c], len(uhi))
-    for col in ("dropped_pkts", "dropped_bytes"):
-        out[col] = _sums(inv, allrows[col], len(uhi))
-    return out
