@@ -319,7 +319,6 @@ def snapshot(rng: np.random.Generator, n: int) -> Any:
     return np.unique(c)  # distinct keys, as a data plane reports them
 
 
-
 def test_counter_rates_of_nothing() -> None:
     assert len(counter_rates(np.zeros(0, COUNTER_DTYPE), np.zeros(0, COUNTER_DTYPE), 1.0)) == 0
     c = np.zeros(3, COUNTER_DTYPE)
