@@ -48,3 +48,18 @@ def spoofed_v4(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     base = int(ipaddress.ip_address("198.18.0.0"))
     return [str(ipaddress.ip_address(base + int(x))) for x in rng.integers(0, 1 << 17, n)]
+
+
+def counters_by_dst(snapshot: np.ndarray) -> dict[str, tuple[list[int], list[int], int, int]]:
+    """A counter snapshot (COUNTER_DTYPE) as {destination: (pkts, bytes, dropped pkts, dropped bytes)}."""
+    from ddos_shield.records import bytes_addr
+
+    return {
+        str(bytes_addr(r["dst"])): (
+            r["pkts"].tolist(),
+            r["bytes"].tolist(),
+            int(r["dropped_pkts"]),
+            int(r["dropped_bytes"]),
+        )
+        for r in snapshot
+    }

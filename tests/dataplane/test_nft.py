@@ -29,6 +29,7 @@ from ddos_shield.records import (
     as_network,
     bytes_addr,
 )
+from tests.traffic import counters_by_dst
 from tests.vethpair import VethPair, frame
 
 pytestmark = pytest.mark.lab
@@ -101,16 +102,7 @@ def _rows() -> list[tuple[str | None, Category, bytes, int]]:
 
 
 def counters_by_row(dp: NftDataPlane) -> dict[str, tuple[list[int], list[int], int, int]]:
-    c = dp.read_counters()
-    return {
-        str(bytes_addr(r["dst"])): (
-            r["pkts"].tolist(),
-            r["bytes"].tolist(),
-            int(r["dropped_pkts"]),
-            int(r["dropped_bytes"]),
-        )
-        for r in c
-    }
+    return counters_by_dst(dp.read_counters())
 
 
 def test_exact_counters_per_destination_and_category(pair: VethPair, dp: NftDataPlane) -> None:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from ddos_shield.dataplane import table
 from ddos_shield.dataplane.base import counter_rates
 from ddos_shield.dataplane.table import CounterTable, find_keys, key_words, sort_keys, words_key
-from ddos_shield.records import COUNTER_DTYPE, Category, PacketFlag, addr_bytes, as_network, bytes_addr, empty_traffic
+from ddos_shield.records import COUNTER_DTYPE, Category, PacketFlag, addr_bytes, as_network, empty_traffic
+from tests.traffic import counters_by_dst
 
 NCAT = len(Category)
 
@@ -31,16 +32,7 @@ def batch(rows: list[tuple[str, int, int, int]]) -> Any:
 
 
 def counts(t: CounterTable) -> dict[str, tuple[list[int], list[int], int, int]]:
-    snap = t.snapshot()
-    return {
-        str(bytes_addr(r["dst"])): (
-            r["pkts"].tolist(),
-            r["bytes"].tolist(),
-            int(r["dropped_pkts"]),
-            int(r["dropped_bytes"]),
-        )
-        for r in snap
-    }
+    return counters_by_dst(t.snapshot())
 
 
 def cats(**kw: int) -> list[int]:
