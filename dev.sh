@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
 APT_PACKAGES=(python3-venv python3-dev clang llvm libbpf-dev libbpf1 bpftool libelf-dev
-              nftables iproute2 hping3 netsniff-ng xdp-tools ethtool curl procps pmacct tshark softflowd)
+              nftables iproute2 hping3 netsniff-ng xdp-tools ethtool curl procps pmacct tshark softflowd
+              exabgp gobgpd chromium)
 VENV=.venv
 
 setup() {
@@ -21,7 +22,7 @@ setup() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
         # pmacct's and softflowd's own services would hold the flow ports the tests use
         if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-            systemctl disable --now pmacctd nfacctd sfacctd uacctd softflowd >/dev/null 2>&1 || true
+            systemctl disable --now pmacctd nfacctd sfacctd uacctd softflowd exabgp gobgpd >/dev/null 2>&1 || true
         fi
     fi
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
