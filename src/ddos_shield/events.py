@@ -17,18 +17,29 @@ Names and fields (later capabilities add names, never change these):
 
 Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),
 ``group``, ``attack_types`` (from :class:`~ddos_shield.records.AttackType`), ``pps``
-and ``bps``; mitigation events also carry ``rule``.
+and ``bps``; mitigation events also carry ``rule``.  Events that record an action
+carry ``actor``: ``"shield"`` for the automatic path, ``"token:<name>"`` for the API,
+``"cli:<user>"`` for the local command line.
+
+The sink is also the shield's internal bus: the store, the alerts and the live
+views :meth:`~EventSink.subscribe` to it instead of reaching into the engine.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import IO, Any
 
 from ddos_shield.records import Attack, Rule
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[dict[str, Any]], None]
 
 
 def attack_fields(attack: Attack) -> dict[str, Any]:
@@ -67,6 +78,21 @@ class EventSink:
         self._stream = stream
         self._lock = threading.Lock()
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, fn: Subscriber) -> Callable[[], None]:
+        """Call ``fn(event)`` after every emitted event, on the emitting thread (keep it
+        quick: queue the work).  Returns a function that unsubscribes.  An exception
+        in a subscriber is logged and never reaches the engine."""
+        with self._lock:
+            self._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._subscribers:
+                    self._subscribers.remove(fn)
+
+        return unsubscribe
 
     @classmethod
     def open(cls, target: str) -> EventSink:
@@ -81,6 +107,12 @@ class EventSink:
             self._stream.write(line + "\n")
             self._stream.flush()
             self.recent.append(obj)
+            subscribers = list(self._subscribers)
+        for fn in subscribers:
+            try:
+                fn(obj)
+            except Exception:  # a broken consumer must not stop the control loop
+                log.exception("event subscriber %r failed on %s", fn, event)
         return obj
 
     def close(self) -> None:
