@@ -197,6 +197,95 @@ class Events(_Model):
     file: str = Field("-", description="where JSON events go, one per line: '-' for stdout, or a file path (appended)")
 
 
+class Store(_Model):
+    """History: attacks, mitigations, the audit log and attack packet samples."""
+
+    enabled: bool = Field(True, description="keep the history (off: nothing is written to disk)")
+    path: str = Field("", description="SQLite database file (default: history.sqlite3 in shield.state_dir); WAL mode")
+    retention_days: float = Field(
+        90.0, gt=0, description="attacks, mitigations and audit entries older than this are deleted"
+    )
+    max_attacks: PositiveInt = Field(
+        10000, description="at most this many attacks are kept (oldest deleted first, with their packets)"
+    )
+    max_audit_rows: PositiveInt = Field(
+        200000, description="at most this many audit-log entries are kept (oldest deleted first)"
+    )
+    retention_interval_seconds: float = Field(3600.0, gt=0, description="how often the retention limits are applied")
+    pcap_packets_per_attack: int = Field(
+        2000, ge=0, description="sampled packets kept per attack for its pcap download (0 = none)"
+    )
+    queue_size: PositiveInt = Field(
+        100000, description="events waiting for the writer thread; beyond this they are counted and dropped"
+    )
+
+
+class Webhook(_Model):
+    url: str = Field(description="http:// or https:// address the JSON alert is POSTed to")
+    secret: str = Field(
+        "", description="HMAC-SHA256 key: the body's signature goes in the X-DDoS-Shield-Signature header (sha256=HEX)"
+    )
+    timeout_seconds: float = Field(5.0, gt=0, description="per attempt")
+    attempts: PositiveInt = Field(5, description="tries before an alert is given up (and counted as failed)")
+    backoff_seconds: float = Field(1.0, gt=0, description="wait before the second try, doubled at each further try")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
+
+class Syslog(_Model):
+    address: str = Field(description="'host:port' of the syslog receiver")
+    protocol: Literal["udp", "tcp"] = Field(
+        "udp", description="UDP (one datagram each) or TCP (RFC 6587 octet counting)"
+    )
+    format: Literal["rfc5424", "cef"] = Field(
+        "rfc5424", description="RFC 5424 with structured data, or ArcSight CEF in the RFC 5424 message for SIEMs"
+    )
+    facility: int = Field(4, ge=0, le=23, description="syslog facility number (4 = security/auth)")
+    app_name: str = Field("ddos-shield", description="RFC 5424 APP-NAME")
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r}: expected 'host:port'")
+        return v
+
+
+class Email(_Model):
+    smtp_host: str = Field(description="SMTP server")
+    smtp_port: int = Field(25, gt=0, lt=65536, description="SMTP port")
+    starttls: bool = Field(False, description="upgrade the connection with STARTTLS before sending")
+    username: str = Field("", description="SMTP AUTH user (empty: no login)")
+    password: str = Field("", description="SMTP AUTH password")
+    sender: str = Field(description="From: address")
+    recipients: list[str] = Field(min_length=1, description="To: addresses")
+    timeout_seconds: float = Field(10.0, gt=0, description="SMTP connection timeout")
+
+
+class Alerts(_Model):
+    """Where alerts go: webhooks, syslog, e-mail (any number of each, all optional)."""
+
+    dashboard_url: str = Field(
+        "",
+        description="base URL of the dashboard as operators reach it; alerts link to {dashboard_url}/attacks/{attack_id}",
+    )
+    update_interval_seconds: float = Field(
+        300.0, ge=0, description="at most one alert per attack in this interval between its start and its end"
+    )
+    queue_size: PositiveInt = Field(
+        1000, description="alerts waiting per receiver; beyond this they are counted and dropped"
+    )
+    webhooks: list[Webhook] = Field(default_factory=list, description="JSON webhooks")
+    syslog: list[Syslog] = Field(default_factory=list, description="syslog receivers")
+    email: list[Email] = Field(default_factory=list, description="e-mail through SMTP")
+
+
 class Config(_Model):
     """The whole configuration (``ddos-shield config example`` prints it annotated)."""
 
@@ -212,6 +301,8 @@ class Config(_Model):
     sources: list[Source] = Field(
         default_factory=list, description="telemetry besides the data plane: flow collectors, mirror ports"
     )
+    store: Store = Field(default_factory=Store, description="the history database")
+    alerts: Alerts = Field(default_factory=Alerts, description="alerts to webhooks, syslog and e-mail")
 
     @field_validator("protected", "allowlist")
     @classmethod
@@ -479,7 +570,7 @@ def reference() -> str:
             else:
                 default = f"`{_toml(f.default)}`"
             if isinstance(f.default, BaseModel) or (
-                f.default_factory is not None and key in ("shield", "mitigation", "events")
+                f.default_factory is not None and key in ("shield", "mitigation", "events", "store", "alerts")
             ):
                 default = "table"
             out.append(f"| `{key}` | {default} | {f.description or ''} |")
@@ -495,6 +586,22 @@ def reference() -> str:
         "Telemetry besides the data plane, any number of them, all feeding the same detection: sFlow and "
         "NetFlow/IPFIX collectors (UDP listeners that trust only the exporters named) and mirror ports.",
     )
+    table(
+        "[store]",
+        Store,
+        "The history of attacks, mitigations and the audit log, with a sample of each attack's packets "
+        "(downloadable as pcap), in an embedded SQLite database written by its own thread. PostgreSQL is not "
+        "supported yet.",
+    )
+    table(
+        "[alerts]",
+        Alerts,
+        "Alerts on attack start, update (throttled) and end and on each mitigation. Each receiver has its own "
+        "thread and queue, so a slow one never delays the others nor the shield.",
+    )
+    table("[[alerts.webhooks]]", Webhook)
+    table("[[alerts.syslog]]", Syslog)
+    table("[[alerts.email]]", Email)
     table(
         "[[groups]]",
         Group,

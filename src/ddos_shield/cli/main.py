@@ -141,6 +141,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield.engine import Engine
     from ddos_shield.events import EventSink
     from ddos_shield.mitigate.memory import MemoryBackend
+    from ddos_shield.store import PacketTap, open_store
 
     cfg = configmod.load(args.config)
     if args.dry_run:
@@ -150,6 +151,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pidf = _pid_file(cfg.shield.state_dir)
     _refuse_second_instance(pidf)
     events = EventSink.open(cfg.events.file)
+    # the history: a writer thread fed by the event bus, attack captures from the tap
+    tap = PacketTap() if cfg.store.enabled and cfg.store.pcap_packets_per_attack else None
+    store = open_store(cfg, tap)
+    if store is not None:
+        events.subscribe(store)
     if cfg.shield.interfaces:
         dataplane: DataPlane = open_dataplane(cfg)
     else:
@@ -158,7 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         dataplane = ReplayDataPlane()
         dataplane.name = "none"
     backend = MemoryBackend() if cfg.shield.dry_run else dataplane.backend
-    engine = Engine(cfg, dataplane, backend, events, sources=open_sources(cfg))
+    engine = Engine(cfg, dataplane, backend, events, sources=open_sources(cfg), tap=tap)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -187,6 +193,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         detached = cfg.shield.detach_on_stop
         dataplane.close(detach=detached)
         events.emit("stopped", time.time(), detached=detached)
+        if store is not None:
+            store.close()  # writes what is queued first
         events.close()
         pidf.unlink(missing_ok=True)
     return 0

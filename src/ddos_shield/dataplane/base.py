@@ -37,6 +37,12 @@ class DataPlane(abc.ABC):
     def read_samples(self) -> TrafficBatch:
         """Samples taken since the last call (TRAFFIC_DTYPE, packets already scaled)."""
 
+    def read_frames(self) -> tuple[TrafficBatch, tuple[np.ndarray, np.ndarray] | None]:
+        """:meth:`read_samples` with, where the data plane keeps them, the first bytes of
+        each sampled frame: ``(frames uint8 (n, snaplen), captured lengths (n,))``, row
+        for row (the attack captures are made of these).  By default: none."""
+        return self.read_samples(), None
+
     @abc.abstractmethod
     def set_sample_every(self, n: int) -> None:
         """Sample one packet in ``n`` (0 turns sampling off)."""

@@ -493,9 +493,12 @@ class XdpDataPlane(DataPlane):
         return np.frombuffer(b"".join(records), dtype=sdt) if records else np.zeros(0, sdt)
 
     def read_samples(self) -> TrafficBatch:
+        return self.read_frames()[0]
+
+    def read_frames(self) -> tuple[TrafficBatch, tuple[np.ndarray, np.ndarray] | None]:
         raw = self.read_raw_samples()
         if not len(raw):
-            return empty_traffic(0)
+            return empty_traffic(0), None
         snap = raw["data"].shape[1]
         caplen = raw["cap_len"].astype(np.int64)
         # Bytes past cap_len were never written by the kernel: zero them.
@@ -511,7 +514,7 @@ class XdpDataPlane(DataPlane):
         batch["verdict"] = raw["verdict"]
         batch["rule_id"] = raw["rule_id"]
         batch["flags"] |= raw["flags"]
-        return batch
+        return batch, (frames, caplen)
 
     def set_sample_every(self, n: int) -> None:
         if n < 0:

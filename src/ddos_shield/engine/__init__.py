@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,9 +43,13 @@ from ddos_shield.records import (
     RateBatch,
     Rule,
     TrafficBatch,
+    addresses_in,
     empty_rates,
     empty_traffic,
 )
+
+if TYPE_CHECKING:
+    from ddos_shield.store.packets import PacketTap
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ log = logging.getLogger(__name__)
 WINDOW_SECONDS = 2.0
 #: largest 1-in-N sampling rate
 MAX_SAMPLE_EVERY = 1 << 16
+#: upper bounds (seconds) of the control-loop duration histogram (the metrics' buckets)
+LOOP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class Engine:
@@ -67,6 +73,7 @@ class Engine:
         *,
         sources: Sequence[TelemetrySource] = (),
         clock: Callable[[], float] = time.time,
+        tap: PacketTap | None = None,
     ) -> None:
         self.config = config
         self.dataplane = dataplane
@@ -87,6 +94,10 @@ class Engine:
         self._rates = empty_rates()
         self._loop_ms: deque[float] = deque(maxlen=100)
         self._lock = threading.Lock()
+        # every sampled packet also goes to the tap, where the store takes attack captures
+        self.tap = tap
+        self._loop_hist = np.zeros(len(LOOP_BUCKETS) + 1, dtype=np.int64)
+        self._loop_sum = 0.0
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -150,8 +161,12 @@ class Engine:
     # ---- one tick ------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
+        t0 = time.perf_counter()
         with self._lock:
             self._tick(now)
+            took = time.perf_counter() - t0
+            self._loop_hist[np.searchsorted(LOOP_BUCKETS, took)] += 1
+            self._loop_sum += took
 
     def _tick(self, now: float) -> None:
         counters = self.dataplane.read_counters()
@@ -163,7 +178,12 @@ class Engine:
             rates = _sum_by_dst(np.concatenate([rates, self._telemetry_rates(flows, now)]))
         self._rates = rates
 
-        for samples in [self.dataplane.read_samples(), *flows]:
+        sampled, frames = self.dataplane.read_frames()
+        if self.tap is not None:
+            self.tap.add(sampled, frames)
+            for b in flows:
+                self.tap.add(b)
+        for samples in [sampled, *flows]:
             if len(samples):
                 self._window.append(samples)
         while self._window and self._window[0]["ts"].max() < now - WINDOW_SECONDS:
@@ -255,9 +275,38 @@ class Engine:
                 ],
                 "dataplane": self.dataplane.global_stats(),
                 "sources": {src.name: {exp: st.__dict__ for exp, st in src.stats().items()} for src in self.sources},
+                "backend": self.backend.name,
+                "groups": _rates_by_group(rates, self.config),
+                "loop_seconds": {
+                    "buckets": list(LOOP_BUCKETS),
+                    "counts": self._loop_hist.tolist(),  # per bucket, the last one above every bound
+                    "sum": self._loop_sum,
+                    "count": int(self._loop_hist.sum()),
+                },
                 "loop_ms_p50": loop[len(loop) // 2] if loop else 0.0,
                 "loop_ms_max": loop[-1] if loop else 0.0,
             }
+
+
+def _rates_by_group(rates: RateBatch, config: Config) -> dict[str, dict[str, dict[str, float]]]:
+    """Rates summed per host group: {group: {"pps": {category: v}, "bps": {...}}}
+    (the most specific prefix wins, as in the data plane)."""
+    names = {gid: name for name, gid in config.group_ids().items()}
+    gid = np.zeros(len(rates), dtype=np.int64)
+    # least specific first, so that a more specific prefix overwrites
+    for net, g in sorted(config.prefix_groups().items(), key=lambda kv: kv[0].prefixlen + 96 * (kv[0].version == 4)):
+        if g and len(rates):
+            gid[addresses_in(rates["dst"], net)] = g
+    out = {}
+    for g, name in names.items():
+        rows = gid == g
+        pps = rates["pps"][rows].sum(axis=0) if rows.any() else np.zeros(len(CATEGORY_NAMES))
+        bps = rates["bps"][rows].sum(axis=0) if rows.any() else np.zeros(len(CATEGORY_NAMES))
+        out[name] = {
+            "pps": {n: float(v) for n, v in zip(CATEGORY_NAMES, pps, strict=True)},
+            "bps": {n: float(v) for n, v in zip(CATEGORY_NAMES, bps, strict=True)},
+        }
+    return out
 
 
 def _sum_by_dst(rates: RateBatch) -> RateBatch:
