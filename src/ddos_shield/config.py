@@ -294,6 +294,16 @@ class Config(_Model):
         default_factory=list,
         description="source prefixes never dropped nor rate-limited (checked first, in the kernel)",
     )
+    never_block: list[str] = Field(
+        default_factory=list,
+        description="destination prefixes no drop rule, BGP blackhole or Flowspec rule may cover: "
+        "such a rule is narrowed or refused (an event says which); rate limits still apply",
+    )
+    critical: list[str] = Field(
+        default_factory=list,
+        description="destination prefixes never dropped automatically (PLCs, SCADA, safety systems): "
+        "the shield rate-limits their attacks and asks an operator, and drops only after approval",
+    )
     shield: Shield = Field(default_factory=Shield, description="the data plane and the control loop")
     mitigation: Mitigation = Field(default_factory=Mitigation, description="how rules are built from attacks")
     events: Events = Field(default_factory=Events, description="where the JSON events go")
@@ -304,7 +314,7 @@ class Config(_Model):
     store: Store = Field(default_factory=Store, description="the history database")
     alerts: Alerts = Field(default_factory=Alerts, description="alerts to webhooks, syslog and e-mail")
 
-    @field_validator("protected", "allowlist")
+    @field_validator("protected", "allowlist", "never_block", "critical")
     @classmethod
     def _check_nets(cls, v: list[str]) -> list[str]:
         _networks(v)
@@ -330,6 +340,12 @@ class Config(_Model):
 
     def allow_networks(self) -> list[IPNetwork]:
         return _networks(self.allowlist)
+
+    def never_block_networks(self) -> list[IPNetwork]:
+        return _networks(self.never_block)
+
+    def critical_networks(self) -> list[IPNetwork]:
+        return _networks(self.critical)
 
     def group_for_name(self, name: str) -> Group:
         for g in self.groups:

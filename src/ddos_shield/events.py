@@ -12,6 +12,10 @@ Names and fields (later capabilities add names, never change these):
 ``mitigation_skipped``  an attack is left unmitigated (``reason``)
 ``mitigation_failed``   the backend refused a rule (``reason``)
 ``rules_adopted``    rules found in the kernel at start and taken over (``rules``)
+``mitigation_pending``  a drop waits for an operator's approval (critical asset; ``rule``)
+``mitigation_approved`` an operator approved a pending drop (``actor``)
+``mitigation_refused``  a rule the protected-asset lists or validation forbid (``reason``)
+``mitigations_reconciled``  at start: record vs backends (``kept``, ``reapplied``, ``orphaned``, ``expired``, ``adopted`` ids)
 ``stopped``          the loop ended (``detached``)
 ===================  =================================================================
 

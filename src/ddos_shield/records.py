@@ -408,6 +408,27 @@ class Rule:
             out["collateral_share"] = round(self.collateral_share, 4)
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rule:
+        """Inverse of :meth:`to_json` (``created_at`` too when present); a bad field
+        raises ValueError naming it."""
+        try:
+            action = Action[str(data["action"]).upper()]
+        except KeyError:
+            raise ValueError(f"action: expected drop, rate_limit or observe, got {data.get('action')!r}") from None
+        return cls(
+            match=Match.from_json(data["match"]),
+            action=action,
+            expires_at=float(data["expires_at"]),
+            rate_pps=int(data.get("rate_pps", 0)),
+            rule_id=int(data.get("mitigation_id", 0)),
+            attack_id=int(data.get("attack_id", 0)),
+            created_at=float(data.get("created_at", 0.0)),
+            reason=str(data.get("reason", "")),
+            attack_share=float(data["attack_share"]) if data.get("attack_share") is not None else None,
+            collateral_share=float(data["collateral_share"]) if data.get("collateral_share") is not None else None,
+        )
+
 
 @dataclass(frozen=True)
 class RuleStats:

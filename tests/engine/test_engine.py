@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,12 +35,16 @@ CLIENT = "198.51.100.10"
 
 
 class Harness:
-    def __init__(self, config: str = CONFIG) -> None:
+    def __init__(
+        self, config: str = CONFIG, *, state_file: Path | None = None, dataplane: ReplayDataPlane | None = None
+    ) -> None:
         self.cfg = parse(config)
         self.now = 1000.0
-        self.dp = ReplayDataPlane(clock=lambda: self.now)
+        self.dp = dataplane or ReplayDataPlane(clock=lambda: self.now)
         self.out = io.StringIO()
-        self.engine = Engine(self.cfg, self.dp, self.dp.backend, EventSink(self.out), clock=lambda: self.now)
+        self.engine = Engine(
+            self.cfg, self.dp, self.dp.backend, EventSink(self.out), clock=lambda: self.now, state_file=state_file
+        )
         self.engine.start(self.now)
 
     def run(self, seconds: float, per_tick: list[Any]) -> None:

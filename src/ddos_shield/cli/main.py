@@ -139,8 +139,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield.dataplane.base import DataPlane
     from ddos_shield.dataplane.replay import ReplayDataPlane
     from ddos_shield.engine import Engine
+    from ddos_shield.engine.ledger import FILE_NAME as LEDGER_FILE
     from ddos_shield.events import EventSink
-    from ddos_shield.mitigate.memory import MemoryBackend
     from ddos_shield.store import PacketTap, open_store
 
     cfg = configmod.load(args.config)
@@ -163,8 +163,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger(__name__).warning("no shield.interfaces: detection only, rules are not enforced")
         dataplane = ReplayDataPlane()
         dataplane.name = "none"
-    backend = MemoryBackend() if cfg.shield.dry_run else dataplane.backend
-    engine = Engine(cfg, dataplane, backend, events, sources=open_sources(cfg), tap=tap)
+    # in dry run the engine shadows every backend with an in-memory one itself
+    engine = Engine(
+        cfg,
+        dataplane,
+        dataplane.backend,
+        events,
+        sources=open_sources(cfg),
+        tap=tap,
+        state_file=state / LEDGER_FILE,
+    )
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -233,9 +241,15 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         print("no shield running")
     if args.detach:
         from ddos_shield.dataplane import detach_all
+        from ddos_shield.engine.ledger import FILE_NAME as LEDGER_FILE
 
         for what in detach_all(cfg):
             print(f"removed {what}")
+        # the record of mitigations goes with them: a next start must not re-apply them
+        record = Path(cfg.shield.state_dir) / LEDGER_FILE
+        if record.exists():
+            record.unlink()
+            print(f"removed {record}")
     return 0
 
 

@@ -6,6 +6,19 @@ commands (:mod:`~ddos_shield.policy`), carries them out on the backend
 (:mod:`~ddos_shield.mitigate`) and reports each step as an event
 (:mod:`~ddos_shield.events`).  Everything else reads :meth:`Engine.snapshot`.
 
+Several enforcement backends at once: ``backend`` is the local one (the data
+plane's), ``backends`` adds others (BGP, notify hooks) by their names.  The engine
+allocates every mitigation id itself, so ids never collide across backends, and
+keeps its own record of every mitigation (:mod:`~ddos_shield.engine.ledger`),
+persisted in ``state_file`` and reconciled with what the backends enforce at start.
+In dry run (``shield.dry_run``) every backend is shadowed by an in-memory one:
+everything is decided and recorded, nothing is enforced.
+
+Operators act through :meth:`Engine.add_mitigation`, :meth:`Engine.approve`,
+:meth:`Engine.withdraw_mitigation` and :meth:`Engine.mitigations` (thread-safe; the
+control API calls them from its own threads).  Every action emits an event with
+``actor`` and ``reason``.
+
 Example (dry run, no kernel)::
 
     engine = Engine(config, dataplane, MemoryBackend(), EventSink.open("-"))
@@ -21,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,15 +45,20 @@ from ddos_shield.dataplane.base import DataPlane, counter_rates
 from ddos_shield.dataplane.table import CounterTable
 from ddos_shield.detect.lifecycle import AttackTracker
 from ddos_shield.detect.threshold import ThresholdDetector
+from ddos_shield.engine.ledger import Entry, Ledger
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
-from ddos_shield.policy import Apply, Policy, Refresh, Skip, Withdraw
+from ddos_shield.mitigate.memory import MemoryBackend
+from ddos_shield.policy import Command, Pending, Policy, Refresh, Refuse, Skip, Withdraw
+from ddos_shield.policy.protect import Refused, check_allowlist, narrow
 from ddos_shield.records import (
     CATEGORY_NAMES,
     COUNTER_DTYPE,
     RATE_DTYPE,
+    Action,
     Attack,
+    Match,
     RateBatch,
     Rule,
     TrafficBatch,
@@ -59,6 +78,12 @@ WINDOW_SECONDS = 2.0
 MAX_SAMPLE_EVERY = 1 << 16
 #: upper bounds (seconds) of the control-loop duration histogram (the metrics' buckets)
 LOOP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: longest TTL an operator may give a manual rule (a week): a forgotten rule must end
+MAX_MANUAL_TTL = 7 * 86400.0
+#: the record on disk is rewritten at least this often while only expiries change
+SAVE_REFRESH_EVERY = 5.0
+#: backends that enforce upstream of the network (the allow-list is not checked there)
+UPSTREAM_BACKENDS = ("bgp",)
 
 
 class Engine:
@@ -74,11 +99,31 @@ class Engine:
         sources: Sequence[TelemetrySource] = (),
         clock: Callable[[], float] = time.time,
         tap: PacketTap | None = None,
+        backends: Sequence[Backend] = (),
+        state_file: Path | None = None,
     ) -> None:
         self.config = config
         self.dataplane = dataplane
         self.backend = backend
+        self.backends: dict[str, Backend] = {backend.name: backend}
+        for b in backends:
+            if b.name in self.backends:
+                raise ShieldError(f"two enforcement backends named {b.name!r}")
+            self.backends[b.name] = b
+        # dry run: every backend is shadowed by an in-memory one that only records
+        self._shadows: dict[str, Backend] = {}
+        for name, b in self.backends.items():
+            if isinstance(b, MemoryBackend):  # enforces nothing already (the replay data plane's)
+                self._shadows[name] = b
+                continue
+            shadow = MemoryBackend(clock)
+            shadow.name = name
+            self._shadows[name] = shadow
         self.events = events
+        # a dry run keeps no record: nothing it decided is enforced, so nothing may be re-applied
+        self.ledger = Ledger.load(None if config.shield.dry_run else state_file)
+        self._dirty_at: float | None = None
+        self._saved_at = 0.0
         self.sources = list(sources)
         # traffic seen by flow collectors and mirror ports, counted as the kernel counts
         self._telemetry = CounterTable(config.prefix_groups(), config.shield.ipv6_prefix_len)
@@ -93,11 +138,19 @@ class Engine:
         self._sample_every = 1
         self._rates = empty_rates()
         self._loop_ms: deque[float] = deque(maxlen=100)
-        self._lock = threading.Lock()
+        # re-entrant: operator calls and the loop share it, and operator calls nest
+        self._lock = threading.RLock()
         # every sampled packet also goes to the tap, where the store takes attack captures
         self.tap = tap
         self._loop_hist = np.zeros(len(LOOP_BUCKETS) + 1, dtype=np.int64)
         self._loop_sum = 0.0
+
+    @property
+    def dry_run(self) -> bool:
+        return self.config.shield.dry_run
+
+    def _enforcer(self, name: str) -> Backend:
+        return self._shadows[name] if self.dry_run else self.backends[name]
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -109,10 +162,8 @@ class Engine:
         self.dataplane.set_sample_every(self._sample_every)
         for src in self.sources:
             src.start()
-        found = self.backend.list()
-        if found:
-            self.policy.adopt(found)
-            self.events.emit("rules_adopted", now, rules=[r.to_json() for r in found])
+        with self._lock:
+            self._reconcile(now)
         self._prev_counters = self.dataplane.read_counters()
         self._prev_time = now
         self.events.emit(
@@ -120,6 +171,7 @@ class Engine:
             self._clock(),
             dataplane=self.dataplane.name,
             backend=self.backend.name,
+            backends=list(self.backends),
             interfaces=cfg.shield.interfaces,
             sources=[s.name for s in self.sources],
             dry_run=cfg.shield.dry_run,
@@ -195,6 +247,8 @@ class Engine:
             self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack))
         for cmd in self.policy.step(changes, self.tracker.active, window, now):
             self._execute(cmd)
+        self._expire(now)
+        self._save(now)
         self._adapt_sampling(rates)
 
     def _telemetry_rates(self, flows: list[TrafficBatch], now: float) -> RateBatch:
@@ -213,31 +267,398 @@ class Engine:
         # burst must not read as a flood
         return counter_rates(old, snap, span) if now > t0 else empty_rates()
 
-    def _execute(self, cmd: Apply | Refresh | Withdraw | Skip) -> None:
+    def _execute(self, cmd: Command) -> None:
+        now = self._clock()
         if isinstance(cmd, Skip):
-            self.events.emit("mitigation_skipped", self._clock(), reason=cmd.reason, **attack_fields(cmd.attack))
+            self.events.emit("mitigation_skipped", now, actor="shield", reason=cmd.reason, **attack_fields(cmd.attack))
+            return
+        if isinstance(cmd, Refuse):
+            self._refused(cmd.rule, cmd.reason, actor="shield", attack=cmd.attack)
             return
         if isinstance(cmd, Withdraw):
-            hits = self.backend.stats().get(cmd.rule.rule_id)
-            self.backend.withdraw(cmd.rule.rule_id)
             self.policy.forget(cmd.rule)
-            extra = {"hits": {"packets": hits.packets, "bytes": hits.bytes, "dropped": hits.dropped}} if hits else {}
-            self.events.emit("mitigation_removed", self._clock(), reason=cmd.reason, **rule_fields(cmd.rule), **extra)
+            self._remove(cmd.rule.rule_id, actor="shield", reason=cmd.reason)
+            return
+        if isinstance(cmd, Pending):
+            rule = cmd.rule.with_id(self.ledger.new_id())
+            interim = [e for e in self.ledger.entries.values() if e.rule.attack_id == rule.attack_id]
+            entry = Entry(
+                rule,
+                backend=self.backend.name,
+                state="pending",
+                actor="shield",
+                reason=cmd.reason,
+                origin="auto",
+                step="drop",
+                replaces=next((e.mitigation_id for e in interim if e.rule.match == rule.match), 0),
+            )
+            self.ledger.add(entry)
+            self._changed(now)
+            self.events.emit(
+                "mitigation_pending",
+                now,
+                actor="shield",
+                reason=cmd.reason,
+                backend=entry.backend,
+                **rule_fields(rule, cmd.attack),
+            )
             return
         rule = cmd.rule
-        if isinstance(cmd, Refresh) and rule.rule_id == 0:
+        if isinstance(cmd, Refresh):
+            if rule.rule_id == 0:
+                return
+            try:
+                self._enforcer(self._entry_backend(rule.rule_id)).apply(rule)
+            except ShieldError as e:
+                self.events.emit("mitigation_failed", now, actor="shield", reason=str(e), **rule_fields(rule))
+                return
+            self.ledger.refresh(rule)
+            self._dirty_at = self._dirty_at or now
             return
-        try:
-            applied = self.backend.apply(rule)
-        except ShieldError as e:
+        applied = self._enforce(
+            rule, backend=self.backend.name, actor="shield", reason=rule.reason, origin="auto", attack=cmd.attack
+        )
+        if applied is None:
             self.policy.forget(rule)
-            self.events.emit("mitigation_failed", self._clock(), reason=str(e), **rule_fields(rule))
-            return
-        self.policy.confirm(applied)
-        if isinstance(cmd, Apply):
+        else:
+            self.policy.confirm(applied.rule)
+            # a pending drop of the same match now replaces this rule on approval
+            for pend in self.ledger.entries.values():
+                if pend.state == "pending" and pend.rule.attack_id == rule.attack_id and pend.rule.match == rule.match:
+                    pend.replaces = applied.mitigation_id
+
+    def _entry_backend(self, mitigation_id: int) -> str:
+        e = self.ledger.entries.get(mitigation_id)
+        return e.backend if e is not None else self.backend.name
+
+    def _enforce(
+        self,
+        rule: Rule,
+        *,
+        backend: str,
+        actor: str,
+        reason: str,
+        origin: str,
+        attack: Attack | None = None,
+        step: str = "",
+    ) -> Entry | None:
+        """Give ``rule`` an id, enforce it, record it and report it; None when the backend refused."""
+        now = self._clock()
+        rule = rule.with_id(self.ledger.new_id())
+        try:
+            applied = self._enforcer(backend).apply(rule)
+        except ShieldError as e:
             self.events.emit(
-                "mitigation_applied", self._clock(), backend=self.backend.name, **rule_fields(applied, cmd.attack)
+                "mitigation_failed", now, actor=actor, reason=str(e), backend=backend, **rule_fields(rule, attack)
             )
+            return None
+        if applied.rule_id != rule.rule_id:  # a backend that allocates its own ids: keep its id
+            self.ledger.reserve([applied.rule_id])
+        entry = Entry(
+            applied,
+            backend=backend,
+            state="dry_run" if self.dry_run else "active",
+            actor=actor,
+            reason=reason,
+            origin="manual" if origin == "manual" else "auto",
+            step=step or ("manual" if origin == "manual" else ""),
+            applied_at=now,
+        )
+        self.ledger.add(entry)
+        self._changed(now)
+        self.events.emit(
+            "mitigation_applied",
+            now,
+            actor=actor,
+            reason=reason,
+            backend=backend,
+            state=entry.state,
+            **rule_fields(applied, attack),
+        )
+        return entry
+
+    def _remove(self, mitigation_id: int, *, actor: str, reason: str) -> None:
+        """Withdraw a mitigation from its backend and the record, and report it."""
+        now = self._clock()
+        entry = self.ledger.pop(mitigation_id)
+        if entry is None:
+            return
+        extra: dict[str, Any] = {}
+        if entry.state != "pending":
+            b = self._enforcer(entry.backend)
+            hits = b.stats().get(mitigation_id)
+            b.withdraw(mitigation_id)
+            if hits:
+                extra["hits"] = {"packets": hits.packets, "bytes": hits.bytes, "dropped": hits.dropped}
+        self._changed(now)
+        self.events.emit(
+            "mitigation_removed",
+            now,
+            actor=actor,
+            reason=reason,
+            backend=entry.backend,
+            state=entry.state,
+            **rule_fields(entry.rule),
+            **extra,
+        )
+
+    def _refused(self, rule: Rule, reason: str, *, actor: str, attack: Attack | None = None) -> None:
+        self.events.emit("mitigation_refused", self._clock(), actor=actor, reason=reason, **rule_fields(rule, attack))
+
+    def _expire(self, now: float) -> None:
+        """Manual rules past their TTL, and pending drops of attacks that are over."""
+        for e in list(self.ledger.entries.values()):
+            if e.state == "pending":
+                if not self.policy.tracks(e.rule.attack_id):
+                    self._remove(e.mitigation_id, actor="shield", reason="the attack ended before approval")
+            elif e.origin == "manual" and e.rule.expires_at <= now:
+                self._remove(e.mitigation_id, actor="shield", reason="TTL expired")
+
+    def _changed(self, now: float) -> None:
+        self._dirty_at = 0.0  # structural change: saved at the end of this tick or call
+
+    def _save(self, now: float) -> None:
+        """Write the record: at once after a change, every few seconds when only expiries moved."""
+        if self._dirty_at is None:
+            return
+        if self._dirty_at == 0.0 or now - self._saved_at >= SAVE_REFRESH_EVERY:
+            self.ledger.save()
+            self._saved_at = now
+            self._dirty_at = None
+
+    # ---- reconciliation ------------------------------------------------------------
+
+    def _reconcile(self, now: float) -> None:
+        """Compare the record with what every backend enforces: re-apply what is
+        missing, withdraw what is orphaned, report the differences.
+
+        Without a record on disk (first start, or no ``state_file``) nothing is known
+        to be orphaned: rules found are adopted and kept until their expiry."""
+        have_record = self.ledger.path is not None and self.ledger.path.exists()
+        report: dict[str, list[int]] = {"kept": [], "reapplied": [], "orphaned": [], "expired": [], "adopted": []}
+        adopted: list[Rule] = []
+        for name, b in self.backends.items():
+            found = {r.rule_id: r for r in b.list()}  # reading enforces nothing, also in dry run
+            self.ledger.reserve(list(found))
+            mine = {
+                e.mitigation_id: e for e in self.ledger.entries.values() if e.backend == name and e.state == "active"
+            }
+            for rid, e in mine.items():
+                if e.rule.expires_at <= now:
+                    self.ledger.pop(rid)
+                    if not self.dry_run:
+                        b.withdraw(rid)
+                    report["expired"].append(rid)
+                    continue
+                if rid in found:
+                    report["kept"].append(rid)
+                elif not self.dry_run:
+                    try:
+                        b.apply(e.rule)
+                        report["reapplied"].append(rid)
+                    except ShieldError as err:
+                        self.ledger.pop(rid)
+                        self.events.emit(
+                            "mitigation_failed", now, actor="shield", reason=str(err), **rule_fields(e.rule)
+                        )
+                        continue
+                if e.origin == "auto":
+                    adopted.append(e.rule)
+            for rid, r in found.items():
+                if rid in mine:
+                    continue
+                if have_record and not self.dry_run:
+                    b.withdraw(rid)
+                    report["orphaned"].append(rid)
+                    self.events.emit(
+                        "mitigation_removed",
+                        now,
+                        actor="shield",
+                        reason="orphaned: enforced but not in the shield's record",
+                        backend=name,
+                        **rule_fields(r),
+                    )
+                else:
+                    report["adopted"].append(rid)
+                    adopted.append(r)
+                    self.ledger.add(
+                        Entry(r, backend=name, state="active", actor="shield", reason="found at start", origin="auto")
+                    )
+        for rid, e in list(self.ledger.entries.items()):
+            if e.backend not in self.backends:
+                self.ledger.pop(rid)
+                self.events.emit(
+                    "mitigation_removed",
+                    now,
+                    actor="shield",
+                    reason=f"backend {e.backend!r} is no longer configured",
+                    backend=e.backend,
+                    **rule_fields(e.rule),
+                )
+        if adopted:
+            self.policy.adopt(adopted)
+            self.events.emit("rules_adopted", now, rules=[r.to_json() for r in adopted])
+        if any(report[k] for k in ("reapplied", "orphaned", "expired")) or have_record:
+            self.events.emit("mitigations_reconciled", now, actor="shield", **report)
+        self._changed(now)
+        self._save(now)
+
+    # ---- operators -------------------------------------------------------------------
+
+    def add_mitigation(
+        self,
+        match: Match,
+        action: Action,
+        ttl: float,
+        *,
+        rate_pps: int = 0,
+        backend: str | None = None,
+        actor: str,
+        reason: str,
+    ) -> Rule:
+        """Enforce an operator's rule for ``ttl`` seconds.  Refused (ValueError naming
+        the reason, and a ``mitigation_refused`` event) when invalid or when the
+        protected-asset lists forbid it.  An operator may drop traffic to a critical
+        asset: the critical list only stops the shield doing so on its own."""
+        with self._lock:
+            now = self._clock()
+            name = backend or self.backend.name
+            rule = Rule(
+                match=match,
+                action=Action(action),
+                expires_at=now + ttl if math.isfinite(ttl) else now,
+                rate_pps=rate_pps,
+                created_at=now,
+                reason=reason,
+            )
+            try:
+                self._check_manual(rule, name, ttl)
+                pieces = narrow(rule, self.config.never_block_networks(), upstream=name in UPSTREAM_BACKENDS)
+                if len(pieces) > 1:
+                    raise Refused(
+                        f"destination {match.dst} covers the never-block list; "
+                        f"add the narrower rules instead: {', '.join(str(p.match.dst) for p in pieces)}"
+                    )
+            except ValueError as e:
+                self._refused(rule, str(e), actor=actor)
+                raise ValueError(str(e)) from None
+            entry = self._enforce(rule, backend=name, actor=actor, reason=reason, origin="manual")
+            self._save(now)
+            if entry is None:
+                raise ValueError(f"backend {name} refused the rule (see the mitigation_failed event)")
+            return entry.rule
+
+    def _check_manual(self, rule: Rule, backend: str, ttl: float) -> None:
+        if backend not in self.backends:
+            raise ValueError(f"backend: {backend!r} is not configured (configured: {', '.join(self.backends)})")
+        if not (math.isfinite(ttl) and 0 < ttl <= MAX_MANUAL_TTL):
+            raise ValueError(f"ttl: expected seconds in (0, {MAX_MANUAL_TTL:g}], got {ttl!r}")
+        if not rule.match.fields():
+            raise ValueError("match: empty, it would cover every packet")
+        if rule.action == Action.RATE_LIMIT and rule.rate_pps <= 0:
+            raise ValueError(f"rate_pps: a rate limit needs a positive rate, got {rule.rate_pps}")
+        if rule.action != Action.RATE_LIMIT and rule.rate_pps:
+            raise ValueError(
+                f"rate_pps: only for action rate_limit, got {rule.rate_pps} with {rule.action.name.lower()}"
+            )
+        if len(self.ledger.entries) >= self.config.mitigation.max_rules_total:
+            raise ValueError(f"rule limit reached ({self.config.mitigation.max_rules_total})")
+        check_allowlist(rule.match, self.config.allow_networks(), upstream=backend in UPSTREAM_BACKENDS)
+
+    def approve(self, mitigation_id: int, *, actor: str) -> Rule:
+        """Enforce a pending drop (an attack on a critical asset); the interim rate
+        limit it replaces is withdrawn.  KeyError for an unknown id, ValueError when
+        the mitigation is not pending."""
+        with self._lock:
+            now = self._clock()
+            entry = self.ledger.get(mitigation_id)
+            if entry.state != "pending":
+                raise ValueError(f"mitigation {mitigation_id} is {entry.state}, not pending approval")
+            group = self.config.group_of(entry.rule.match.dst) if entry.rule.match.dst else None
+            hold = group.hold_seconds if group is not None else self.config.group_for_name("default").hold_seconds
+            rule = entry.rule.refreshed(now + max(hold, 5.0))
+            try:
+                self._enforcer(entry.backend).apply(rule)
+            except ShieldError as e:
+                self.events.emit("mitigation_failed", now, actor=actor, reason=str(e), **rule_fields(rule))
+                raise ValueError(f"backend {entry.backend} refused the rule: {e}") from None
+            entry.rule = rule
+            entry.state = "dry_run" if self.dry_run else "active"
+            entry.applied_at = now
+            approver = actor
+            self.events.emit(
+                "mitigation_approved",
+                now,
+                actor=approver,
+                reason=entry.reason,
+                backend=entry.backend,
+                **rule_fields(rule),
+            )
+            self.events.emit(
+                "mitigation_applied",
+                now,
+                actor=approver,
+                reason=f"approved: {entry.reason}",
+                backend=entry.backend,
+                state=entry.state,
+                **rule_fields(rule),
+            )
+            entry.actor = approver
+            if entry.replaces:
+                self._remove(entry.replaces, actor=approver, reason=f"replaced by approved mitigation {mitigation_id}")
+                entry.replaces = 0
+            if self.policy.tracks(rule.attack_id):
+                self.policy.confirm(rule)
+            self._changed(now)
+            self._save(now)
+            return rule
+
+    def withdraw_mitigation(self, mitigation_id: int, *, actor: str, reason: str) -> None:
+        """Withdraw any mitigation, automatic or manual, in force or pending.  The
+        shield does not put an automatic rule back for the same attack."""
+        with self._lock:
+            now = self._clock()
+            entry = self.ledger.get(mitigation_id)
+            if entry.origin == "auto":
+                self.policy.suppress(entry.rule)
+            self._remove(mitigation_id, actor=actor, reason=reason)
+            self._save(now)
+
+    def mitigations(self) -> list[dict[str, Any]]:
+        """Every mitigation in force, pending approval or decided in dry run."""
+        with self._lock:
+            now = self._clock()
+            stats: dict[str, dict[int, Any]] = {}
+            out = []
+            for e in sorted(self.ledger.entries.values(), key=lambda e: e.mitigation_id):
+                if e.backend not in stats:
+                    stats[e.backend] = self._enforcer(e.backend).stats() if e.backend in self.backends else {}
+                hits = stats[e.backend].get(e.mitigation_id)
+                r = e.rule
+                out.append(
+                    {
+                        "mitigation_id": e.mitigation_id,
+                        "state": e.state,
+                        "backend": e.backend,
+                        "action": r.action.name.lower(),
+                        "match": r.match.to_json(),
+                        "rate_pps": r.rate_pps,
+                        "attack_id": r.attack_id,
+                        "actor": e.actor,
+                        "reason": e.reason,
+                        "origin": e.origin,
+                        "step": e.step,
+                        "created_at": round(r.created_at, 3),
+                        "expires_at": round(r.expires_at, 3),
+                        "time_left": round(max(0.0, r.expires_at - now), 3),
+                        "hits": {"packets": hits.packets, "bytes": hits.bytes, "dropped": hits.dropped}
+                        if hits
+                        else {"packets": 0, "bytes": 0, "dropped": 0},
+                        "preview": {"attack_share": r.attack_share, "collateral_share": r.collateral_share},
+                        "verify": dict(e.verify),
+                    }
+                )
+            return out
 
     def _adapt_sampling(self, rates: np.ndarray) -> None:
         total = float(rates["pps"].sum()) if len(rates) else 0.0
@@ -257,7 +678,7 @@ class Engine:
             bps_cat = rates["bps"].sum(axis=0) if len(rates) else np.zeros(len(CATEGORY_NAMES))
             attacks: list[Attack] = self.tracker.active
             rules: list[Rule] = self.policy.rules()
-            stats = self.backend.stats()
+            stats = self._enforcer(self.backend.name).stats()
             loop = sorted(self._loop_ms)
             return {
                 "pps": {n: float(v) for n, v in zip(CATEGORY_NAMES, by_cat, strict=True)},

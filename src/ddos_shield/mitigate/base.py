@@ -10,6 +10,12 @@ kill switch.
 Backends enforce expiry themselves: a rule past ``expires_at`` stops matching even if
 nobody withdraws it.
 
+Rule ids: the engine allocates one id space for all its backends and hands each rule
+to ``apply`` with its ``rule_id`` already set; a backend takes an id it does not hold
+yet as the new rule's id (and never hands that id out itself afterwards), and
+``list`` returns rules under those ids, so the engine can reconcile them with its
+record after a restart.  ``rule_id == 0`` still means "allocate one yourself".
+
 Example::
 
     >>> from ddos_shield.mitigate.memory import MemoryBackend

@@ -1,12 +1,15 @@
 """In-memory backend: decides everything, enforces nothing.
 
 It is the dry-run backend and the reference for what the others must do.  ``offer``
-lets a test or a preview ask what the rules would do to a traffic batch.
+lets a test or a preview ask what the rules would do to a traffic batch.  Thread-safe:
+a replay feeds traffic on one thread while the engine changes rules on another, as
+the kernel and the control plane do.
 """
 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,24 +31,29 @@ class MemoryBackend(Backend):
         self._clock = clock
         self.allowlist: list[IPNetwork] = []
         self.bypass = False
+        self._lock = threading.Lock()
 
     def apply(self, rule: Rule) -> Rule:
-        if rule.rule_id == 0:
-            rule = rule.with_id(next(self._ids))
-        self._rules[rule.rule_id] = rule
-        self._hits.setdefault(rule.rule_id, [0, 0, 0])
-        return rule
+        with self._lock:
+            if rule.rule_id == 0:
+                rule = rule.with_id(next(self._ids))
+            self._rules[rule.rule_id] = rule
+            self._hits.setdefault(rule.rule_id, [0, 0, 0])
+            return rule
 
     def withdraw(self, rule_id: int) -> None:
-        self._rules.pop(rule_id, None)
-        self._hits.pop(rule_id, None)
+        with self._lock:
+            self._rules.pop(rule_id, None)
+            self._hits.pop(rule_id, None)
 
     def list(self) -> list[Rule]:
         now = self._clock()
-        return [r for r in self._rules.values() if r.expires_at > now]
+        with self._lock:
+            return [r for r in self._rules.values() if r.expires_at > now]
 
     def stats(self) -> dict[int, RuleStats]:
-        return {i: RuleStats(i, *h) for i, h in self._hits.items()}
+        with self._lock:
+            return {i: RuleStats(i, *h) for i, h in self._hits.items()}
 
     def set_allowlist(self, sources: Sequence[IPNetwork]) -> None:
         self.allowlist = list(sources)
@@ -64,12 +72,16 @@ class MemoryBackend(Backend):
         allowed = np.zeros(len(batch), dtype=bool)
         for net in self.allowlist:
             allowed |= addresses_in(batch["src"], net)
-        for rule in self.list():
-            hit = rule.match.matches(batch) & ~allowed & ~dropped
-            h = self._hits[rule.rule_id]
-            h[0] += int(batch["packets"][hit].sum())
-            h[1] += int(batch["bytes"][hit].sum())
-            if rule.action == Action.DROP:
-                dropped |= hit
-                h[2] += int(batch["packets"][hit].sum())
+        now = self._clock()
+        with self._lock:
+            for rule in self._rules.values():
+                if rule.expires_at <= now:
+                    continue
+                hit = rule.match.matches(batch) & ~allowed & ~dropped
+                h = self._hits[rule.rule_id]
+                h[0] += int(batch["packets"][hit].sum())
+                h[1] += int(batch["bytes"][hit].sum())
+                if rule.action == Action.DROP:
+                    dropped |= hit
+                    h[2] += int(batch["packets"][hit].sum())
         return dropped

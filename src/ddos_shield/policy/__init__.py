@@ -7,16 +7,23 @@ carries them out against a backend and reports each as an event.  No I/O, no clo
 
 Rules the policy did not create itself (found in the kernel after a restart) are
 *adopted*: kept until their expiry unless an attack claims them again.
+
+Protected assets (:mod:`~ddos_shield.policy.protect`): an attack on a critical asset
+gets a rate limit at once and its drop rule filed as :class:`Pending` until an
+operator approves; a drop that would cover the never-block list is narrowed or
+refused (:class:`Refuse`) and a rate limit takes its place.  A rule an operator
+withdrew is not put back for the same attack (:meth:`Policy.suppress`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ddos_shield.config import Config
 from ddos_shield.detect import fingerprint
 from ddos_shield.detect.lifecycle import AttackChange
-from ddos_shield.records import Action, Attack, Rule, TrafficBatch
+from ddos_shield.policy.protect import Refused, is_critical, narrow
+from ddos_shield.records import Action, Attack, Match, Rule, TrafficBatch
 
 #: refresh expiries this often while an attack lasts
 REFRESH_EVERY = 1.0
@@ -50,7 +57,26 @@ class Skip:
     reason: str
 
 
-Command = Apply | Refresh | Withdraw | Skip
+@dataclass(frozen=True)
+class Pending:
+    """A rule the policy wants but may not enforce on its own (a drop on a critical
+    asset): the engine files it for an operator's approval."""
+
+    rule: Rule
+    attack: Attack
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """A rule the protected-asset lists forbid (the engine reports it)."""
+
+    rule: Rule
+    attack: Attack | None
+    reason: str
+
+
+Command = Apply | Refresh | Withdraw | Skip | Pending | Refuse
 
 
 @dataclass
@@ -60,6 +86,8 @@ class _Mitigation:
     ended_at: float | None = None
     last_refresh: float = 0.0
     skipped: bool = False
+    #: matches an operator withdrew: not applied again for this attack
+    suppressed: set[Match] = field(default_factory=set)
 
 
 class Policy:
@@ -67,14 +95,28 @@ class Policy:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self._allow = config.allow_networks()
         self._by_attack: dict[int, _Mitigation] = {}
         self._adopted: dict[int, Rule] = {}
+        self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
-        """Keep the mitigations in force, take the new groups and allow-list."""
+        """Keep the mitigations in force, take the new groups and protected lists."""
         self._config = config
         self._allow = config.allow_networks()
+        self._never_block = config.never_block_networks()
+        self._critical = config.critical_networks()
+
+    def tracks(self, attack_id: int) -> bool:
+        """Whether the policy still mitigates this attack (it is active or in its hold time)."""
+        return attack_id in self._by_attack
+
+    def suppress(self, rule: Rule) -> None:
+        """An operator withdrew ``rule``: forget it and do not apply its match again
+        for the same attack."""
+        self.forget(rule)
+        m = self._by_attack.get(rule.attack_id)
+        if m is not None:
+            m.suppressed.add(rule.match)
 
     def rules(self) -> list[Rule]:
         """Every rule the policy holds in force."""
@@ -164,9 +206,14 @@ class Policy:
             m.skipped = True
             return [Skip(m.attack, f"rule limit reached ({mit.max_rules_total})")]
         action = Action.RATE_LIMIT if group.action == "rate_limit" else Action.DROP
+        critical = action == Action.DROP and is_critical(m.attack.target, self._critical)
         existing = {r.match: r for r in self._adopted.values()}
         cmds: list[Command] = []
         m.last_refresh = now
+        cands = [c for c in cands if c.match not in m.suppressed]
+        if not cands:
+            m.skipped = True
+            return [Skip(m.attack, "an operator withdrew the rules of this attack")]
         for c in cands:
             old = existing.get(c.match)
             if old is not None:  # found in the kernel after a restart: claim it
@@ -186,6 +233,23 @@ class Policy:
                 attack_share=c.attack_share,
                 collateral_share=c.collateral_share,
             )
+            limited = replace(rule, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)
+            if critical:
+                # never dropped automatically: limit now, drop once an operator approves
+                cmds.append(Pending(rule, m.attack, f"{m.attack.target} is a critical asset"))
+                rule = limited
+            elif action == Action.DROP:
+                try:
+                    pieces = narrow(rule, self._never_block, upstream=False)
+                except Refused as e:
+                    cmds.append(Refuse(rule, m.attack, str(e)))
+                    pieces = [limited]
+                if len(pieces) > 1:  # narrowed: say so, then enforce the pieces
+                    cmds.append(Refuse(rule, m.attack, "narrowed around the never-block list"))
+                for p in pieces[1:]:
+                    m.rules.append(p)
+                    cmds.append(Apply(p, m.attack))
+                rule = pieces[0]
             m.rules.append(rule)
             cmds.append(Apply(rule, m.attack))
         return cmds

@@ -1,0 +1,260 @@
+"""Operators' control of the engine (add, approve, withdraw, list), critical assets,
+the never-block list and the record across restarts, over the user-space replay data
+plane with hand-made traffic (the kernel path is in tests/test_policy_lab.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddos_shield.engine.ledger import Ledger
+from ddos_shield.records import Action, Category, Match, Rule, as_network
+from tests.engine.test_engine import CONFIG, VICTIM, Harness, legit
+from tests.traffic import packets, spoofed_v4
+
+ATTACKER = "198.51.100.66"
+OPERATOR = "cli:alice"
+
+
+def syn_flood(now: float) -> np.ndarray:
+    return packets(400, src=ATTACKER, dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=0x02, ts=now)
+
+
+def attacker_packets(now: float) -> np.ndarray:
+    return packets(10, src=ATTACKER, dst="203.0.113.20", proto=17, category=Category.UDP, dport=9, ts=now)
+
+
+def test_operator_adds_lists_and_withdraws_a_rule() -> None:
+    h = Harness()
+    rule = h.engine.add_mitigation(
+        Match(src=as_network(f"{ATTACKER}/32")), Action.DROP, 30.0, actor=OPERATOR, reason="ticket 42"
+    )
+    assert rule.rule_id > 0
+    assert h.dp.backend.offer(attacker_packets(h.now)).all()
+    assert not h.dp.backend.offer(legit(h.now)).any()
+    (m,) = h.engine.mitigations()
+    assert (m["mitigation_id"], m["state"], m["backend"], m["actor"], m["reason"], m["origin"]) == (
+        rule.rule_id,
+        "active",
+        "memory",
+        OPERATOR,
+        "ticket 42",
+        "manual",
+    )
+    assert m["hits"]["dropped"] == 10 and m["time_left"] == 30.0
+    (applied,) = h.events("mitigation_applied")
+    assert (applied["actor"], applied["reason"], applied["rule"]["mitigation_id"]) == (
+        OPERATOR,
+        "ticket 42",
+        rule.rule_id,
+    )
+
+    h.engine.withdraw_mitigation(rule.rule_id, actor="token:ops", reason="resolved")
+    assert h.dp.backend.list() == [] and h.engine.mitigations() == []
+    (removed,) = h.events("mitigation_removed")
+    assert (removed["actor"], removed["reason"], removed["hits"]["dropped"]) == ("token:ops", "resolved", 10)
+    with pytest.raises(KeyError):
+        h.engine.withdraw_mitigation(rule.rule_id, actor=OPERATOR, reason="again")
+    with pytest.raises(KeyError):
+        h.engine.approve(999, actor=OPERATOR)
+
+
+REFUSED = [
+    # (match, action, ttl, keyword arguments, words of the reason)
+    # allow-list and never-block
+    (Match(src=as_network("198.51.100.10/32")), Action.DROP, 60.0, {}, "allow-list"),
+    (Match(proto=17, dst=as_network("203.0.113.53/32")), Action.DROP, 60.0, {}, "never-block"),
+    (Match(proto=17, dst=as_network("203.0.113.52/30")), Action.DROP, 60.0, {}, "narrower rules"),
+    # invalid
+    (Match(), Action.DROP, 60.0, {}, "match: empty"),
+    (Match(proto=17), Action.RATE_LIMIT, 60.0, {}, "rate_pps"),
+    (Match(proto=17), Action.DROP, 60.0, {"rate_pps": 10}, "rate_pps"),
+    (Match(proto=17), Action.DROP, 0.0, {}, "ttl"),
+    (Match(proto=17), Action.DROP, float("nan"), {}, "ttl"),
+    (Match(proto=17), Action.DROP, 60.0, {"backend": "bgp"}, "backend: 'bgp' is not configured"),
+]
+
+
+@pytest.mark.parametrize(("match", "action", "ttl", "kw", "why"), REFUSED)
+def test_refused_rules_name_the_reason(match: Match, action: Action, ttl: float, kw: dict, why: str) -> None:  # type: ignore[type-arg]
+    h = Harness(
+        CONFIG.replace(
+            "protected =", 'allowlist = ["198.51.100.10/32"]\nnever_block = ["203.0.113.53/32"]\nprotected ='
+        )
+    )
+    with pytest.raises(ValueError, match=why.replace("(", r"\(")):
+        h.engine.add_mitigation(match, action, ttl, actor=OPERATOR, reason="try", **kw)
+    assert h.dp.backend.list() == [] and h.engine.mitigations() == []
+    (refused,) = h.events("mitigation_refused")
+    assert refused["actor"] == OPERATOR and why.split(":")[0] in refused["reason"]
+
+
+def test_manual_rule_ends_with_its_ttl() -> None:
+    h = Harness()
+    r = h.engine.add_mitigation(
+        Match(proto=17, dport=None, dst=as_network("203.0.113.20/32")),
+        Action.RATE_LIMIT,
+        1.0,
+        rate_pps=100,
+        actor=OPERATOR,
+        reason="limit",
+    )
+    h.run(0.5, [])
+    assert [m["mitigation_id"] for m in h.engine.mitigations()] == [r.rule_id]
+    h.run(0.7, [])
+    assert h.engine.mitigations() == [] and h.dp.backend.list() == []
+    (removed,) = h.events("mitigation_removed")
+    assert (removed["actor"], removed["reason"]) == ("shield", "TTL expired")
+
+
+CRITICAL = CONFIG.replace("protected =", f'critical = ["{VICTIM}/32"]\nprotected =')
+
+
+def test_critical_asset_is_rate_limited_until_an_operator_approves_the_drop() -> None:
+    h = Harness(CRITICAL)
+    h.run(1.0, [legit, syn_flood])
+    (interim,) = h.events("mitigation_applied")
+    assert interim["rule"]["action"] == "rate_limit" and interim["rule"]["match"] == {"src": f"{ATTACKER}/32"}
+    (pending,) = h.events("mitigation_pending")
+    assert pending["rule"]["action"] == "drop" and "critical" in pending["reason"]
+    states = {m["mitigation_id"]: m["state"] for m in h.engine.mitigations()}
+    pid = pending["rule"]["mitigation_id"]
+    assert states == {interim["rule"]["mitigation_id"]: "active", pid: "pending"}
+    # nothing is dropped beyond the rate limit while the drop waits
+    assert [r.action for r in h.dp.backend.list()] == [Action.RATE_LIMIT]
+    h.run(1.0, [legit, syn_flood])
+    assert len(h.events("mitigation_pending")) == 1  # asked once
+
+    rule = h.engine.approve(pid, actor=OPERATOR)
+    assert rule.action == Action.DROP
+    assert [(r.rule_id, r.action) for r in h.dp.backend.list()] == [(pid, Action.DROP)]
+    assert h.events("mitigation_approved")[0]["actor"] == OPERATOR
+    removed = h.events("mitigation_removed")
+    assert [e["rule"]["mitigation_id"] for e in removed] == [interim["rule"]["mitigation_id"]]
+    with pytest.raises(ValueError, match="not pending"):
+        h.engine.approve(pid, actor=OPERATOR)
+    # the approved drop is refreshed while the attack lasts, and goes after it
+    h.run(1.0, [legit, syn_flood])
+    assert [r.rule_id for r in h.dp.backend.list()] == [pid]
+    h.run(4.0, [legit])
+    assert h.dp.backend.list() == [] and h.engine.mitigations() == []
+
+
+def test_pending_drop_goes_when_the_attack_ends_unapproved() -> None:
+    h = Harness(CRITICAL)
+    h.run(1.0, [syn_flood])
+    assert len(h.events("mitigation_pending")) == 1
+    h.run(4.0, [])
+    assert h.engine.mitigations() == []
+    reasons = [e["reason"] for e in h.events("mitigation_removed")]
+    assert "the attack ended before approval" in reasons
+
+
+def test_never_block_target_gets_a_rate_limit_instead_of_a_drop() -> None:
+    h = Harness(CONFIG.replace("protected =", f'never_block = ["{VICTIM}/32"]\nprotected ='))
+    srcs = spoofed_v4(3000)
+    flood = lambda now: packets(1000, src=srcs, dst=VICTIM, proto=17, category=Category.UDP, dport=9, ts=now)  # noqa: E731
+    h.run(1.0, [flood])
+    (refused,) = h.events("mitigation_refused")
+    assert "never-block" in refused["reason"] and refused["actor"] == "shield"
+    assert [r.action for r in h.dp.backend.list()] == [Action.RATE_LIMIT]
+
+
+def test_operator_withdrawal_of_an_automatic_rule_sticks() -> None:
+    h = Harness()
+    h.run(1.0, [syn_flood])
+    (applied,) = h.events("mitigation_applied")
+    h.engine.withdraw_mitigation(applied["rule"]["mitigation_id"], actor=OPERATOR, reason="false positive")
+    h.run(1.0, [syn_flood])
+    assert h.dp.backend.list() == []
+    assert len(h.events("mitigation_applied")) == 1
+    assert h.events("mitigation_skipped")[-1]["reason"] == "an operator withdrew the rules of this attack"
+
+
+def test_dry_run_records_without_enforcing_elsewhere() -> None:
+    h = Harness(CONFIG.replace("interval_ms = 100", "interval_ms = 100\ndry_run = true"))
+    r = h.engine.add_mitigation(Match(proto=17), Action.DROP, 10.0, actor=OPERATOR, reason="what if")
+    assert [m["state"] for m in h.engine.mitigations()] == ["dry_run"]
+    assert h.events("mitigation_applied")[0]["state"] == "dry_run"
+    h.engine.withdraw_mitigation(r.rule_id, actor=OPERATOR, reason="done")
+
+
+def test_operator_calls_are_safe_while_the_loop_runs() -> None:
+    h = Harness()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def operator(base: int) -> None:
+        try:
+            for i in range(50):
+                net = ipaddress.ip_network(f"198.18.{base}.{i}/32")
+                r = h.engine.add_mitigation(Match(src=net), Action.DROP, 60.0, actor=OPERATOR, reason="bulk")
+                h.engine.mitigations()
+                if i % 2:
+                    h.engine.withdraw_mitigation(r.rule_id, actor=OPERATOR, reason="bulk")
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=operator, args=(b,)) for b in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        h.run(0.1, [syn_flood])
+    stop.set()
+    assert errors == []
+    manual = [m for m in h.engine.mitigations() if m["origin"] == "manual"]
+    assert len(manual) == 100
+    ids = [m["mitigation_id"] for m in h.engine.mitigations()]
+    assert len(ids) == len(set(ids))
+
+
+# ---- the record across restarts ------------------------------------------------------
+
+
+def test_restart_reconciles_the_backend_with_the_record(tmp_path: Path) -> None:
+    state = tmp_path / "mitigations.json"
+    h = Harness(state_file=state)
+    keep = h.engine.add_mitigation(
+        Match(proto=17, dport=None, dst=as_network("203.0.113.20/32")), Action.DROP, 60.0, actor=OPERATOR, reason="keep"
+    )
+    lost = h.engine.add_mitigation(
+        Match(proto=1, dst=as_network("203.0.113.21/32")), Action.DROP, 60.0, actor=OPERATOR, reason="lost"
+    )
+    saved = json.loads(state.read_text())
+    assert saved["version"] == 1 and [m["reason"] for m in saved["mitigations"]] == ["keep", "lost"]
+    # while the shield is down: one rule vanishes from the backend, a stranger appears
+    h.dp.backend.withdraw(lost.rule_id)
+    stranger = h.dp.backend.apply(
+        Rule(Match(proto=6, dst=as_network("203.0.113.22/32")), Action.DROP, h.now + 60, rule_id=500)
+    )
+    h2 = Harness(state_file=state, dataplane=h.dp)
+    (rec,) = h2.events("mitigations_reconciled")
+    assert (rec["kept"], rec["reapplied"], rec["orphaned"]) == ([keep.rule_id], [lost.rule_id], [stranger.rule_id])
+    assert sorted(r.rule_id for r in h.dp.backend.list()) == [keep.rule_id, lost.rule_id]
+    # ids go on after the largest ever seen
+    new = h2.engine.add_mitigation(Match(proto=47), Action.DROP, 5.0, actor=OPERATOR, reason="gre")
+    assert new.rule_id > stranger.rule_id
+
+
+def test_record_skips_malformed_entries_and_refuses_other_versions(tmp_path: Path) -> None:
+    p = tmp_path / "m.json"
+    good = {
+        "rule": {"mitigation_id": 3, "action": "drop", "match": {"proto": 17}, "expires_at": 2e9},
+        "backend": "xdp",
+        "state": "active",
+        "origin": "manual",
+        "actor": "cli:a",
+        "reason": "r",
+    }
+    bad = [dict(good, state="sleeping"), dict(good, rule={"action": "explode"}), "nonsense"]
+    p.write_text(json.dumps({"version": 1, "next_id": 2, "mitigations": [good, *bad]}))
+    led = Ledger.load(p)
+    assert list(led.entries) == [3] and led.malformed == 3 and led.next_id == 4
+    p.write_text(json.dumps({"version": 99, "mitigations": []}))
+    with pytest.raises(Exception, match="format 99"):
+        Ledger.load(p)
