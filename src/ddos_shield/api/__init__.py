@@ -1,0 +1,1 @@
+"""The management service: the REST API, the dashboard and the Prometheus metrics."""
