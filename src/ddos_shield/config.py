@@ -147,6 +147,38 @@ class Mitigation(_Model):
     min_samples: int = Field(20, gt=0, description="samples of an attack needed before a rule is built from them")
 
 
+class Classification(_Model):
+    """Detectors of attacks that stay below flood rates (detect/scan.py, detect/connections.py)."""
+
+    scan_window_seconds: float = Field(
+        10.0, gt=0, le=300, description="port scans and host sweeps are counted over this window"
+    )
+    scan_min_ports: int = Field(
+        64,
+        ge=0,
+        description="one source probing at least this many ports of one host in the window is a port scan (0: off)",
+    )
+    sweep_min_hosts: int = Field(
+        64,
+        ge=0,
+        description="one source probing one port (or ping) on at least this many protected hosts in the window is a host sweep (0: off)",
+    )
+    connection_window_seconds: float = Field(
+        30.0, gt=0, le=600, description="TCP connections per source and host are counted over this window"
+    )
+    connection_min_flows: int = Field(
+        100,
+        ge=0,
+        description="one source with at least this many TCP connections to one host in the window: a connection flood or a slow attack (0: off)",
+    )
+    connection_flood_min_rate: float = Field(
+        10.0, gt=0, description="new connections per second from that source that make it a connection flood"
+    )
+    slow_max_pps_per_flow: float = Field(
+        1.0, gt=0, description="below this many packets per second per connection, held connections are a slow attack"
+    )
+
+
 DEFAULT_PORTS = {"sflow": 6343, "netflow": 2055}
 
 
@@ -306,6 +338,9 @@ class Config(_Model):
     )
     shield: Shield = Field(default_factory=Shield, description="the data plane and the control loop")
     mitigation: Mitigation = Field(default_factory=Mitigation, description="how rules are built from attacks")
+    classification: Classification = Field(
+        default_factory=Classification, description="scans, sweeps, connection floods and slow attacks"
+    )
     events: Events = Field(default_factory=Events, description="where the JSON events go")
     groups: list[Group] = Field(default_factory=list, description="host groups; a 'default' group is added if absent")
     sources: list[Source] = Field(
@@ -524,6 +559,10 @@ def example() -> str:
     for key, f in m.items():
         lines.append(c(f.description))
         lines.append(f"{key} = {_toml(f.default)}")
+    lines += ["", "[classification]"]
+    for key, f in Classification.model_fields.items():
+        lines.append(c(f.description))
+        lines.append(f"{key} = {_toml(f.default)}")
     lines += ["", "[events]", c(Events.model_fields["file"].description), 'file = "-"', ""]
     lines.append("# " + (d["groups"].description or ""))
     lines.append("# Thresholds are per destination, per category: syn, tcp, udp, icmp, frag, other.")
@@ -586,7 +625,7 @@ def reference() -> str:
             else:
                 default = f"`{_toml(f.default)}`"
             if isinstance(f.default, BaseModel) or (
-                f.default_factory is not None and key in ("shield", "mitigation", "events", "store", "alerts")
+                f.default_factory is not None and key in ("shield", "mitigation", "events", "store", "alerts", "classification")
             ):
                 default = "table"
             out.append(f"| `{key}` | {default} | {f.description or ''} |")
@@ -595,6 +634,7 @@ def reference() -> str:
     table("Top level", Config)
     table("[shield]", Shield)
     table("[mitigation]", Mitigation)
+    table("[classification]", Classification)
     table("[events]", Events)
     table(
         "[[sources]]",

@@ -20,7 +20,8 @@ Names and fields (later capabilities add names, never change these):
 ===================  =================================================================
 
 Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),
-``group``, ``attack_types`` (from :class:`~ddos_shield.records.AttackType`), ``pps``
+``group``, ``attack_types`` (from :class:`~ddos_shield.records.AttackType`: every type
+:mod:`~ddos_shield.detect.classify` has named while the attack lasted), ``pps``
 and ``bps``; mitigation events also carry ``rule``.  Events that record an action
 carry ``actor``: ``"shield"`` for the automatic path, ``"token:<name>"`` for the API,
 ``"cli:<user>"`` for the local command line.

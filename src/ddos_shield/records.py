@@ -209,7 +209,46 @@ class AttackType(enum.StrEnum):
     UDP_FLOOD = "udp_flood"
     ICMP_FLOOD = "icmp_flood"
     FRAGMENT_FLOOD = "fragment_flood"
-    IP_FLOOD = "ip_flood"  # other IP protocols (GRE, ESP, ...)
+    IP_FLOOD = "ip_flood"  # other IP protocols (ESP, ...) that no finer type names
+    # finer types from detect/classify.py (what the attack's sampled packets show)
+    ACK_FLOOD = "ack_flood"  # TCP ACK or PSH-ACK without a connection
+    RST_FLOOD = "rst_flood"
+    SYNACK_FLOOD = "synack_flood"  # SYN-ACKs: TCP reflection off servers the victim never called
+    GRE_FLOOD = "gre_flood"
+    # UDP reflection/amplification, by the reflectors' service port (detect/classify.REFLECTORS)
+    DNS_AMPLIFICATION = "dns_amplification"
+    NTP_AMPLIFICATION = "ntp_amplification"
+    SSDP_AMPLIFICATION = "ssdp_amplification"
+    MEMCACHED_AMPLIFICATION = "memcached_amplification"
+    CLDAP_AMPLIFICATION = "cldap_amplification"
+    CHARGEN_AMPLIFICATION = "chargen_amplification"
+    QOTD_AMPLIFICATION = "qotd_amplification"
+    SNMP_AMPLIFICATION = "snmp_amplification"
+    WSD_AMPLIFICATION = "wsd_amplification"  # WS-Discovery
+    PORTMAP_AMPLIFICATION = "portmap_amplification"
+    NETBIOS_AMPLIFICATION = "netbios_amplification"
+    MSSQL_AMPLIFICATION = "mssql_amplification"
+    RIP_AMPLIFICATION = "rip_amplification"
+    OPENVPN_AMPLIFICATION = "openvpn_amplification"
+    ARMS_AMPLIFICATION = "arms_amplification"  # Apple Remote Management (Apple Remote Desktop)
+    COAP_AMPLIFICATION = "coap_amplification"
+    TFTP_AMPLIFICATION = "tftp_amplification"
+    UBIQUITI_AMPLIFICATION = "ubiquiti_amplification"
+    MDNS_AMPLIFICATION = "mdns_amplification"
+    IKE_AMPLIFICATION = "ike_amplification"
+    BACNET_AMPLIFICATION = "bacnet_amplification"
+    DVR_AMPLIFICATION = "dvr_amplification"  # DHCPDiscover on udp/37810 (IP cameras, DVRs)
+    SLP_AMPLIFICATION = "slp_amplification"
+    RDP_AMPLIFICATION = "rdp_amplification"
+    PLEX_AMPLIFICATION = "plex_amplification"
+    JENKINS_AMPLIFICATION = "jenkins_amplification"
+    TP240_AMPLIFICATION = "tp240_amplification"
+    LANTRONIX_AMPLIFICATION = "lantronix_amplification"
+    # below flood rates, from detect/scan.py and detect/connections.py
+    PORT_SCAN = "port_scan"  # one source probing many ports of one host
+    HOST_SWEEP = "host_sweep"  # one source probing one port (or ping) across many hosts
+    CONNECTION_FLOOD = "connection_flood"  # many TCP connections opened fast from few sources
+    SLOW_ATTACK = "slow_attack"  # many TCP connections held open, nearly idle, from few sources
 
 
 CATEGORY_ATTACK: dict[Category, AttackType] = {

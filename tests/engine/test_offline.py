@@ -62,7 +62,7 @@ def one(path: Path, config: Config | None = None) -> offline.CaptureAnalysis:
         (
             "stopddos_amp.UDP.snmp.src161.pcapng",
             None,
-            ["udp_flood"],
+            ["snmp_amplification"],
             "10.10.10.10/32",
             ["proto", "dst", "sport", "length"],
         ),

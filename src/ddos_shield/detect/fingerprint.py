@@ -83,6 +83,8 @@ def build(
     Only samples from ``lead`` seconds before the attack was seen on count as the
     attack's: what the target received before is its normal traffic.
     """
+    if not attack.categories:
+        return []  # reconnaissance (scans, sweeps): reported, never blocked by a rule
     atk_mask, other_mask = attack_samples(window, attack, attack.started - lead)
     atk = window[atk_mask]
     other = window[other_mask]

@@ -23,7 +23,7 @@ from typing import Literal
 
 from ddos_shield.config import Config
 from ddos_shield.detect.threshold import Observation
-from ddos_shield.records import CATEGORY_ATTACK, Attack, IPNetwork
+from ddos_shield.records import CATEGORY_ATTACK, Attack, AttackType, IPNetwork
 
 ChangeKind = Literal["start", "update", "end"]
 
@@ -51,6 +51,15 @@ class AttackTracker:
     @property
     def active(self) -> list[Attack]:
         return list(self._active.values())
+
+    def retype(self, target: IPNetwork, types: tuple[AttackType, ...]) -> Attack | None:
+        """Give the open attack on ``target`` finer types (from detect/classify.py); the
+        engine calls it after every update, which resets types to the categories'."""
+        cur = self._active.get(target)
+        if cur is None:
+            return None
+        self._active[target] = attack = replace(cur, types=types)
+        return attack
 
     def update(self, observations: list[Observation], now: float) -> list[AttackChange]:
         changes: list[AttackChange] = []

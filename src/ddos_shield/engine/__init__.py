@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,11 @@ from ddos_shield.capture.base import TelemetrySource
 from ddos_shield.config import Config
 from ddos_shield.dataplane.base import DataPlane, counter_rates
 from ddos_shield.dataplane.table import CounterTable
-from ddos_shield.detect.lifecycle import AttackTracker
-from ddos_shield.detect.threshold import ThresholdDetector
+from ddos_shield.detect.classify import Classifier
+from ddos_shield.detect.connections import ConnectionDetector
+from ddos_shield.detect.lifecycle import AttackChange, AttackTracker
+from ddos_shield.detect.scan import Finding, ScanDetector
+from ddos_shield.detect.threshold import Observation, ThresholdDetector
 from ddos_shield.engine.ledger import Entry, Ledger
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
@@ -58,6 +62,8 @@ from ddos_shield.records import (
     RATE_DTYPE,
     Action,
     Attack,
+    AttackType,
+    IPNetwork,
     Match,
     RateBatch,
     Rule,
@@ -132,6 +138,9 @@ class Engine:
         self.detector = ThresholdDetector(config)
         self.tracker = AttackTracker(config, first_id=int(clock() * 1000) % 0x7FFFFFFF + 1)
         self.policy = Policy(config)
+        self.classifier = Classifier(lead=2 * config.shield.interval_ms / 1000)
+        self.scans = ScanDetector(config)
+        self.connections = ConnectionDetector(config)
         self._prev_counters = np.zeros(0, dtype=COUNTER_DTYPE)
         self._prev_time: float | None = None
         self._window: deque[TrafficBatch] = deque()
@@ -189,6 +198,8 @@ class Engine:
             self.detector = ThresholdDetector(config)
             self.tracker.reconfigure(config)
             self.policy.reconfigure(config)
+            self.scans.reconfigure(config)
+            self.connections.reconfigure(config)
             self.dataplane.set_protected(config.prefix_groups())
             self._telemetry.set_protected(config.prefix_groups())
             self.backend.set_allowlist(config.allow_networks())
@@ -235,14 +246,20 @@ class Engine:
             self.tap.add(sampled, frames)
             for b in flows:
                 self.tap.add(b)
-        for samples in [sampled, *flows]:
-            if len(samples):
-                self._window.append(samples)
+        fresh = [b for b in [sampled, *flows] if len(b)]
+        self._window.extend(fresh)
         while self._window and self._window[0]["ts"].max() < now - WINDOW_SECONDS:
             self._window.popleft()
         window = np.concatenate(list(self._window)) if self._window else empty_traffic()
 
-        changes = self.tracker.update(self.detector.observe(rates, now), now)
+        new = np.concatenate(fresh) if fresh else empty_traffic()
+        floods = self.detector.observe(rates, now)
+        slow = self.scans.observe(new, now) + self.connections.observe(new, now)
+        flooded = {o.target for o in floods}
+        changes = self.tracker.update(
+            floods + [f.observation for f in slow if f.observation.target not in flooded], now
+        )
+        changes = self._classify(changes, floods, slow, window, now)
         for ch in changes:
             self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack))
         for cmd in self.policy.step(changes, self.tracker.active, window, now):
@@ -250,6 +267,46 @@ class Engine:
         self._expire(now)
         self._save(now)
         self._adapt_sampling(rates)
+
+    def _classify(
+        self,
+        changes: list[AttackChange],
+        floods: list[Observation],
+        slow: list[Finding],
+        window: TrafficBatch,
+        now: float,
+    ) -> list[AttackChange]:
+        """Finer types for every open attack (detect/classify.py): from its samples when
+        it starts or is updated, from the scan and connection detectors every tick."""
+        cats = {o.target: o.categories for o in floods}
+        hints: dict[IPNetwork, tuple[AttackType, ...]] = {}
+        for f in slow:
+            hints[f.observation.target] = (*hints.get(f.observation.target, ()), f.type)
+        changed = {ch.attack.attack_id for ch in changes}
+        typed: dict[int, Attack] = {}
+        news: list[AttackChange] = []
+        for attack in self.tracker.active:
+            before = self.classifier.types(attack.attack_id)
+            types = self.classifier.update(
+                attack,
+                window,
+                now,
+                categories=cats.get(attack.target, ()),
+                hints=hints.get(attack.target, ()),
+                look=attack.attack_id in changed,
+            )
+            typed[attack.attack_id] = self.tracker.retype(attack.target, types) or attack
+            if attack.attack_id not in changed and before is not None and types != before:
+                news.append(AttackChange("update", typed[attack.attack_id]))  # a new type is news
+        out = []
+        for ch in changes:
+            if ch.kind == "end":  # an ended attack keeps the types it was given
+                kept = self.classifier.types(ch.attack.attack_id)
+                self.classifier.forget(ch.attack.attack_id)
+                out.append(AttackChange("end", replace(ch.attack, types=kept)) if kept is not None else ch)
+            else:
+                out.append(AttackChange(ch.kind, typed.get(ch.attack.attack_id, ch.attack)))
+        return out + news
 
     def _telemetry_rates(self, flows: list[TrafficBatch], now: float) -> RateBatch:
         """Rates of what the telemetry sources saw, averaged over ``telemetry_window_seconds``:

@@ -1,0 +1,128 @@
+"""Connection floods and slow attacks: many TCP connections from few sources.
+
+Both stay below packet-rate thresholds; both exhaust a server's connection table
+rather than its link.  What the samples show, per (source, host) over the last
+``connection_window_seconds``:
+
+* **connections** -- distinct source ports of *established* TCP packets (ACK set, no
+  SYN, no RST): each is one connection that completed its handshake (so the source is
+  real, not spoofed);
+* **new connections per second** -- SYNs (without ACK) from that source;
+* **packets per connection per second** -- how busy those connections are.
+
+A source with at least ``connection_min_flows`` connections to one host is a
+**connection flood** when it opens them at ``connection_flood_min_rate`` or more, and a
+**slow attack** (Slowloris, slow POST, slow read) when it holds them nearly idle,
+below ``slow_max_pps_per_flow``.  Counts are of sampled packets (every packet without
+load).  The attack's categories are TCP (and SYN for a connection flood), so the
+policy can block its few sources by address.
+
+No I/O, no clock: :meth:`ConnectionDetector.observe` takes the new samples and ``now``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+
+import numpy as np
+import numpy.typing as npt
+
+from ddos_shield.config import Config
+from ddos_shield.detect.scan import EVALUATE_EVERY, Finding
+from ddos_shield.detect.threshold import Observation
+from ddos_shield.records import AttackType, Category, IPNetwork, PacketFlag, TrafficBatch, bytes_addr
+
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_ACK = 0x10
+#: TCP rows kept at most (the oldest go first)
+MAX_ROWS = 400_000
+
+_ROW_DTYPE = np.dtype(
+    [("ts", "f8"), ("src", "u1", (16,)), ("dst", "u1", (16,)), ("sport", "u2"), ("flags", "u1"), ("packets", "u8")]
+)
+
+
+class ConnectionDetector:
+    """See the module docstring.
+
+    >>> from ddos_shield.config import parse
+    >>> ConnectionDetector(parse('protected = ["203.0.113.0/24"]')).observe(np.zeros(0, dtype=_ROW_DTYPE), 0.0)
+    []
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._buf: deque[npt.NDArray[np.void]] = deque()
+        self._held = 0
+        self._last_eval = -np.inf
+        self._found: list[Finding] = []
+
+    def reconfigure(self, config: Config) -> None:
+        self._config = config
+
+    def observe(self, samples: TrafficBatch, now: float) -> list[Finding]:
+        c = self._config.classification
+        if c.connection_min_flows == 0:
+            return []
+        if len(samples):
+            t = samples[(samples["proto"] == 6) & ((samples["flags"] & PacketFlag.FRAG_LATER) == 0)]
+            if len(t):
+                rows = np.zeros(len(t), dtype=_ROW_DTYPE)
+                rows["ts"], rows["src"], rows["dst"] = t["ts"], t["src"], t["dst"]
+                rows["sport"], rows["flags"], rows["packets"] = t["sport"], t["tcp_flags"], t["packets"]
+                self._buf.append(rows)
+                self._held += len(rows)
+        horizon = now - c.connection_window_seconds
+        while self._buf and (self._buf[0]["ts"].max() < horizon or self._held > MAX_ROWS):
+            self._held -= len(self._buf.popleft())
+        if now - self._last_eval < EVALUATE_EVERY:
+            return [f.at(now) for f in self._found]
+        self._last_eval = now
+        rows = np.concatenate(list(self._buf)) if self._buf else np.zeros(0, dtype=_ROW_DTYPE)
+        rows = rows[rows["ts"] >= horizon]
+        self._found = self._evaluate(rows, now) if len(rows) else []
+        return list(self._found)
+
+    def _evaluate(self, rows: npt.NDArray[np.void], now: float) -> list[Finding]:
+        c = self._config.classification
+        # the window actually covered, so a detector that started a second ago does not
+        # divide a second of packets by the whole window
+        span = max(min(c.connection_window_seconds, now - float(rows["ts"].min())), 1.0)
+        src_u, src_i = np.unique(np.ascontiguousarray(rows["src"]).view("V16").ravel(), return_inverse=True)
+        dst_u, dst_i = np.unique(np.ascontiguousarray(rows["dst"]).view("V16").ravel(), return_inverse=True)
+        pair = src_i.ravel().astype(np.int64) * len(dst_u) + dst_i.ravel().astype(np.int64)
+        f = rows["flags"]
+        est = ((f & TCP_ACK) != 0) & ((f & (TCP_SYN | TCP_RST)) == 0)
+        syn = (f & (TCP_SYN | TCP_ACK)) == TCP_SYN
+        if not est.any():
+            return []
+        flows_of = np.unique(pair[est] * (1 << 16) + rows["sport"][est].astype(np.int64)) >> 16
+        pairs, flows = np.unique(flows_of, return_counts=True)
+        busy = flows >= c.connection_min_flows
+        out: list[Finding] = []
+        w = rows["packets"].astype(np.float64)
+        for p, n in zip(pairs[busy].tolist(), flows[busy].tolist(), strict=True):
+            mine = pair == p
+            cps = float(w[mine & syn].sum()) / span
+            per_flow = float(w[mine & est].sum()) / span / n
+            cats: tuple[Category, ...]
+            if cps >= c.connection_flood_min_rate:
+                kind, cats = AttackType.CONNECTION_FLOOD, (Category.TCP_SYN, Category.TCP)
+            elif per_flow < c.slow_max_pps_per_flow:
+                kind, cats = AttackType.SLOW_ATTACK, (Category.TCP,)
+            else:
+                continue  # many busy connections, opened slowly: a heavy client, not an attack
+            s, d = divmod(int(p), len(dst_u))
+            target = self._host(dst_u[d])
+            pps = float(w[mine].sum()) / span
+            bps = 0.0
+            obs = Observation(target, self._config.group_of(target).name, cats, pps, bps, pps, now)
+            out.append(Finding(obs, kind, bytes_addr(src_u[s].tobytes()), int(n)))
+        return out
+
+    def _host(self, raw: np.void) -> IPNetwork:
+        addr = bytes_addr(raw.tobytes())
+        plen = 32 if addr.version == 4 else self._config.shield.ipv6_prefix_len
+        return ipaddress.ip_network((addr, plen), strict=False)

@@ -1,0 +1,64 @@
+"""Connection floods and slow attacks from sampled TCP packets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ddos_shield.config import parse
+from ddos_shield.detect.connections import ConnectionDetector
+from ddos_shield.records import AttackType, Category
+from tests.traffic import packets
+
+CFG = parse('protected = ["203.0.113.0/24"]')
+SRC = "198.51.100.66"
+VICTIM = "203.0.113.10"
+
+
+def conns(n: int, *, per_conn: int, seconds: float, syn: bool, src: str = SRC) -> np.ndarray:
+    """``n`` connections from ``src``, each with a SYN (if ``syn``) and ``per_conn`` ACKs spread over ``seconds``."""
+    parts = []
+    for i in range(n):
+        sport = 20000 + i
+        if syn:
+            parts.append(packets(1, src=src, dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, sport=sport))
+        parts.append(
+            packets(per_conn, src=src, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x18, sport=sport)
+        )
+    b = np.concatenate(parts)
+    b["ts"] = np.linspace(0.0, seconds, len(b))
+    return b
+
+
+def test_many_fast_connections_from_one_source_are_a_connection_flood() -> None:
+    [f] = ConnectionDetector(CFG).observe(conns(300, per_conn=3, seconds=10.0, syn=True), now=10.0)
+    assert (f.type, str(f.observation.target), str(f.source), f.breadth) == (
+        AttackType.CONNECTION_FLOOD,
+        f"{VICTIM}/32",
+        SRC,
+        300,
+    )
+    assert f.observation.categories == (Category.TCP_SYN, Category.TCP)
+
+
+def test_many_idle_connections_held_open_are_a_slow_attack() -> None:
+    # 200 connections opened before the window, each sending one header line in 30 s
+    [f] = ConnectionDetector(CFG).observe(conns(200, per_conn=1, seconds=29.0, syn=False), now=30.0)
+    assert f.type == AttackType.SLOW_ATTACK and f.observation.categories == (Category.TCP,)
+
+
+def test_ordinary_clients_and_a_busy_download_are_neither() -> None:
+    clients = np.concatenate(
+        [conns(6, per_conn=20, seconds=10.0, syn=True, src=f"198.51.100.{i}") for i in range(1, 60)]
+    )
+    download = conns(4, per_conn=5000, seconds=10.0, syn=True)
+    assert ConnectionDetector(CFG).observe(np.concatenate([clients, download]), now=10.0) == []
+
+
+def test_many_busy_connections_opened_slowly_are_no_attack() -> None:
+    # a proxy holding 150 busy connections, opened before the window
+    assert ConnectionDetector(CFG).observe(conns(150, per_conn=100, seconds=29.0, syn=False), now=30.0) == []
+
+
+def test_off() -> None:
+    off = parse('protected = ["203.0.113.0/24"]\n[classification]\nconnection_min_flows = 0')
+    assert ConnectionDetector(off).observe(conns(300, per_conn=3, seconds=10.0, syn=True), now=10.0) == []
