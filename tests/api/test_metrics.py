@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from ddos_shield.alerts import AlertDispatcher
 from ddos_shield.api.metrics import render, shield_registry
 from ddos_shield.capture.collector import FlowCollector
 from ddos_shield.capture.netflow import NetflowDecoder
@@ -103,7 +104,9 @@ def exposition(tmp_path: Path) -> str:
             dp.feed(packets(100, src="198.51.100.1", dst="203.0.113.53", proto=17, category=Category.UDP, ts=now))
             now += 0.1
             engine.tick(now)
-        text = render(shield_registry(engine.snapshot, store=writer))[0].decode()
+        alerts = AlertDispatcher(cfg, [])
+        text = render(shield_registry(engine.snapshot, store=writer, alerts=alerts))[0].decode()
+        alerts.close()
     finally:
         engine.close()
         writer.close()

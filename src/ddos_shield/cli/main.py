@@ -134,6 +134,7 @@ def _pid_file(state_dir: str) -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield import config as configmod
+    from ddos_shield.alerts import open_alerts
     from ddos_shield.capture.sources import open_sources
     from ddos_shield.dataplane import open_dataplane
     from ddos_shield.dataplane.base import DataPlane
@@ -156,6 +157,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store = open_store(cfg, tap)
     if store is not None:
         events.subscribe(store)
+    alerts = open_alerts(cfg)  # webhooks, syslog, e-mail: each on its own thread
+    if alerts is not None:
+        events.subscribe(alerts)
     if cfg.shield.interfaces:
         dataplane: DataPlane = open_dataplane(cfg)
     else:
@@ -201,6 +205,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         detached = cfg.shield.detach_on_stop
         dataplane.close(detach=detached)
         events.emit("stopped", time.time(), detached=detached)
+        if alerts is not None:
+            alerts.close()  # delivers what is queued, a bounded wait
         if store is not None:
             store.close()  # writes what is queued first
         events.close()

@@ -29,7 +29,18 @@ from ddos_shield.store.schema import StoreError
 
 #: events that are actions: recorded in the audit log even when they name no actor
 #: (the engine's automatic path before ``actor`` was added: the shield itself)
-ACTION_EVENTS = frozenset({"mitigation_applied", "mitigation_removed", "mitigation_skipped", "mitigation_failed"})
+ACTION_EVENTS = frozenset(
+    {
+        "mitigation_applied",
+        "mitigation_removed",
+        "mitigation_skipped",
+        "mitigation_failed",
+        "mitigation_pending",
+        "mitigation_approved",
+        "mitigation_refused",
+        "mitigations_reconciled",
+    }
+)
 
 _ATTACK_KEYS = ("attack_id", "target", "group", "attack_types", "pps", "bps", "peak_pps", "peak_bps", "started")
 
@@ -161,7 +172,7 @@ class History:
                 ),
             )
             self._timeline_action(db, kind, ts, ev)
-        elif kind in ("mitigation_skipped", "mitigation_failed"):
+        elif kind.startswith("mitigation_"):  # skipped, failed, pending, approved, refused
             self._timeline_action(db, kind, ts, ev)
         elif kind in ("ready", "stopped"):
             # the engine does not end its attacks when it stops, and a new process
