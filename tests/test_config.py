@@ -36,6 +36,17 @@ BAD = [
         "outside every protected prefix",
     ),
     ("protected = [\n", "<config>: "),  # TOML syntax error, tomllib names line and column
+    # escalation ladders and protected lists
+    ('protected = ["203.0.113.0/24"]\n[[groups]]\nname = "g"\nladder = ["drop", "blackhole"]\n', "allow_blackhole"),
+    (
+        'protected = ["203.0.113.0/24"]\n[[groups]]\nname = "g"\nallow_blackhole = true\nladder = ["blackhole", "drop"]\n',
+        "only be the last step",
+    ),
+    (
+        'protected = ["203.0.113.0/24"]\n[[groups]]\nname = "g"\nladder = ["drop", "nuke"]\n',
+        ":4: groups[0].ladder[1].step:",
+    ),
+    ('protected = ["203.0.113.0/24"]\ncritical = ["plc"]\n', ":2: critical:"),
 ]
 
 

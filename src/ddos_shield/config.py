@@ -75,6 +75,31 @@ _CAT_FIELD = {
 }
 
 
+StepName = Literal["observe", "rate_limit", "drop", "drop_sources", "flowspec", "blackhole"]
+#: the backends able to take each ladder step ("local": the data plane's, XDP or nftables)
+STEP_BACKENDS: dict[str, tuple[str, ...]] = {
+    "observe": (),
+    "rate_limit": ("local",),
+    "drop": ("local",),
+    "drop_sources": ("local",),
+    "flowspec": ("bgp",),
+    "blackhole": ("bgp",),
+}
+
+
+class Step(_Model):
+    """One rung of a host group's escalation ladder."""
+
+    step: StepName = Field(
+        description="'observe' (alert only), 'rate_limit' or 'drop' the attack's fingerprint (or its few sources), "
+        "'drop_sources' (the heaviest attacking sources), 'flowspec' (the fingerprint upstream, over BGP), "
+        "'blackhole' (remote-triggered blackhole of the target, 65535:666: the last resort; needs allow_blackhole)"
+    )
+    ttl_seconds: float = Field(
+        0.0, ge=0, description="expiry of this step's rules, pushed forward while the attack lasts (0 = hold_seconds)"
+    )
+
+
 class Group(_Model):
     """A host group: destinations that share thresholds and a response."""
 
@@ -91,12 +116,52 @@ class Group(_Model):
     end_after_seconds: float = Field(
         3.0, gt=0, description="an attack ends after this long below its thresholds (hysteresis)"
     )
+    ladder: list[Step] = Field(
+        default_factory=list,
+        description='escalation ladder, mildest first, e.g. ["rate_limit", "drop", "drop_sources", "flowspec"]: '
+        "the next step is taken only when the traffic still reaching the target stays above its thresholds "
+        "settle_seconds after the last one; empty = the one step named by 'action'",
+    )
+    settle_seconds: float = Field(
+        3.0,
+        gt=0,
+        description="how long a ladder step is given to work before it is verified and the next is considered",
+    )
+    allow_blackhole: bool = Field(
+        False, description="permit the 'blackhole' step (it takes the whole target off the Internet): off by default"
+    )
 
     @field_validator("prefixes")
     @classmethod
     def _check_prefixes(cls, v: list[str]) -> list[str]:
         _networks(v)
         return v
+
+    @field_validator("ladder", mode="before")
+    @classmethod
+    def _steps_by_name(cls, v: Any) -> Any:
+        # a ladder of plain names is the common case: ["rate_limit", "drop"]
+        if isinstance(v, list):
+            return [{"step": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _check_ladder(self) -> Group:
+        names = [s.step for s in self.ladder]
+        if len(set(names)) != len(names):
+            raise ValueError(f"ladder: a step appears twice in {names}")
+        if "blackhole" in names:
+            if not self.allow_blackhole:
+                raise ValueError("ladder: 'blackhole' takes the target off the Internet; set allow_blackhole = true")
+            if names[-1] != "blackhole":
+                raise ValueError("ladder: 'blackhole' can only be the last step")
+        if "observe" in names and names[0] != "observe":
+            raise ValueError("ladder: 'observe' can only be the first step")
+        return self
+
+    def steps(self) -> list[Step]:
+        """The ladder, or the single step that ``action`` names."""
+        return list(self.ladder) or [Step(step=self.action)]
 
     def networks(self) -> list[IPNetwork]:
         return _networks(self.prefixes)
@@ -145,6 +210,29 @@ class Mitigation(_Model):
     )
     max_rules_total: int = Field(10000, gt=0, description="upper bound on rules the shield installs")
     min_samples: int = Field(20, gt=0, description="samples of an attack needed before a rule is built from them")
+    max_rules_per_target: int = Field(
+        64, gt=0, description="upper bound on rules for one target, over every step of its ladder"
+    )
+    max_collateral_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="preview: a fingerprint rule that would also match more than this share of the target's other "
+        "recent traffic is refused (source rules and blackholes record the share but are not refused by it)",
+    )
+    verify_min_reduction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="verify: a step must cut the traffic reaching the target by this share within settle_seconds, "
+        "or it is rolled back and the next step taken",
+    )
+    verify_max_legit_loss: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="verify: a step is rolled back when the target's other traffic falls by more than this share with it",
+    )
 
 
 class Classification(_Model):
@@ -549,6 +637,12 @@ def example() -> str:
         c(d["allowlist"].description),
         'allowlist = ["198.51.100.53/32"]',
         "",
+        c(d["never_block"].description),
+        'never_block = ["203.0.113.1/32"]',
+        "",
+        c(d["critical"].description),
+        "critical = []",
+        "",
         "[shield]",
     ]
     for key, f in s.items():
@@ -568,6 +662,11 @@ def example() -> str:
     lines.append("# Thresholds are per destination, per category: syn, tcp, udp, icmp, frag, other.")
     lines += ["[[groups]]", c(g["name"].description), 'name = "default"']
     for key in ("action", "rate_limit_pps", "hold_seconds", "end_after_seconds"):
+        lines.append(c(g[key].description))
+        lines.append(f"{key} = {_toml(g[key].default)}")
+    lines.append(c(g["ladder"].description))
+    lines.append('ladder = ["rate_limit", "drop", "drop_sources"]')
+    for key in ("settle_seconds", "allow_blackhole"):
         lines.append(c(g[key].description))
         lines.append(f"{key} = {_toml(g[key].default)}")
     lines.append("[groups.thresholds]")

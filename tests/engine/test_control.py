@@ -170,10 +170,9 @@ def test_operator_withdrawal_of_an_automatic_rule_sticks() -> None:
     h.run(1.0, [syn_flood])
     (applied,) = h.events("mitigation_applied")
     h.engine.withdraw_mitigation(applied["rule"]["mitigation_id"], actor=OPERATOR, reason="false positive")
-    h.run(1.0, [syn_flood])
+    h.run(5.0, [syn_flood])  # past settle_seconds: no further ladder step either
     assert h.dp.backend.list() == []
     assert len(h.events("mitigation_applied")) == 1
-    assert h.events("mitigation_skipped")[-1]["reason"] == "an operator withdrew the rules of this attack"
 
 
 def test_dry_run_records_without_enforcing_elsewhere() -> None:

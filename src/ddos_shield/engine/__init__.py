@@ -54,7 +54,7 @@ from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.mitigate.memory import MemoryBackend
-from ddos_shield.policy import Command, Pending, Policy, Refresh, Refuse, Skip, Withdraw
+from ddos_shield.policy import Command, Pending, Policy, Refresh, Refuse, Skip, Verified, Withdraw
 from ddos_shield.policy.protect import Refused, check_allowlist, narrow
 from ddos_shield.records import (
     CATEGORY_NAMES,
@@ -137,7 +137,7 @@ class Engine:
         self._clock = clock
         self.detector = ThresholdDetector(config)
         self.tracker = AttackTracker(config, first_id=int(clock() * 1000) % 0x7FFFFFFF + 1)
-        self.policy = Policy(config)
+        self.policy = Policy(config, local=backend.name, others=[b.name for b in backends])
         self.classifier = Classifier(lead=2 * config.shield.interval_ms / 1000)
         self.scans = ScanDetector(config)
         self.connections = ConnectionDetector(config)
@@ -262,7 +262,7 @@ class Engine:
         changes = self._classify(changes, floods, slow, window, now)
         for ch in changes:
             self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack))
-        for cmd in self.policy.step(changes, self.tracker.active, window, now):
+        for cmd in self.policy.step(changes, self.tracker.active, window, now, rates):
             self._execute(cmd)
         self._expire(now)
         self._save(now)
@@ -332,16 +332,32 @@ class Engine:
         if isinstance(cmd, Refuse):
             self._refused(cmd.rule, cmd.reason, actor="shield", attack=cmd.attack)
             return
-        if isinstance(cmd, Withdraw):
-            self.policy.forget(cmd.rule)
+        if isinstance(cmd, Withdraw):  # the policy has already let go of it
             self._remove(cmd.rule.rule_id, actor="shield", reason=cmd.reason)
+            return
+        if isinstance(cmd, Verified):
+            for rid in cmd.rule_ids:
+                if rid in self.ledger.entries:
+                    self.ledger.entries[rid].verify = {"ok": cmd.ok, "reason": cmd.reason, **cmd.figures}
+            self._changed(now)
+            self.events.emit(
+                "mitigation_verified",
+                now,
+                actor="shield",
+                step=cmd.step,
+                ok=cmd.ok,
+                reason=cmd.reason,
+                mitigation_ids=list(cmd.rule_ids),
+                **cmd.figures,
+                **attack_fields(cmd.attack),
+            )
             return
         if isinstance(cmd, Pending):
             rule = cmd.rule.with_id(self.ledger.new_id())
             interim = [e for e in self.ledger.entries.values() if e.rule.attack_id == rule.attack_id]
             entry = Entry(
                 rule,
-                backend=self.backend.name,
+                backend=cmd.backend or self.backend.name,
                 state="pending",
                 actor="shield",
                 reason=cmd.reason,
@@ -372,13 +388,14 @@ class Engine:
             self.ledger.refresh(rule)
             self._dirty_at = self._dirty_at or now
             return
+        backend = cmd.backend or self.backend.name
         applied = self._enforce(
-            rule, backend=self.backend.name, actor="shield", reason=rule.reason, origin="auto", attack=cmd.attack
+            rule, backend=backend, actor="shield", reason=rule.reason, origin="auto", attack=cmd.attack, step=cmd.step
         )
         if applied is None:
-            self.policy.forget(rule)
+            self.policy.forget(rule, backend)
         else:
-            self.policy.confirm(applied.rule)
+            self.policy.confirm(applied.rule, backend)
             # a pending drop of the same match now replaces this rule on approval
             for pend in self.ledger.entries.values():
                 if pend.state == "pending" and pend.rule.attack_id == rule.attack_id and pend.rule.match == rule.match:
@@ -493,7 +510,7 @@ class Engine:
         to be orphaned: rules found are adopted and kept until their expiry."""
         have_record = self.ledger.path is not None and self.ledger.path.exists()
         report: dict[str, list[int]] = {"kept": [], "reapplied": [], "orphaned": [], "expired": [], "adopted": []}
-        adopted: list[Rule] = []
+        adopted: list[tuple[Rule, str]] = []
         for name, b in self.backends.items():
             found = {r.rule_id: r for r in b.list()}  # reading enforces nothing, also in dry run
             self.ledger.reserve(list(found))
@@ -520,7 +537,7 @@ class Engine:
                         )
                         continue
                 if e.origin == "auto":
-                    adopted.append(e.rule)
+                    adopted.append((e.rule, name))
             for rid, r in found.items():
                 if rid in mine:
                     continue
@@ -537,7 +554,7 @@ class Engine:
                     )
                 else:
                     report["adopted"].append(rid)
-                    adopted.append(r)
+                    adopted.append((r, name))
                     self.ledger.add(
                         Entry(r, backend=name, state="active", actor="shield", reason="found at start", origin="auto")
                     )
@@ -554,7 +571,7 @@ class Engine:
                 )
         if adopted:
             self.policy.adopt(adopted)
-            self.events.emit("rules_adopted", now, rules=[r.to_json() for r in adopted])
+            self.events.emit("rules_adopted", now, rules=[r.to_json() for r, _ in adopted])
         if any(report[k] for k in ("reapplied", "orphaned", "expired")) or have_record:
             self.events.emit("mitigations_reconciled", now, actor="shield", **report)
         self._changed(now)
@@ -665,7 +682,7 @@ class Engine:
                 self._remove(entry.replaces, actor=approver, reason=f"replaced by approved mitigation {mitigation_id}")
                 entry.replaces = 0
             if self.policy.tracks(rule.attack_id):
-                self.policy.confirm(rule)
+                self.policy.confirm(rule, entry.backend)
             self._changed(now)
             self._save(now)
             return rule
@@ -677,7 +694,7 @@ class Engine:
             now = self._clock()
             entry = self.ledger.get(mitigation_id)
             if entry.origin == "auto":
-                self.policy.suppress(entry.rule)
+                self.policy.suppress(entry.rule, entry.backend)
             self._remove(mitigation_id, actor=actor, reason=reason)
             self._save(now)
 

@@ -32,6 +32,7 @@ class MemoryBackend(Backend):
         self.allowlist: list[IPNetwork] = []
         self.bypass = False
         self._lock = threading.Lock()
+        self._buckets: dict[int, tuple[float, float]] = {}  # rate limits: (tokens, time)
 
     def apply(self, rule: Rule) -> Rule:
         with self._lock:
@@ -45,6 +46,7 @@ class MemoryBackend(Backend):
         with self._lock:
             self._rules.pop(rule_id, None)
             self._hits.pop(rule_id, None)
+            self._buckets.pop(rule_id, None)
 
     def list(self) -> list[Rule]:
         now = self._clock()
@@ -65,7 +67,8 @@ class MemoryBackend(Backend):
         pass
 
     def offer(self, batch: TrafficBatch) -> np.ndarray:
-        """Boolean mask of the rows that the enforced rules would drop, counting hits."""
+        """Boolean mask of the rows that the enforced rules would drop (rate limits:
+        the rows beyond their rate), counting hits."""
         dropped = np.zeros(len(batch), dtype=bool)
         if self.bypass or len(batch) == 0:
             return dropped
@@ -84,4 +87,24 @@ class MemoryBackend(Backend):
                 if rule.action == Action.DROP:
                     dropped |= hit
                     h[2] += int(batch["packets"][hit].sum())
+                elif rule.action == Action.RATE_LIMIT and hit.any():
+                    over = self._over_rate(rule, batch, hit)
+                    dropped |= over
+                    h[2] += int(batch["packets"][over].sum())
         return dropped
+
+    def _over_rate(self, rule: Rule, batch: TrafficBatch, hit: np.ndarray) -> np.ndarray:
+        """Rows beyond the rule's rate: a token bucket filled at ``rate_pps`` on the
+        batch's own timestamps (a tenth of a second of burst, as the kernel allows)."""
+        t = float(batch["ts"][hit].max())
+        burst = max(1.0, rule.rate_pps / 10)
+        tokens, last = self._buckets.get(rule.rule_id, (burst, t))
+        tokens = min(burst, tokens + max(0.0, t - last) * rule.rate_pps)
+        idx = np.flatnonzero(hit)
+        cum = np.cumsum(batch["packets"][idx].astype(float))
+        passed = cum <= tokens
+        tokens -= float(cum[passed][-1]) if passed.any() else 0.0
+        self._buckets[rule.rule_id] = (tokens, t)
+        over = np.zeros(len(batch), dtype=bool)
+        over[idx[~passed]] = True
+        return over

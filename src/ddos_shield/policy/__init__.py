@@ -1,41 +1,77 @@
-"""Policy: attacks, samples and the rules in force in; rule commands out.
+"""Policy: attacks, samples, rates and the rules in force in; rule commands out.
 
-:class:`Policy` decides, for every active attack, which rules to apply (from the
-fingerprint candidates and the host group's action), refreshes them while the attack
-lasts and withdraws them a hold time after it ends.  It returns commands; the engine
-carries them out against a backend and reports each as an event.  No I/O, no clock.
+For every active attack, :class:`Policy` climbs its host group's escalation ladder
+(:meth:`ddos_shield.config.Group.steps`), mildest step first::
 
-Rules the policy did not create itself (found in the kernel after a restart) are
+    observe -> rate_limit -> drop -> drop_sources -> flowspec -> blackhole
+
+Each step builds its rules from the attack's samples (:mod:`~ddos_shield.detect.fingerprint`),
+previews them (a rule that would also match more than ``max_collateral_share`` of the
+target's other recent traffic is refused), checks them against the protected-asset
+lists (:mod:`~ddos_shield.policy.protect`) and the rule limits, and hands them to the
+backend kind that can take the step (local data plane, or BGP).  ``settle_seconds``
+later the step is verified on the rates at the target: the traffic still reaching
+it (received minus dropped, in the attack's categories) and the target's other
+traffic.  A step that did not cut the attack's traffic by ``verify_min_reduction``,
+or that took ``verify_max_legit_loss`` of the other traffic with it, is rolled back;
+while the traffic that gets through stays above the group's thresholds the next
+step is taken.  Rules are refreshed while the attack lasts and withdrawn a hold
+time after it ends.
+
+It returns commands; the engine carries them out against its backends and reports
+each as an event.  No I/O, no clock.
+
+Rules the policy did not create itself (found in a backend after a restart) are
 *adopted*: kept until their expiry unless an attack claims them again.
 
-Protected assets (:mod:`~ddos_shield.policy.protect`): an attack on a critical asset
-gets a rate limit at once and its drop rule filed as :class:`Pending` until an
-operator approves; a drop that would cover the never-block list is narrowed or
-refused (:class:`Refuse`) and a rate limit takes its place.  A rule an operator
-withdrew is not put back for the same attack (:meth:`Policy.suppress`).
+Protected assets: an attack on a critical asset gets a rate limit where the ladder
+says drop, and the drop is filed as :class:`Pending` until an operator approves; a
+drop that would cover the never-block list is narrowed or refused (:class:`Refuse`)
+and a rate limit takes its place.  A rule an operator withdrew is not put back for
+the same attack (:meth:`Policy.suppress`).
 """
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
-from ddos_shield.config import Config
+import numpy as np
+
+from ddos_shield.config import STEP_BACKENDS, Config, Group, Step
 from ddos_shield.detect import fingerprint
 from ddos_shield.detect.lifecycle import AttackChange
-from ddos_shield.policy.protect import Refused, is_critical, narrow
-from ddos_shield.records import Action, Attack, Match, Rule, TrafficBatch
+from ddos_shield.policy.protect import Refused, check_allowlist, is_critical, narrow
+from ddos_shield.records import (
+    Action,
+    Attack,
+    IPNetwork,
+    Match,
+    RateBatch,
+    Rule,
+    TrafficBatch,
+    addresses_in,
+    bytes_addr,
+)
 
 #: refresh expiries this often while an attack lasts
 REFRESH_EVERY = 1.0
 #: a rule's kernel expiry never comes sooner than this after a refresh, so a slow
 #: control loop cannot let a rule lapse under a running attack
 MIN_TTL = 5.0
+#: verification ignores the target's other traffic below this rate: a few clients'
+#: requests come and go, and their noise must not roll a good rule back
+MIN_LEGIT_PPS = 100.0
 
 
 @dataclass(frozen=True)
 class Apply:
     rule: Rule
     attack: Attack | None
+    #: backend name (the engine's local backend when empty)
+    backend: str = ""
+    step: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,7 +87,7 @@ class Withdraw:
 
 @dataclass(frozen=True)
 class Skip:
-    """An attack the policy decided not to mitigate (observe-only group, no usable rule)."""
+    """An attack (or a step of its ladder) left unmitigated, and why."""
 
     attack: Attack
     reason: str
@@ -65,38 +101,72 @@ class Pending:
     rule: Rule
     attack: Attack
     reason: str
+    backend: str = ""
 
 
 @dataclass(frozen=True)
 class Refuse:
-    """A rule the protected-asset lists forbid (the engine reports it)."""
+    """A rule the preview or the protected-asset lists forbid (the engine reports it)."""
 
     rule: Rule
     attack: Attack | None
     reason: str
 
 
-Command = Apply | Refresh | Withdraw | Skip | Pending | Refuse
+@dataclass(frozen=True)
+class Verified:
+    """A ladder step checked ``settle_seconds`` after it was taken."""
+
+    attack: Attack
+    step: str
+    rule_ids: tuple[int, ...]
+    ok: bool
+    reason: str
+    figures: dict[str, float]
+
+
+Command = Apply | Refresh | Withdraw | Skip | Pending | Refuse | Verified
+
+
+@dataclass
+class _Held:
+    rule: Rule
+    backend: str
+    step: str
+    ttl: float
 
 
 @dataclass
 class _Mitigation:
     attack: Attack
-    rules: list[Rule] = field(default_factory=list)
+    held: list[_Held] = field(default_factory=list)
+    #: index of the ladder step in force (-1: none yet)
+    step: int = -1
+    step_at: float = 0.0
+    #: traffic through to the target and its other traffic when the step was taken
+    before: tuple[float, float] = (0.0, 0.0)
+    verified: bool = False
+    last_check: float = 0.0
     ended_at: float | None = None
     last_refresh: float = 0.0
-    skipped: bool = False
-    #: matches an operator withdrew: not applied again for this attack
-    suppressed: set[Match] = field(default_factory=set)
+    exhausted: bool = False
+    #: (match, backend) an operator withdrew: not applied again for this attack
+    suppressed: set[tuple[Match, str]] = field(default_factory=set)
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [h.rule for h in self.held]
 
 
 class Policy:
-    """See the module docstring."""
+    """See the module docstring.  ``local`` names the data plane's backend, ``others``
+    the further backends the engine holds (``bgp`` takes the upstream steps)."""
 
-    def __init__(self, config: Config) -> None:
-        self._config = config
+    def __init__(self, config: Config, local: str = "local", others: Collection[str] = ()) -> None:
+        self._local = local
+        self._others = set(others)
         self._by_attack: dict[int, _Mitigation] = {}
-        self._adopted: dict[int, Rule] = {}
+        self._adopted: dict[int, tuple[Rule, str]] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -106,44 +176,70 @@ class Policy:
         self._never_block = config.never_block_networks()
         self._critical = config.critical_networks()
 
+    # ---- what the engine tells the policy -------------------------------------------
+
     def tracks(self, attack_id: int) -> bool:
         """Whether the policy still mitigates this attack (it is active or in its hold time)."""
         return attack_id in self._by_attack
 
-    def suppress(self, rule: Rule) -> None:
-        """An operator withdrew ``rule``: forget it and do not apply its match again
-        for the same attack."""
-        self.forget(rule)
-        m = self._by_attack.get(rule.attack_id)
-        if m is not None:
-            m.suppressed.add(rule.match)
-
     def rules(self) -> list[Rule]:
         """Every rule the policy holds in force."""
         out = [r for m in self._by_attack.values() for r in m.rules]
-        return out + list(self._adopted.values())
+        return out + [r for r, _ in self._adopted.values()]
 
-    def adopt(self, rules: list[Rule]) -> None:
-        for r in rules:
-            self._adopted[r.rule_id] = r
+    def adopt(self, rules: list[tuple[Rule, str]]) -> None:
+        """Rules found enforced at start, with their backend names."""
+        for r, b in rules:
+            self._adopted[r.rule_id] = (r, b)
 
-    def confirm(self, rule: Rule) -> None:
-        """The engine applied ``rule`` (now with its id)."""
+    def confirm(self, rule: Rule, backend: str = "") -> None:
+        """The engine applied ``rule`` (now with its id) on ``backend``."""
+        backend = backend or self._local
         m = self._by_attack.get(rule.attack_id)
         if m is None:
-            self._adopted[rule.rule_id] = rule
+            self._adopted[rule.rule_id] = (rule, backend)
             return
-        m.rules = [r for r in m.rules if r.rule_id != rule.rule_id and r.match != rule.match] + [rule]
+        step = ""
+        for h in m.held:
+            if h.rule.match == rule.match and h.backend == backend:
+                step = h.step
+        ttl = max(rule.expires_at - rule.created_at, MIN_TTL) if rule.created_at else MIN_TTL
+        keep = [h for h in m.held if not (h.backend == backend and (h.rule.match == rule.match))]
+        old = next((h for h in m.held if h.backend == backend and h.rule.match == rule.match), None)
+        m.held = [*keep, _Held(rule, backend, step, old.ttl if old else ttl)]
 
-    def forget(self, rule: Rule) -> None:
+    def forget(self, rule: Rule, backend: str = "") -> None:
         """The engine withdrew ``rule`` or the backend refused it."""
+        backend = backend or self._local
         self._adopted.pop(rule.rule_id, None)
         m = self._by_attack.get(rule.attack_id)
         if m is not None:
-            m.rules = [r for r in m.rules if r.match != rule.match]
+            m.held = [
+                h
+                for h in m.held
+                if not (h.backend == backend and h.rule.match == rule.match and h.rule.rule_id in (0, rule.rule_id))
+            ]
+
+    def suppress(self, rule: Rule, backend: str = "") -> None:
+        """An operator withdrew ``rule``: forget it, do not apply its match again (on
+        that backend) for the same attack, and take no further ladder step for it."""
+        backend = backend or self._local
+        self.forget(rule, backend)
+        m = self._by_attack.get(rule.attack_id)
+        if m is not None:
+            m.suppressed.add((rule.match, backend))
+            # an operator has taken this attack in hand: the shield climbs no further
+            m.exhausted = m.verified = True
+
+    # ---- one step --------------------------------------------------------------------
 
     def step(
-        self, changes: list[AttackChange], active: list[Attack], window: TrafficBatch, now: float
+        self,
+        changes: list[AttackChange],
+        active: list[Attack],
+        window: TrafficBatch,
+        now: float,
+        rates: RateBatch | None = None,
     ) -> list[Command]:
         cmds: list[Command] = []
         for ch in changes:
@@ -157,7 +253,8 @@ class Policy:
         for attack in active:
             m = self._by_attack.setdefault(attack.attack_id, _Mitigation(attack))
             m.attack = attack
-            cmds += self._mitigate(m, window, now)
+            m.ended_at = None
+            cmds += self._mitigate(m, window, now, rates)
         for aid, m in list(self._by_attack.items()):
             if m.ended_at is None:
                 continue
@@ -165,63 +262,153 @@ class Policy:
             if now - m.ended_at >= hold:
                 cmds += [Withdraw(r, "hold time after the attack ended") for r in m.rules]
                 del self._by_attack[aid]
-        for rid, r in list(self._adopted.items()):
+        for rid, (r, _b) in list(self._adopted.items()):
             if r.expires_at <= now:
                 cmds.append(Withdraw(r, "adopted rule expired"))
                 del self._adopted[rid]
         return cmds
 
-    def _mitigate(self, m: _Mitigation, window: TrafficBatch, now: float) -> list[Command]:
+    def _mitigate(self, m: _Mitigation, window: TrafficBatch, now: float, rates: RateBatch | None) -> list[Command]:
         group = self._config.group_for_name(m.attack.group)
-        ttl = max(group.hold_seconds, MIN_TTL)
-        if m.rules:
-            if now - m.last_refresh < REFRESH_EVERY:
-                return []
-            m.last_refresh = now
-            m.rules = [r.refreshed(now + ttl) for r in m.rules]
-            return [Refresh(r) for r in m.rules]
-        if m.skipped:
-            return []
-        if group.action == "observe":
-            m.skipped = True
-            return [Skip(m.attack, "host group action is observe")]
-        mit = self._config.mitigation
-        cands = fingerprint.build(
-            m.attack,
-            window,
-            max_sources=mit.max_sources_per_attack,
-            source_share=mit.source_share,
-            min_samples=mit.min_samples,
-            allowlist=self._allow,
-            lead=2 * self._config.shield.interval_ms / 1000,
-        )
-        if cands is None:
-            return []  # not enough samples yet: try again next tick
-        cands = [c for c in cands if c.attack_share >= 0.5]
-        if not cands:
-            m.skipped = True
-            return [Skip(m.attack, "no rule matches enough of the attack's samples")]
-        room = mit.max_rules_total - len(self.rules())
-        if room < len(cands):
-            m.skipped = True
-            return [Skip(m.attack, f"rule limit reached ({mit.max_rules_total})")]
-        action = Action.RATE_LIMIT if group.action == "rate_limit" else Action.DROP
-        critical = action == Action.DROP and is_critical(m.attack.target, self._critical)
-        existing = {r.match: r for r in self._adopted.values()}
+        ladder = group.steps()
         cmds: list[Command] = []
-        m.last_refresh = now
-        cands = [c for c in cands if c.match not in m.suppressed]
+        if m.held and now - m.last_refresh >= REFRESH_EVERY:
+            m.last_refresh = now
+            for h in m.held:
+                h.rule = h.rule.refreshed(now + h.ttl)
+            cmds += [Refresh(h.rule) for h in m.held]
+        if m.step < 0:
+            return cmds + self._climb(m, ladder, group, 0, window, now, rates)
+        if rates is None or (m.exhausted and m.verified):
+            return cmds
+        if now - m.step_at < group.settle_seconds or now - m.last_check < group.settle_seconds:
+            return cmds
+        m.last_check = now
+        passed, other = self._traffic(m.attack, rates)
+        limit = self._limit(m.attack, group)
+        figures = {
+            "before_pps": round(m.before[0], 1),
+            "after_pps": round(passed, 1),
+            "threshold_pps": round(limit, 1),
+            "other_before_pps": round(m.before[1], 1),
+            "other_after_pps": round(other, 1),
+        }
+        step = ladder[m.step].step
+        mine = [h for h in m.held if h.step == step]
+        below = passed <= limit
+        if not m.verified and mine:
+            m.verified = True
+            mit = self._config.mitigation
+            reduced = passed <= m.before[0] * (1 - mit.verify_min_reduction)
+            legit_loss = m.before[1] >= MIN_LEGIT_PPS and other < m.before[1] * (1 - mit.verify_max_legit_loss)
+            ids = tuple(h.rule.rule_id for h in mine)
+            if legit_loss or not (reduced or below):
+                why = (
+                    f"the target's other traffic fell from {m.before[1]:.0f} to {other:.0f} pps with it"
+                    if legit_loss
+                    else f"traffic through to the target went from {m.before[0]:.0f} to only {passed:.0f} pps"
+                )
+                cmds.append(Verified(m.attack, step, ids, False, f"rolled back: {why}", figures))
+                for h in mine:
+                    cmds.append(Withdraw(h.rule, f"verify: {why}"))
+                m.held = [h for h in m.held if h.step != step]
+                return cmds + self._climb(m, ladder, group, m.step + 1, window, now, rates)
+            cmds.append(
+                Verified(
+                    m.attack,
+                    step,
+                    ids,
+                    True,
+                    "below the thresholds" if below else "reduced, still above the thresholds",
+                    figures,
+                )
+            )
+        elif not m.verified:
+            m.verified = True  # nothing of this step to verify (observe, or all refused)
+        if below:
+            return cmds
+        return cmds + self._climb(m, ladder, group, m.step + 1, window, now, rates)
+
+    # ---- the ladder ------------------------------------------------------------------
+
+    def _climb(
+        self,
+        m: _Mitigation,
+        ladder: list[Step],
+        group: Group,
+        i: int,
+        window: TrafficBatch,
+        now: float,
+        rates: RateBatch | None,
+    ) -> list[Command]:
+        """Take step ``i`` (or, where it yields nothing, the next that does)."""
+        cmds: list[Command] = []
+        while i < len(ladder):
+            step = ladder[i]
+            built = self._build(m, step, group, window, now)
+            if built is None:
+                return cmds  # not enough samples yet: try again next tick
+            got, skipped = built
+            cmds += got
+            m.step, m.step_at, m.verified, m.last_check = i, now, False, now
+            m.before = self._traffic(m.attack, rates) if rates is not None else (0.0, 0.0)
+            if skipped is None:
+                return cmds
+            cmds.append(Skip(m.attack, skipped))
+            if step.step == "observe":
+                return cmds  # observe is a step in its own right: it settles like the others
+            i += 1
+        if not m.exhausted:
+            m.exhausted = True
+            if m.step >= 0 and i > 0 and i >= len(ladder) and len(ladder) > 1:
+                cmds.append(Skip(m.attack, "escalation ladder exhausted"))
+        return cmds
+
+    def _build(
+        self, m: _Mitigation, step: Step, group: Group, window: TrafficBatch, now: float
+    ) -> tuple[list[Command], str | None] | None:
+        """Commands for one step and, when it enforces nothing, why; None while samples are too few."""
+        name = step.step
+        if name == "observe":
+            return [], "host group action is observe" if len(group.steps()) == 1 else "ladder step observe: alert only"
+        kinds = STEP_BACKENDS[name]
+        backend = self._local if "local" in kinds else next((b for b in kinds if b in self._others), "")
+        if not backend:
+            return [], f"ladder step {name}: no {' or '.join(kinds)} backend configured"
+        upstream = backend != self._local
+        mit = self._config.mitigation
+        target = m.attack.target
+        lead = 2 * self._config.shield.interval_ms / 1000
+        cands: list[fingerprint.Candidate]
+        if name == "blackhole":
+            cands = [fingerprint.Candidate(Match(dst=target), "fingerprint", 1.0, 1.0)]
+        else:
+            built = fingerprint.build(
+                m.attack,
+                window,
+                max_sources=0 if name == "flowspec" else mit.max_sources_per_attack,
+                source_share=mit.source_share,
+                min_samples=mit.min_samples,
+                allowlist=self._allow,
+                lead=lead,
+            )
+            if built is None:
+                return None
+            cands = [c for c in built if c.attack_share >= 0.5]
+            if name == "drop_sources":
+                cands = _heavy_sources(m.attack, window, mit.max_sources_per_attack, self._allow, lead)
         if not cands:
-            m.skipped = True
-            return [Skip(m.attack, "an operator withdrew the rules of this attack")]
+            return [], f"ladder step {name}: no rule matches enough of the attack's samples"
+        action = Action.RATE_LIMIT if name == "rate_limit" else Action.DROP
+        critical = is_critical(target, self._critical)
+        ttl = max(step.ttl_seconds or group.hold_seconds, MIN_TTL)
+        cmds: list[Command] = []
+        adopted = {(r.match, b): rid for rid, (r, b) in self._adopted.items()}
+        held = {(h.rule.match, h.backend): h for h in m.held}
+        room_target = mit.max_rules_per_target - len(m.held)
+        room_total = mit.max_rules_total - len(self.rules())
+        new: list[_Held] = []
         for c in cands:
-            old = existing.get(c.match)
-            if old is not None:  # found in the kernel after a restart: claim it
-                del self._adopted[old.rule_id]
-                rule = old.refreshed(now + ttl)
-                m.rules.append(rule)
-                cmds.append(Refresh(rule))
-                continue
             rule = Rule(
                 match=c.match,
                 action=action,
@@ -229,27 +416,119 @@ class Policy:
                 rate_pps=group.rate_limit_pps if action == Action.RATE_LIMIT else 0,
                 attack_id=m.attack.attack_id,
                 created_at=now,
-                reason=f"{c.kind} of {', '.join(t.value for t in m.attack.types)} on {m.attack.target}",
+                reason=f"{name}: {c.kind} of {', '.join(t.value for t in m.attack.types)} on {target}",
                 attack_share=c.attack_share,
                 collateral_share=c.collateral_share,
             )
-            limited = replace(rule, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)
-            if critical:
-                # never dropped automatically: limit now, drop once an operator approves
-                cmds.append(Pending(rule, m.attack, f"{m.attack.target} is a critical asset"))
-                rule = limited
-            elif action == Action.DROP:
-                try:
-                    pieces = narrow(rule, self._never_block, upstream=False)
-                except Refused as e:
-                    cmds.append(Refuse(rule, m.attack, str(e)))
-                    pieces = [limited]
-                if len(pieces) > 1:  # narrowed: say so, then enforce the pieces
-                    cmds.append(Refuse(rule, m.attack, "narrowed around the never-block list"))
-                for p in pieces[1:]:
-                    m.rules.append(p)
-                    cmds.append(Apply(p, m.attack))
-                rule = pieces[0]
-            m.rules.append(rule)
-            cmds.append(Apply(rule, m.attack))
-        return cmds
+            if (rule.match, backend) in m.suppressed:
+                continue
+            # a source rule's "collateral" is the attacking source's own other traffic:
+            # recorded, never a reason to spare the source; blackholes are the last resort
+            if c.kind == "fingerprint" and name != "blackhole" and c.collateral_share > mit.max_collateral_share:
+                cmds.append(
+                    Refuse(
+                        rule,
+                        m.attack,
+                        f"preview: would also match {c.collateral_share:.1%} of the target's other traffic "
+                        f"(limit {mit.max_collateral_share:.1%})",
+                    )
+                )
+                continue
+            try:
+                if upstream:
+                    check_allowlist(rule.match, self._allow, upstream=True)
+                    if critical:
+                        raise Refused(f"{target} is a critical asset: no automatic upstream drop")
+                pieces = narrow(rule, self._never_block, upstream=upstream) if not critical else [rule]
+            except Refused as e:
+                cmds.append(Refuse(rule, m.attack, str(e)))
+                if upstream or action != Action.DROP:
+                    continue
+                pieces = [replace(rule, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)]
+            if len(pieces) > 1:
+                cmds.append(Refuse(rule, m.attack, "narrowed around the never-block list"))
+            for p in pieces:
+                if critical and p.action == Action.DROP and not upstream:
+                    # never dropped automatically: limit now, drop once an operator approves
+                    cmds.append(Pending(p, m.attack, f"{target} is a critical asset", backend))
+                    p = replace(p, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)
+                key = (p.match, backend)
+                if key in held and held[key].rule.action == p.action and held[key].rule.rate_pps == p.rate_pps:
+                    continue  # this very rule is in force already (an earlier step)
+                if len(new) >= min(room_target, room_total):
+                    cmds.append(
+                        Refuse(
+                            p,
+                            m.attack,
+                            f"rule limit reached ({mit.max_rules_per_target} per target, "
+                            f"{mit.max_rules_total} in total)",
+                        )
+                    )
+                    continue
+                if key in adopted:  # found enforced after a restart: claim it
+                    old, _ = self._adopted.pop(adopted[key])
+                    h = _Held(old.refreshed(now + ttl), backend, name, ttl)
+                    new.append(h)
+                    cmds.append(Refresh(h.rule))
+                    continue
+                if key in held:  # same match, milder action: the new step's rule replaces it
+                    cmds.append(Withdraw(held[key].rule, f"replaced by ladder step {name}"))
+                    m.held.remove(held[key])
+                new.append(_Held(p, backend, name, ttl))
+                cmds.append(Apply(p, m.attack, backend, name))
+        m.held += new
+        m.last_refresh = now
+        if not new:
+            return cmds, f"ladder step {name}: every rule refused"
+        return cmds, None
+
+    # ---- measurements ----------------------------------------------------------------
+
+    def _traffic(self, attack: Attack, rates: RateBatch) -> tuple[float, float]:
+        """(pps of the attack's categories that got through to the target, pps of its
+        other traffic that got through).  Drops are counted per destination, not per
+        category: they are put to the attack's categories first, the rest to the others."""
+        rows = rates[addresses_in(rates["dst"], attack.target)] if len(rates) else rates
+        if len(rows) == 0:
+            return 0.0, 0.0
+        cats = [int(c) for c in attack.categories]
+        pps = rows["pps"]
+        atk = float(pps[:, cats].sum())
+        other = float(pps.sum()) - atk
+        dropped = float(rows["dropped_pps"].sum())
+        return max(0.0, atk - dropped), max(0.0, other - max(0.0, dropped - atk))
+
+    def _limit(self, attack: Attack, group: Group) -> float:
+        lim = [group.thresholds.for_category(c).pps for c in attack.categories]
+        return float(sum(x for x in lim if x)) or float("inf")
+
+
+def _heavy_sources(
+    attack: Attack, window: TrafficBatch, max_sources: int, allow: list[IPNetwork], lead: float
+) -> list[fingerprint.Candidate]:
+    """The heaviest sources of the attack's samples (each at least a share of
+    ``1 / (2 * max_sources)``), one drop candidate each, whatever share they cover together."""
+    atk_mask, other_mask = fingerprint.attack_samples(window, attack, attack.started - lead)
+    atk, other = window[atk_mask], window[other_mask]
+    if len(atk) == 0 or max_sources == 0:
+        return []
+    keep = np.ones(len(atk), dtype=bool)
+    for net in allow:
+        keep &= ~addresses_in(atk["src"], net)
+    atk = atk[keep]
+    if len(atk) == 0:
+        return []
+    keys = np.ascontiguousarray(atk["src"]).view("V16").ravel()
+    uniq, inv = np.unique(keys, return_inverse=True)
+    per = np.bincount(inv, weights=atk["packets"].astype(float))
+    total = per.sum()
+    out: list[fingerprint.Candidate] = []
+    for i in np.argsort(per)[::-1][:max_sources]:
+        if per[i] / total < 0.5 / max_sources:
+            break
+        net = ipaddress.ip_network(bytes_addr(uniq[i].tobytes()))
+        m = Match(src=net)
+        w_oth = other["packets"].astype(float)
+        coll = float(w_oth[m.matches(other)].sum() / w_oth.sum()) if w_oth.sum() else 0.0
+        out.append(fingerprint.Candidate(m, "source", float(per[i] / total), coll))
+    return out

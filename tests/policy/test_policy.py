@@ -1,0 +1,123 @@
+"""The escalation ladder, preview and verification, with hand-made traffic through the
+user-space replay data plane (its in-memory backend drops and rate-limits as the
+kernel does); the kernel path is in tests/test_policy_lab.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ddos_shield.records import Category
+from tests.engine.test_engine import CONFIG, VICTIM, Harness
+from tests.traffic import packets, spoofed_v4
+
+ATTACKER = "198.51.100.66"
+
+
+def ladder(steps: str, **group: Any) -> str:
+    extra = "".join(f"{k} = {v}\n" for k, v in group.items())
+    return CONFIG.replace(
+        "end_after_seconds = 1.0\n", f"end_after_seconds = 1.0\nsettle_seconds = 1.0\nladder = {steps}\n{extra}"
+    )
+
+
+def syn_flood(now: float) -> np.ndarray:  # 4,000 pps from one source; the limit is 2,000
+    return packets(400, src=ATTACKER, dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=0x02, ts=now)
+
+
+def steps_applied(h: Harness) -> list[tuple[str, str]]:
+    return [(e["rule"]["action"], e["reason"].split(":")[0]) for e in h.events("mitigation_applied")]
+
+
+def test_a_rate_limit_that_suffices_is_not_escalated() -> None:
+    h = Harness(ladder('["rate_limit", "drop"]', rate_limit_pps=1000))
+    h.run(4.0, [syn_flood])
+    assert steps_applied(h) == [("rate_limit", "rate_limit")]
+    (v,) = h.events("mitigation_verified")
+    assert v["ok"] and v["step"] == "rate_limit" and v["after_pps"] <= 1100 and v["before_pps"] >= 3500
+    (m,) = h.engine.mitigations()
+    assert m["verify"]["ok"] and m["step"] == "rate_limit"
+
+
+def test_a_rate_limit_that_does_not_suffice_is_followed_by_the_drop() -> None:
+    h = Harness(ladder('["rate_limit", "drop"]', rate_limit_pps=3000))
+    h.run(4.0, [syn_flood])
+    assert steps_applied(h) == [("rate_limit", "rate_limit"), ("drop", "drop")]
+    verified = h.events("mitigation_verified")
+    assert [(v["step"], v["ok"]) for v in verified] == [("rate_limit", False), ("drop", True)]
+    assert verified[1]["after_pps"] == 0
+    assert [r.action.name for r in h.dp.backend.list()] == ["DROP"]
+    # once the attack is over, every step's rules go
+    h.run(4.0, [])
+    assert h.dp.backend.list() == [] and h.engine.mitigations() == []
+
+
+def test_observe_first_then_act() -> None:
+    h = Harness(ladder('["observe", "drop"]'))
+    h.run(0.9, [syn_flood])
+    assert h.events("mitigation_applied") == []
+    assert h.events("mitigation_skipped")[0]["reason"] == "ladder step observe: alert only"
+    h.run(1.0, [syn_flood])
+    assert steps_applied(h) == [("drop", "drop")]
+
+
+def test_a_rule_that_takes_legitimate_traffic_with_it_is_rolled_back() -> None:
+    # the one "attacking" source also carries 1,000 pps of established TCP to the target
+    def its_other_traffic(now: float) -> np.ndarray:
+        return packets(100, src=ATTACKER, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x18, ts=now)
+
+    h = Harness(ladder('["drop", "flowspec"]'))
+    h.run(3.0, [syn_flood, its_other_traffic])
+    (v,) = h.events("mitigation_verified")
+    assert not v["ok"] and "other traffic fell" in v["reason"]
+    assert h.dp.backend.list() == []
+    # no BGP backend: the next step is skipped, and the ladder ends there
+    reasons = [e["reason"] for e in h.events("mitigation_skipped")]
+    assert "ladder step flowspec: no bgp backend configured" in reasons
+
+
+def test_drop_sources_blocks_the_heaviest_sources_of_a_spread_flood() -> None:
+    srcs = [f"198.18.0.{i}" for i in range(1, 11)]  # ten sources: too many for "a few sources" (max 4)
+    flood = lambda now: packets(800, src=srcs, dst=VICTIM, proto=17, category=Category.UDP, ts=now)  # noqa: E731
+    h = Harness(ladder('["drop_sources"]').replace("[shield]", "[mitigation]\nmax_sources_per_attack = 16\n[shield]"))
+    h.run(2.0, [flood])
+    got = sorted(e["rule"]["match"]["src"] for e in h.events("mitigation_applied"))
+    assert got == sorted(f"{s}/32" for s in srcs)
+
+
+def test_rules_per_target_are_limited() -> None:
+    srcs = [f"198.18.0.{i}" for i in range(1, 11)]
+    flood = lambda now: packets(800, src=srcs, dst=VICTIM, proto=17, category=Category.UDP, ts=now)  # noqa: E731
+    h = Harness(
+        ladder('["drop_sources"]').replace(
+            "[shield]", "[mitigation]\nmax_sources_per_attack = 16\nmax_rules_per_target = 4\n[shield]"
+        )
+    )
+    h.run(1.0, [flood])
+    assert len(h.events("mitigation_applied")) == 4
+    assert len(h.events("mitigation_refused")) == 6
+    assert "rule limit" in h.events("mitigation_refused")[0]["reason"]
+
+
+def test_preview_refuses_a_fingerprint_that_would_hit_legitimate_traffic() -> None:
+    # fragments and legitimate UDP alike: same sources, lengths and TTLs
+    srcs = spoofed_v4(2000)
+
+    def frags(now: float) -> np.ndarray:
+        b = packets(400, src=srcs, dst=VICTIM, proto=17, category=Category.FRAG, length=600, ts=now)
+        return b
+
+    def udp(now: float) -> np.ndarray:
+        return packets(100, src=srcs, dst=VICTIM, proto=17, category=Category.UDP, length=600, ts=now)
+
+    h = Harness(
+        ladder('["drop"]')
+        .replace("udp = { pps = 5000 }", "udp = { pps = 5000 }\nfrag = { pps = 2000 }")
+        .replace("[shield]", "[mitigation]\nmax_collateral_share = 0.01\n[shield]")
+    )
+    h.run(1.0, [frags, udp])
+    refused = h.events("mitigation_refused")
+    assert refused and refused[0]["reason"].startswith("preview: would also match")
+    assert refused[0]["rule"]["collateral_share"] > 0.5
+    assert h.events("mitigation_applied") == []
