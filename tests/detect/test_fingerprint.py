@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ddos_shield.detect.fingerprint import build
-from ddos_shield.records import Attack, AttackType, Category, PacketFlag, Range, as_network
+from ddos_shield.records import Attack, AttackType, Category, Match, PacketFlag, Range, as_network
 from tests.traffic import packets, spoofed_v4
 
 VICTIM = "203.0.113.10"
@@ -75,7 +75,7 @@ def test_spoofed_syn_fingerprint_excludes_real_handshakes() -> None:
     )
     (c,) = build(attack(Category.TCP_SYN), w, **KW) or []
     assert c.kind == "fingerprint"
-    assert c.match.tcp_flags == (0x12, 0x02)
+    assert c.match.tcp_flags == (0xFF, 0x02)  # exactly the flood's flags
     assert c.match.length == Range(54, 54)
     assert c.match.src is not None and c.match.src.subnet_of(ipaddress.ip_network("198.18.0.0/15"))  # type: ignore[arg-type]
     assert c.match.dst == ipaddress.ip_network(VICTIM + "/32")
@@ -142,3 +142,81 @@ def test_v6_spoofed_prefix_is_not_taken_from_a_client_sharing_the_first_bits() -
     (c,) = build(attack(Category.TCP_SYN, target="2001:db8:113::/64"), w, **KW) or []
     assert c.match.src is not None and c.match.src.subnet_of(ip.ip_network("2001:2::/48"))  # type: ignore[arg-type]
     assert c.match.length == Range(74, 74)
+
+
+# ---- the narrowest set: >= 99 % of the attack, <= 0.1 % of the target's normal traffic ----
+
+
+def _normal_traffic(ts: float) -> np.ndarray:
+    """What the victim receives before the attack: web clients and DNS answers."""
+    parts = [
+        packets(300, src=[f"198.51.100.{i}" for i in range(1, 30)], dst=VICTIM, proto=6, category=Category.TCP,
+                tcp_flags=0x10, sport=50000, dport=443, length=1500, ttl=57, ts=ts),
+        packets(30, src=[f"198.51.100.{i}" for i in range(1, 30)], dst=VICTIM, proto=6, category=Category.TCP_SYN,
+                tcp_flags=0x02, dport=443, length=74, ttl=57, ts=ts),
+        packets(100, src="198.51.100.53", dst=VICTIM, proto=17, category=Category.UDP, sport=53, dport=33000,
+                length=180, ttl=60, ts=ts),
+    ]  # fmt: skip
+    return np.concatenate(parts)
+
+
+def test_reflection_with_a_tail_of_rsts_gets_two_rules_covering_it() -> None:
+    w = np.concatenate(
+        [
+            _normal_traffic(-1.5),
+            packets(870, src=spoofed_v4(870, 4), dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x12,
+                    sport=443, length=58, ttl=120, ts=0.5),
+            packets(130, src=spoofed_v4(130, 5), dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x04,
+                    sport=443, length=54, ttl=120, ts=0.5),
+        ]
+    )  # fmt: skip
+    cands = build(attack(Category.TCP), w, **KW) or []
+    assert sorted(c.match.tcp_flags for c in cands) == [(0xFF, 0x04), (0xFF, 0x12)]  # type: ignore[type-var]
+    assert all(c.set_share >= 0.99 and c.collateral_share <= 0.001 for c in cands)
+    assert all(c.match.sport == Range(443, 443) and c.match.ttl == Range(120, 120) for c in cands)
+
+
+def test_dns_amplification_spares_the_targets_own_dns_answers() -> None:
+    rng = np.random.default_rng(7)
+    amp = packets(
+        2000, src=spoofed_v4(2000, 6), dst=VICTIM, proto=17, category=Category.UDP, sport=53, dport=80, ttl=50, ts=0.5
+    )
+    amp["length"] = rng.integers(1200, 1515, len(amp))
+    w = np.concatenate([_normal_traffic(-1.5), amp])
+    (c,) = build(attack(Category.UDP), w, **KW) or []
+    assert c.match.sport == Range(53, 53) and c.match.dport == Range(80, 80)
+    assert c.match.length is not None and c.match.length.lo >= 1200
+    assert c.attack_share >= 0.99 and c.collateral_share == 0.0
+    # without the length and port fields, the rule would drop the target's own DNS answers
+    wide = Match(proto=17, dst=c.match.dst, sport=Range(53, 53))
+    assert wide.matches(_normal_traffic(0.0)).sum() == 100
+
+
+def test_fields_that_cost_coverage_together_are_given_up() -> None:
+    # 0.4 % of the packets are longer and 0.4 % others carry another TTL: each field alone
+    # holds 99.6 %, both together 99.2 % -- below FIELD_COVER -- so one is given up
+    n = 1000
+    b = packets(
+        n,
+        src=spoofed_v4(n, 8),
+        dst=VICTIM,
+        proto=17,
+        category=Category.UDP,
+        sport=1234,
+        dport=9,
+        length=100,
+        ttl=64,
+        ts=0.5,
+    )
+    b["length"][:4] = 900
+    b["ttl"][4:8] = 200
+    (c,) = build(attack(Category.UDP), b, **KW) or []
+    assert (c.match.length is None) != (c.match.ttl is None)
+    assert c.attack_share == pytest.approx(0.996)
+
+
+def test_many_sources_each_small_are_one_source_set() -> None:
+    srcs = [f"198.51.100.{66 + i}" for i in range(4)]
+    w = packets(400, src=srcs, dst=VICTIM, proto=17, category=Category.UDP)
+    cands = build(attack(Category.UDP), w, **KW) or []
+    assert len(cands) == 4 and all(c.attack_share == 0.25 and c.set_share == 1.0 for c in cands)

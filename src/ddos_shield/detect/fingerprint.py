@@ -4,13 +4,22 @@ Two shapes of answer:
 
 * **sources** -- when a few sources carry (nearly) all of the attack, one match per
   source address: blocking them costs nobody else anything;
-* **fingerprints** -- when sources are many or spoofed, one match per attack category
-  built from what the attack's packets share: protocol, ports, TCP flags, length and
-  TTL ranges, a common source prefix, always scoped to the target.
+* **fingerprints** -- when sources are many or spoofed, the narrowest set of matches
+  that holds nearly all of the attack (:data:`ATTACK_COVER`): per attack category, the
+  attack's packets are grouped by protocol and exact TCP flags (a SYN-ACK reflection
+  with a tail of RSTs gets two rules, not one that matches any TCP); each group's rule
+  takes every field its packets share -- source and destination port, TCP flags, the
+  narrowest length and TTL ranges, a common source prefix -- each field holding
+  :data:`FIELD_COVER` of the group, then gives up the fields that cost the most
+  coverage until the rule matches that share of the group.  Always scoped to the target.
 
 Each candidate says which share of the attack's samples it matches
-(``attack_share``) and which share of the target's other sampled traffic it would
-also hit (``collateral_share``).  No I/O, no clock.
+(``attack_share``; ``set_share`` is what its whole set matches) and which share of the
+target's legitimate traffic it would also hit (``collateral_share``).  The legitimate
+reference is what the target received in the other categories, and in the attack's
+categories up to :data:`RAMP` seconds before the attack was seen (its normal traffic:
+the engine keeps two seconds of samples, so a rule built when the attack starts sees
+them).  No I/O, no clock.
 """
 
 from __future__ import annotations
@@ -36,13 +45,23 @@ from ddos_shield.records import (
 
 TCP_SYN = 0x02
 TCP_ACK = 0x10
-#: a field is fixed when one value covers this share of the attack's packets
-DOMINANT = 0.95
-#: quantiles that bound length and TTL ranges (outliers, such as a legitimate client's
-#: packets caught among the attack's, stay out of the rule)
-TAIL = 0.01
-#: the source prefix of a fingerprint holds at least this share of the attack's packets
-COMMON_PREFIX_SHARE = 0.99
+#: a fingerprint set matches at least this share of its category's attack samples
+ATTACK_COVER = 0.99
+#: each field of a rule holds at least this share of its group (so that, with a few
+#: fields, the rule still holds ATTACK_COVER): outliers, such as a legitimate client's
+#: packets caught among the attack's, stay out of the rule
+FIELD_COVER = 0.995
+#: rules per category at most; an attack needing more groups gets one rule per protocol
+MAX_RULES = 4
+#: a group below this share of its category gets no rule of its own
+GROUP_MIN = 0.005
+#: a port range wider than this says nothing (random ports)
+MAX_PORT_SPAN = 1024
+#: the source prefix of a fingerprint holds at least this share of the group's packets
+COMMON_PREFIX_SHARE = FIELD_COVER
+#: the attack's categories before the attack started minus this lead are legitimate
+#: reference (the attack may have ramped up just before it crossed the limit)
+RAMP = 0.5
 _V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
 
@@ -52,20 +71,23 @@ class Candidate:
     kind: Literal["source", "fingerprint"]
     attack_share: float
     collateral_share: float
+    set_share: float = 0.0  # of the attack's samples matched by this candidate's whole set
 
 
 def attack_samples(
     window: TrafficBatch, attack: Attack, since: float
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Masks of the window's rows that belong to the attack (its categories at its target,
-    sampled from ``since`` on), and of the target's traffic in its other categories.
+    sampled from ``since`` on), and of the target's legitimate reference: its traffic in
+    the other categories, and in the attack's up to :data:`RAMP` seconds before ``since``.
 
-    What the target received in the attack's categories before ``since`` is neither: it
-    may be normal traffic or the attack ramping up, so it judges nothing.
+    What the target received in the attack's categories just before ``since`` is neither:
+    it may be normal traffic or the attack ramping up, so it judges nothing.
     """
     to_target = addresses_in(window["dst"], attack.target)
     in_cats = np.isin(window["category"], [int(c) for c in attack.categories])
-    return to_target & in_cats & (window["ts"] >= since), to_target & ~in_cats
+    ts = window["ts"]
+    return to_target & in_cats & (ts >= since), to_target & (~in_cats | (ts < since - RAMP))
 
 
 def build(
@@ -99,24 +121,136 @@ def build(
         return []
     sources = _heavy_sources(atk, max_sources, source_share)
     if sources is not None:
-        return [_candidate(Match(src=net), "source", atk, other) for net in sources]
+        return _as_set([Match(src=net) for net in sources], "source", atk, other)
     out = []
     for cat in attack.categories:
         rows = atk[atk["category"] == int(cat)]
         if len(rows) < max(3, min_samples // 4):
             continue
-        out.append(_candidate(_fingerprint(rows, cat, attack.target), "fingerprint", rows, other))
+        out += _as_set(fingerprints(rows, cat, attack.target), "fingerprint", rows, other)
     return out
 
 
-def _candidate(
-    match: Match, kind: Literal["source", "fingerprint"], atk: TrafficBatch, other: TrafficBatch
-) -> Candidate:
+def _as_set(
+    matches: list[Match], kind: Literal["source", "fingerprint"], atk: TrafficBatch, other: TrafficBatch
+) -> list[Candidate]:
     w_atk = atk["packets"].astype(float)
     w_oth = other["packets"].astype(float)
-    share = float(w_atk[match.matches(atk)].sum() / w_atk.sum()) if w_atk.sum() else 0.0
-    coll = float(w_oth[match.matches(other)].sum() / w_oth.sum()) if w_oth.sum() else 0.0
-    return Candidate(match, kind, share, coll)
+    tot_atk, tot_oth = float(w_atk.sum()), float(w_oth.sum())
+    union = np.zeros(len(atk), dtype=bool)
+    out = []
+    for m in matches:
+        hit = m.matches(atk)
+        union |= hit
+        share = float(w_atk[hit].sum()) / tot_atk if tot_atk else 0.0
+        coll = float(w_oth[m.matches(other)].sum()) / tot_oth if tot_oth else 0.0
+        out.append(Candidate(m, kind, share, coll))
+    set_share = float(w_atk[union].sum()) / tot_atk if tot_atk else 0.0
+    return [Candidate(c.match, c.kind, c.attack_share, c.collateral_share, set_share) for c in out]
+
+
+def fingerprints(rows: TrafficBatch, cat: Category, target: IPNetwork) -> list[Match]:
+    """The narrowest matches that together hold :data:`ATTACK_COVER` of ``rows`` (one
+    category of an attack), each scoped to ``target``."""
+    w = rows["packets"].astype(np.float64)
+    total = float(w.sum())
+    later = (rows["flags"] & PacketFlag.FRAG_LATER) != 0
+    proto = rows["proto"].astype(np.int64)
+    flags = np.where((proto == 6) & ~later, rows["tcp_flags"].astype(np.int64), 256)
+    sport = np.where(((proto == 6) | (proto == 17)) & ~later, rows["sport"].astype(np.int64), 65536)
+    # finest grouping first: (protocol, flags, source port) -- a reflection from two
+    # service ports gets a rule each --, then (protocol, flags), then protocol alone
+    tiers = [((proto * 512 + flags) << 17) + sport, proto * 512 + flags, proto]
+    for tier, key in enumerate(tiers):
+        groups = _groups(key, w, total)
+        if groups is not None or tier == len(tiers) - 1:
+            break
+    if groups is None:  # many protocols: the heaviest
+        groups = [int(np.argmax(np.bincount(rows["proto"], w)))]
+    return [_narrowest(rows[key == g], cat, target, exact_flags=tier < 2) for g in groups]
+
+
+def _groups(key: npt.NDArray[np.int64], w: npt.NDArray[np.float64], total: float) -> list[int] | None:
+    """The heaviest keys that together hold FIELD_COVER of the weight (None: more than MAX_RULES)."""
+    vals, inv = np.unique(key, return_inverse=True)
+    per = np.bincount(inv.ravel(), weights=w)
+    order = np.argsort(per)[::-1]
+    chosen: list[int] = []
+    held = 0.0
+    for i in order:
+        if held >= FIELD_COVER * total or per[i] < GROUP_MIN * total:
+            break
+        chosen.append(int(vals[i]))
+        held += float(per[i])
+    if len(chosen) > MAX_RULES or held < ATTACK_COVER * total:
+        return None
+    return chosen
+
+
+def _narrowest(rows: TrafficBatch, cat: Category, target: IPNetwork, *, exact_flags: bool) -> Match:
+    """Every field the group's packets share, then fewer until the rule holds FIELD_COVER of them."""
+    w = rows["packets"].astype(np.float64)
+    proto = int(rows["proto"][0]) if bool(np.all(rows["proto"] == rows["proto"][0])) else None
+    later = (rows["flags"] & PacketFlag.FRAG_LATER) != 0
+    ports_ok = proto in (6, 17) and not later.any()
+    fields: dict[str, object] = {}
+    if ports_ok:
+        for f in ("sport", "dport"):
+            r = _span(rows[f], w, FIELD_COVER)
+            if r is not None and r.hi - r.lo < MAX_PORT_SPAN:
+                fields[f] = r
+    if proto == 6 and not later.any():
+        if exact_flags:
+            fields["tcp_flags"] = (0xFF, int(rows["tcp_flags"][0]))
+        elif cat == Category.TCP_SYN:
+            fields["tcp_flags"] = (TCP_SYN | TCP_ACK, TCP_SYN)
+    # flow records carry no TTL and only a mean length: such fields stay open
+    if not (rows["flags"] & PacketFlag.LEN_MEAN).any():
+        r = _span(rows["length"], w, FIELD_COVER)
+        if r is not None and r.hi - r.lo < 1 << 15:
+            fields["length"] = r
+    if not (rows["flags"] & PacketFlag.TTL_UNKNOWN).any():
+        r = _span(rows["ttl"], w, FIELD_COVER)
+        if r is not None and r.hi - r.lo < 128:
+            fields["ttl"] = r
+    src = _common_prefix(rows)
+    if src is not None:
+        fields["src"] = src
+
+    def make(fs: dict[str, object]) -> Match:
+        return Match(proto=proto, dst=target, **fs)  # type: ignore[arg-type]
+
+    total = float(w.sum())
+
+    def cover(fs: dict[str, object]) -> float:
+        return float(w[make(fs).matches(rows)].sum()) / total if total else 0.0
+
+    # Each field holds FIELD_COVER alone; together they may hold less (different
+    # packets fall outside different fields): give up, one at a time, the field whose
+    # loss wins back the most, until the rule holds FIELD_COVER of the group.
+    while fields and cover(fields) < FIELD_COVER:
+        best = max(fields, key=lambda f: cover({k: v for k, v in fields.items() if k != f}))
+        del fields[best]
+    return make(fields)
+
+
+def _span(col: npt.NDArray[np.generic], w: npt.NDArray[np.float64], share: float) -> Range | None:
+    """The shortest range of values that holds ``share`` of the weight."""
+    vals, inv = np.unique(col, return_inverse=True)
+    per = np.bincount(inv.ravel(), weights=w)
+    cum = np.concatenate([[0.0], np.cumsum(per)])
+    need = share * cum[-1]
+    if need <= 0:
+        return None
+    # for each start i, the first end j with cum[j+1] - cum[i] >= need
+    ends = np.searchsorted(cum, cum[:-1] + need - 1e-9, side="left") - 1
+    ok = ends < len(vals)
+    if not ok.any():
+        return None
+    starts = np.nonzero(ok)[0]
+    width = vals[ends[ok]].astype(np.int64) - vals[starts].astype(np.int64)
+    k = int(np.argmin(width))
+    return Range(int(vals[starts[k]]), int(vals[ends[ok][k]]))
 
 
 def _heavy_sources(atk: TrafficBatch, max_sources: int, need: float) -> list[IPNetwork] | None:
@@ -147,55 +281,6 @@ def _heavy_sources(atk: TrafficBatch, max_sources: int, need: float) -> list[IPN
         a = bytes_addr(uniq[i].tobytes())
         nets.append(ipaddress.ip_network(a))
     return nets
-
-
-def _fingerprint(rows: TrafficBatch, cat: Category, target: IPNetwork) -> Match:
-    w = rows["packets"].astype(float)
-    proto = _dominant(rows["proto"], w)
-    later = (rows["flags"] & PacketFlag.FRAG_LATER) != 0
-    ports_ok = not later.any()
-    sport = dport = None
-    tcp_flags = None
-    if ports_ok and proto in (6, 17):
-        sp = _dominant(rows["sport"], w)
-        dp = _dominant(rows["dport"], w)
-        sport = Range(sp, sp) if sp is not None else None
-        dport = Range(dp, dp) if dp is not None else None
-    if ports_ok and cat == Category.TCP_SYN:
-        tcp_flags = (TCP_SYN | TCP_ACK, TCP_SYN)
-    elif ports_ok and proto == 6:
-        fl = _dominant(rows["tcp_flags"], w)
-        if fl is not None:
-            tcp_flags = (0xFF, fl)
-    # flow records carry no TTL and only a mean length: such fields stay open
-    length = None if (rows["flags"] & PacketFlag.LEN_MEAN).any() else _range(rows["length"], w, limit=1 << 16)
-    ttl = None if (rows["flags"] & PacketFlag.TTL_UNKNOWN).any() else _range(rows["ttl"], w, limit=256)
-    src = _common_prefix(rows)
-    return Match(
-        proto=proto,
-        src=src,
-        dst=target,
-        sport=sport,
-        dport=dport,
-        tcp_flags=tcp_flags,
-        length=length,
-        ttl=ttl,
-    )
-
-
-def _dominant(col: npt.NDArray[np.generic], w: npt.NDArray[np.float64]) -> int | None:
-    vals, inv = np.unique(col, return_inverse=True)
-    per = np.bincount(inv, weights=w)
-    i = int(np.argmax(per))
-    return int(vals[i]) if per[i] >= DOMINANT * w.sum() else None
-
-
-def _range(col: npt.NDArray[np.generic], w: npt.NDArray[np.float64], limit: int) -> Range | None:
-    lo, hi = np.quantile(col.astype(float), [TAIL, 1 - TAIL], method="inverted_cdf", weights=w)
-    lo_i, hi_i = int(lo), int(hi)
-    if hi_i - lo_i >= limit // 2:  # spread over half the space: says nothing
-        return None
-    return Range(lo_i, hi_i)
 
 
 def _common_prefix(rows: TrafficBatch) -> IPNetwork | None:

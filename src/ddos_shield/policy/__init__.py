@@ -394,7 +394,7 @@ class Policy:
             )
             if built is None:
                 return None
-            cands = [c for c in built if c.attack_share >= 0.5]
+            cands = [c for c in built if c.set_share >= 0.5]
             if name == "drop_sources":
                 cands = _heavy_sources(m.attack, window, mit.max_sources_per_attack, self._allow, lead)
         if not cands:
