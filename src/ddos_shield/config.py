@@ -724,7 +724,8 @@ def reference() -> str:
             else:
                 default = f"`{_toml(f.default)}`"
             if isinstance(f.default, BaseModel) or (
-                f.default_factory is not None and key in ("shield", "mitigation", "events", "store", "alerts", "classification")
+                f.default_factory is not None
+                and key in ("shield", "mitigation", "events", "store", "alerts", "classification")
             ):
                 default = "table"
             out.append(f"| `{key}` | {default} | {f.description or ''} |")
