@@ -404,6 +404,31 @@ class Alerts(_Model):
     webhooks: list[Webhook] = Field(default_factory=list, description="JSON webhooks")
     syslog: list[Syslog] = Field(default_factory=list, description="syslog receivers")
     email: list[Email] = Field(default_factory=list, description="e-mail through SMTP")
+class Api(_Model):
+    """The REST API and the web dashboard, served by the running shield (docs/api.md)."""
+
+    listen: str = Field(
+        "",
+        description="'address:port' to serve the API and dashboard on, e.g. '127.0.0.1:8470' (loopback; "
+        "any other address exposes it to that network); empty: no API",
+    )
+    tls_cert: str = Field("", description="PEM certificate file: serve HTTPS (with tls_key); empty: plain HTTP")
+    tls_key: str = Field("", description="PEM private key file of tls_cert")
+
+    @model_validator(mode="after")
+    def _check(self) -> Api:
+        if self.listen:
+            self.address()
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+    def address(self) -> tuple[str, int]:
+        """(host, port) to listen on."""
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen {self.listen!r}: expected 'address:port', e.g. '127.0.0.1:8470'")
+        return (host.strip("[]"), int(port))
 
 
 class Config(_Model):
@@ -436,6 +461,7 @@ class Config(_Model):
     )
     store: Store = Field(default_factory=Store, description="the history database")
     alerts: Alerts = Field(default_factory=Alerts, description="alerts to webhooks, syslog and e-mail")
+    api: Api = Field(default_factory=Api, description="the REST API and web dashboard")
 
     @field_validator("protected", "allowlist", "never_block", "critical")
     @classmethod
@@ -658,6 +684,10 @@ def example() -> str:
         lines.append(c(f.description))
         lines.append(f"{key} = {_toml(f.default)}")
     lines += ["", "[events]", c(Events.model_fields["file"].description), 'file = "-"', ""]
+    lines.append("[api]")
+    for key, f in Api.model_fields.items():
+        lines += [c(f.description), f"{key} = {_toml('127.0.0.1:8470' if key == 'listen' else f.default)}"]
+    lines.append("")
     lines.append("# " + (d["groups"].description or ""))
     lines.append("# Thresholds are per destination, per category: syn, tcp, udp, icmp, frag, other.")
     lines += ["[[groups]]", c(g["name"].description), 'name = "default"']
@@ -725,7 +755,7 @@ def reference() -> str:
                 default = f"`{_toml(f.default)}`"
             if isinstance(f.default, BaseModel) or (
                 f.default_factory is not None
-                and key in ("shield", "mitigation", "events", "store", "alerts", "classification")
+                and key in ("shield", "mitigation", "events", "store", "alerts", "classification", "api")
             ):
                 default = "table"
             out.append(f"| `{key}` | {default} | {f.description or ''} |")
@@ -736,6 +766,7 @@ def reference() -> str:
     table("[mitigation]", Mitigation)
     table("[classification]", Classification)
     table("[events]", Events)
+    table("[api]", Api, "The REST API and web dashboard (docs/api.md). Tokens live in `shield.state_dir`.")
     table(
         "[[sources]]",
         Source,

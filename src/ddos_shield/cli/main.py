@@ -38,6 +38,11 @@ commands:
   demo [--json]            lab + shield + attacks one after another, then a summary
   analyze FILE...          replay pcap/pcapng captures through the detection; report attacks
   build                    compile the XDP program (set-up does it)
+  token create|list|revoke API tokens (roles viewer, operator, admin) for the REST API
+                           and the dashboard
+  mitigation list|add|approve|withdraw
+                           steer the running shield through its API (as root on its
+                           host no token is needed)
 """
 
 
@@ -119,10 +124,68 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report to FILE")
     an.set_defaults(func=_cmd_analyze)
 
+    _add_token_parser(sub)
+    _add_mitigation_parser(sub)
+
     b = sub.add_parser("build", help="compile the XDP program")
     b.add_argument("--force", action="store_true", help="rebuild even if the object is up to date")
     b.set_defaults(func=_cmd_build)
     return p
+
+
+def _add_token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    t = sub.add_parser(
+        "token",
+        help="API tokens for the REST API and the dashboard",
+        description="Tokens are kept hashed in shield.state_dir/api-tokens.json (0600); a running shield "
+        "sees changes at once. Roles: viewer reads; operator also adds, approves and withdraws mitigations; "
+        "admin also views and reloads the configuration.",
+    )
+    tsub = t.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    c = tsub.add_parser("create", help="create a token and print it (once: it is not stored)")
+    c.add_argument("name", help="the token's name: changes made with it are recorded as token:NAME")
+    c.add_argument("--role", choices=("viewer", "operator", "admin"), default="viewer")
+    ls = tsub.add_parser("list", help="names, roles and creation times (never the tokens)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    rv = tsub.add_parser("revoke", help="revoke a token (refused from the next request on)")
+    rv.add_argument("name")
+    for p in (c, ls, rv):
+        p.add_argument("--config", "-c", help="configuration file (for shield.state_dir)")
+        p.set_defaults(func=_cmd_token)
+
+
+def _add_mitigation_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    m = sub.add_parser(
+        "mitigation",
+        help="list, add, approve or withdraw mitigations of the running shield",
+        description="Acts on the running shield through its API (api.listen). Token: --token, "
+        "$DDOS_SHIELD_TOKEN, or as root on the shield's host the shield's local admin token. "
+        "Address: --url, $DDOS_SHIELD_URL, the local token's, api.listen of --config, http://127.0.0.1:8470.",
+    )
+    msub = m.add_subparsers(dest="mitigation_command", required=True, metavar="ACTION")
+    ls = msub.add_parser("list", help="rules in force and those awaiting approval")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    add = msub.add_parser("add", help="put a rule in force by hand")
+    add.add_argument("--src", help="source prefix (CIDR or address)")
+    add.add_argument("--dst", help="destination prefix (CIDR or address)")
+    add.add_argument("--proto", help="IP protocol: tcp, udp, icmp, icmpv6 or a number")
+    add.add_argument("--sport", help="source port or range LO-HI")
+    add.add_argument("--dport", help="destination port or range LO-HI")
+    add.add_argument("--action", choices=("drop", "rate_limit", "observe"), default="drop")
+    add.add_argument("--rate-pps", type=int, default=0, help="with --action rate_limit: packets per second let through")
+    add.add_argument("--ttl", type=float, default=600.0, help="seconds the rule stays unless withdrawn (default 600)")
+    add.add_argument("--reason", required=True, help="why (recorded with the rule)")
+    ap = msub.add_parser("approve", help="approve a mitigation that awaits an operator")
+    ap.add_argument("id", type=int, help="mitigation id")
+    wd = msub.add_parser("withdraw", help="withdraw a mitigation now")
+    wd.add_argument("id", type=int, help="mitigation id")
+    wd.add_argument("--reason", default="withdrawn by an operator", help="why (recorded)")
+    for p in (ls, add, ap, wd):
+        p.add_argument("--config", "-c", help="configuration file (for shield.state_dir and api.listen)")
+        p.add_argument("--url", help="the API's base URL, e.g. https://shield.example:8470")
+        p.add_argument("--token", help="API token (default: $DDOS_SHIELD_TOKEN, or root's local token)")
+        p.add_argument("--cafile", help="PEM file to verify the API's TLS certificate with")
+        p.set_defaults(func=_cmd_mitigation)
 
 
 # ---- run / stop ---------------------------------------------------------------------
@@ -135,6 +198,7 @@ def _pid_file(state_dir: str) -> Path:
 def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield import config as configmod
     from ddos_shield.alerts import open_alerts
+    from ddos_shield.api.server import ApiService
     from ddos_shield.capture.sources import open_sources
     from ddos_shield.dataplane import open_dataplane
     from ddos_shield.dataplane.base import DataPlane
@@ -186,8 +250,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     pidf.write_text(f"{os.getpid()}\n")
     detached = False
+    api: ApiService | None = None
     try:
         engine.start(time.time())
+        if cfg.api.listen:
+            api = ApiService(engine, events, cfg, config_path=args.config)
         print("ready", file=sys.stderr, flush=True)
         live = None
         if not args.no_live and sys.stderr.isatty():
@@ -201,6 +268,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if live is not None:
                 live.stop()
     finally:
+        if api is not None:
+            api.stop()
         engine.close()
         detached = cfg.shield.detach_on_stop
         dataplane.close(detach=detached)
@@ -392,6 +461,115 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             raise ShieldError(f"{args.html}: cannot write: {e.strerror or e}") from e
     print(report.render_json(result) if args.json else report.render_text(result).rstrip("\n"))
     return 0
+
+
+# ---- tokens and mitigations (the API) ------------------------------------------------
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from ddos_shield.api.tokens import TokenStore
+
+    cfg = _config_or_default(args.config)
+    store = TokenStore(cfg.shield.state_dir)
+    if args.token_command == "create":
+        secret = store.create(args.name, args.role)
+        print(secret)
+        print(f"token {args.name!r} ({args.role}) created; it is shown only now", file=sys.stderr)
+    elif args.token_command == "revoke":
+        store.revoke(args.name)
+        print(f"token {args.name!r} revoked")
+    else:
+        tokens = [t.public() for t in store.tokens()]
+        if args.json:
+            print(json.dumps(tokens))
+        for t in [] if args.json else tokens:
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["created"]))
+            print(f"{t['name']:24} {t['role']:9} created {created}")
+    return 0
+
+
+def _cmd_mitigation(args: argparse.Namespace) -> int:
+    from ddos_shield.cli.client import ApiClient
+
+    cfg = _config_or_default(args.config)
+    client = ApiClient.resolve(cfg, url=args.url, token=args.token, cafile=args.cafile)
+    try:
+        if args.mitigation_command == "list":
+            out = client.request("GET", "/mitigations")
+            if args.json:
+                print(json.dumps(out))
+            else:
+                _print_mitigations(out["mitigations"], out["now"])
+        elif args.mitigation_command == "add":
+            body = {
+                "match": _match_from_args(args),
+                "action": args.action,
+                "ttl": args.ttl,
+                "rate_pps": args.rate_pps,
+                "reason": args.reason,
+            }
+            rule = client.request("POST", "/mitigations", body)["mitigation"]
+            print(f"mitigation {rule['mitigation_id']} added: {rule['action']} {_describe(rule['match'])}")
+        elif args.mitigation_command == "approve":
+            rule = client.request("POST", f"/mitigations/{args.id}/approve")["mitigation"]
+            print(f"mitigation {rule['mitigation_id']} approved: {rule['action']} {_describe(rule['match'])}")
+        else:
+            client.request("POST", f"/mitigations/{args.id}/withdraw", {"reason": args.reason})
+            print(f"mitigation {args.id} withdrawn")
+    finally:
+        client.close()
+    return 0
+
+
+_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "gre": 47}
+
+
+def _match_from_args(args: argparse.Namespace) -> dict[str, object]:
+    from ddos_shield.records import as_network
+
+    match: dict[str, object] = {}
+    for f in ("src", "dst"):
+        v = getattr(args, f)
+        if v:
+            try:
+                match[f] = str(as_network(v))
+            except ValueError as e:
+                raise ShieldError(f"--{f} {v!r}: {e}") from e
+    if args.proto:
+        p = args.proto.lower()
+        if p not in _PROTOS and not (p.isdigit() and 0 <= int(p) < 256):
+            raise ShieldError(f"--proto {args.proto!r}: expected tcp, udp, icmp, icmpv6, gre or 0-255")
+        match["proto"] = _PROTOS.get(p) or int(p)
+    for f in ("sport", "dport"):
+        v = getattr(args, f)
+        if v:
+            lo, _, hi = v.partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                raise ShieldError(f"--{f} {v!r}: expected a port or a range LO-HI")
+            match[f] = {"min": int(lo), "max": int(hi or lo)}
+    if not match:
+        raise ShieldError("give at least one of --src, --dst, --proto, --sport, --dport")
+    return match
+
+
+def _describe(match: dict[str, object]) -> str:
+    from ddos_shield.records import Match
+
+    return Match.from_json(match).describe()
+
+
+def _print_mitigations(items: list[dict[str, object]], now: float) -> None:
+    if not items:
+        print("no mitigations")
+        return
+    print(f"{'id':>6} {'state':10} {'action':10} {'hits':>10} {'dropped':>10} {'left':>7}  match / reason")
+    for m in items:
+        left = float(m.get("expires_at", now)) - now  # type: ignore[arg-type]
+        print(
+            f"{m.get('mitigation_id', ''):>6} {m.get('state', 'active')!s:10} {m.get('action', '')!s:10} "
+            f"{m.get('hits', 0):>10} {m.get('dropped', 0):>10} {left:>6.0f}s  "
+            f"{_describe(m['match'])}  ({m.get('reason', '')})"  # type: ignore[arg-type]
+        )
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

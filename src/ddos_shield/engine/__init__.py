@@ -50,6 +50,7 @@ from ddos_shield.detect.lifecycle import AttackChange, AttackTracker
 from ddos_shield.detect.scan import Finding, ScanDetector
 from ddos_shield.detect.threshold import Observation, ThresholdDetector
 from ddos_shield.engine.ledger import Entry, Ledger
+from ddos_shield.engine.traffic import summarize
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
@@ -744,6 +745,14 @@ class Engine:
 
     # ---- state for readers (live view, API) ------------------------------------------
 
+    def traffic(self, top: int = 10) -> dict[str, Any]:
+        """Top destinations and sources and the rates per host group
+        (:func:`ddos_shield.engine.traffic.summarize`)."""
+        with self._lock:
+            rates, window, config = self._rates, list(self._window), self.config
+        samples = np.concatenate(window) if window else empty_traffic()
+        return summarize(rates, samples, WINDOW_SECONDS, config, top)
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serialisable view of the current state."""
         with self._lock:
@@ -780,6 +789,9 @@ class Engine:
                 },
                 "loop_ms_p50": loop[len(loop) // 2] if loop else 0.0,
                 "loop_ms_max": loop[-1] if loop else 0.0,
+                "ticked_at": self._prev_time,
+                "dataplane_kind": self.dataplane.name,
+                "backend": self.backend.name,
             }
 
 

@@ -1,0 +1,213 @@
+"""The API over a real engine: every endpoint, every role, and the refusals."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import DNS, VICTIM, Shield, config_text, flood, legit
+
+API = "/api/v1"
+
+# ---- authentication and roles -------------------------------------------------------
+
+# (method, path, body, lowest role that may call it)
+ROUTES: list[tuple[str, str, Any, str]] = [
+    # reading
+    ("GET", "/status", None, "viewer"),
+    ("GET", "/traffic", None, "viewer"),
+    ("GET", "/attacks", None, "viewer"),
+    ("GET", "/events", None, "viewer"),
+    ("GET", "/mitigations", None, "viewer"),
+    ("GET", "/groups", None, "viewer"),
+    ("GET", "/protection", None, "viewer"),
+    # steering mitigations
+    ("POST", "/mitigations", {"match": {"src": "198.18.0.1/32"}, "ttl": 60, "reason": "t"}, "operator"),
+    ("POST", "/mitigations/999999/approve", None, "operator"),
+    ("POST", "/mitigations/999999/withdraw", None, "operator"),
+    # configuration (may hold secrets of alert receivers)
+    ("GET", "/config", None, "admin"),
+    ("POST", "/config/validate", {"text": "protected = []"}, "admin"),
+    ("POST", "/config/reload", {"text": "protected = ["}, "admin"),
+]
+ORDER = ["viewer", "operator", "admin"]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "least"), ROUTES)
+def test_every_route_needs_a_token_of_its_role(shield: Shield, method: str, path: str, body: Any, least: str) -> None:
+    url = API + path
+    # no token, a malformed header, an unknown token: 401 with the Bearer challenge
+    for headers in ({}, {"authorization": "Basic dXNlcjpwYXNz"}, {"authorization": "Bearer dss_nope"}):
+        r = shield.client.request(method, url, json=body, headers=headers)
+        assert r.status_code == 401, (headers, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+    for role in ORDER:
+        r = shield.client.request(method, url, json=body, headers=shield.as_(role))
+        if ORDER.index(role) < ORDER.index(least):
+            assert r.status_code == 403, (role, r.text)
+            assert least in r.json()["detail"]
+        else:
+            assert r.status_code not in (401, 403), (role, r.text)
+
+
+def test_healthz_needs_no_token_and_says_when_the_loop_stalls(shield: Shield) -> None:
+    shield.run(0.3)
+    r = shield.client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    shield.now -= 60  # as if the last tick were a minute old
+    shield.engine.tick(shield.now)
+    r = shield.client.get("/healthz")
+    assert r.status_code == 503 and r.json()["status"] == "stalled"
+
+
+def test_revoked_token_is_refused_at_the_next_request(shield: Shield) -> None:
+    assert shield.get(f"{API}/status").status_code == 200
+    shield.tokens.revoke("viewer-1")
+    assert shield.get(f"{API}/status").status_code == 401
+
+
+def test_openapi_document_is_published_and_lists_the_routes(shield: Shield) -> None:
+    doc = shield.client.get(f"{API}/openapi.json").json()
+    paths = set(doc["paths"])
+    assert {API + p for _, p, _, _ in ROUTES if "999999" not in p} <= paths
+    assert f"{API}/mitigations/{{mitigation_id}}/approve" in paths
+    assert "HTTPBearer" in doc["components"]["securitySchemes"]
+
+
+# ---- status, traffic, attacks --------------------------------------------------------
+
+
+def test_status_and_traffic_during_a_flood(shield: Shield) -> None:
+    shield.run(1.0, legit)
+    shield.run(2.0, legit, flood)
+    st = shield.get(f"{API}/status").json()
+    assert st["dataplane"] == "replay" and st["backend"] == "memory"
+    assert st["attacks_active"] == 1 and st["mitigations_active"] >= 1
+    assert st["you"] == {"name": "viewer-1", "role": "viewer", "actor": "token:viewer-1"}
+    t = shield.get(f"{API}/traffic", params={"top": 3}).json()
+    assert t["pps"]["udp"] > 5000
+    top = t["top_destinations"]
+    assert top[0]["dst"] == VICTIM and top[0]["group"] == "default" and top[0]["by_category"]["udp"] > 5000
+    assert [d["group"] for d in top if d["dst"] == DNS] == ["dns"]
+    groups = {g["group"]: g for g in t["groups"]}
+    assert groups["dns"]["destinations"] == 1 and groups["dns"]["pps"]["udp"] > 0
+    assert groups["default"]["pps"]["udp"] > 5000
+    # top sources come from the sample window: the flood's spoofed sources each send little,
+    # the client sends 11 packets a tick
+    assert t["top_sources"][0]["src"] == "198.51.100.10"
+    assert len(t["top_sources"]) == 3
+    assert shield.get(f"{API}/traffic", params={"top": 0}).status_code == 422
+
+
+def test_attacks_live_and_past_with_timeline_and_rules(shield: Shield) -> None:
+    shield.run(0.5, legit)
+    shield.run(2.0, legit, flood)
+    live = shield.get(f"{API}/attacks", params={"state": "active"}).json()["attacks"]
+    assert len(live) == 1
+    a = live[0]
+    assert a["target"] == f"{VICTIM}/32" and a["attack_types"] == ["udp_flood"] and a["peak_pps"] > 5000
+    assert a["rules"] and a["rules"][0]["match"]["dst"] == f"{VICTIM}/32"  # the fingerprint
+    shield.run(4.0, legit)
+    assert shield.get(f"{API}/attacks", params={"state": "active"}).json()["attacks"] == []
+    past = shield.get(f"{API}/attacks", params={"state": "ended"}).json()["attacks"]
+    assert [x["attack_id"] for x in past] == [a["attack_id"]]
+    detail = shield.get(f"{API}/attacks/{a['attack_id']}").json()
+    assert detail["state"] == "ended" and detail["ended"] > detail["started"]
+    assert len(detail["timeline"]) >= 2 and max(p[1] for p in detail["timeline"]) > 5000
+    assert [x["event"] for x in detail["actions"]] == ["mitigation_applied", "mitigation_removed"]
+    assert shield.get(f"{API}/attacks/424242").status_code == 404
+    evs = shield.get(f"{API}/events", params={"limit": 500}).json()["events"]
+    assert {"ready", "attack_start", "attack_end", "mitigation_applied"} <= {e["event"] for e in evs}
+
+
+def test_groups_and_protection(shield: Shield) -> None:
+    g = shield.get(f"{API}/groups").json()["groups"]
+    assert [x["name"] for x in g] == ["default", "dns"]
+    assert g[1]["prefixes"] == ["203.0.113.53/32"] and g[1]["thresholds"]["udp"]["pps"] == 50000
+    p = shield.get(f"{API}/protection").json()
+    assert p["protected"] == ["203.0.113.0/24", "2001:db8:113::/64"]
+    assert p["allowlist"] == ["198.51.100.53/32"]
+    assert p["never_block"] == [] and p["critical"] == []
+
+
+# ---- configuration --------------------------------------------------------------------
+
+
+def test_config_view_for_admins(shield: Shield) -> None:
+    body = shield.get(f"{API}/config", "admin").json()
+    assert body["file"] == str(shield.path / "shield.toml")
+    assert body["config"]["groups"][1]["name"] == "dns"
+
+
+def test_validate_reports_every_problem_with_line_and_field(shield: Shield) -> None:
+    bad = config_text(shield.path / "state").replace("udp = { pps = 50000 }", 'udp = { pps = "fast" }')
+    bad = bad.replace('allowlist = ["198.51.100.53/32"]', 'allowlist = ["198.51.100.533/32"]')
+    r = shield.post(f"{API}/config/validate", "admin", json={"text": bad})
+    assert r.status_code == 422
+    errors = r.json()["detail"]["errors"]
+    assert any(e.startswith("<posted>:3: allowlist: ") and "198.51.100.533" in e for e in errors), errors
+    assert any(e.startswith("<posted>:21: groups[1].thresholds.udp.pps: ") for e in errors), errors
+    ok = shield.post(f"{API}/config/validate", "admin", json={"text": config_text(shield.path / "state")})
+    assert ok.json() == {"valid": True}
+
+
+def test_invalid_reload_is_refused_and_the_running_configuration_stays(shield: Shield) -> None:
+    before = shield.engine.config
+    text_before = (shield.path / "shield.toml").read_text()
+    bad = config_text(shield.path / "state").replace("syn = { pps = 2000 }", "syn = { pps = -1 }")
+    r = shield.post(f"{API}/config/reload", "admin", json={"text": bad})
+    assert r.status_code == 422
+    assert r.json()["detail"]["errors"] == [
+        "<posted>:16: groups[0].thresholds.syn.pps: Input should be greater than or equal to 0, got -1"
+    ]
+    # a change that only a restart can make is refused too, by name
+    moved = config_text(shield.path / "state").replace('interfaces = ["out0"]', 'interfaces = ["eth9"]')
+    r = shield.post(f"{API}/config/reload", "admin", json={"text": moved})
+    assert r.status_code == 422 and "shield.interfaces" in r.json()["detail"]["errors"][0]
+    # a broken file on disk: reloading it is refused, naming the file
+    (shield.path / "shield.toml").write_text(bad)
+    r = shield.post(f"{API}/config/reload", "admin")
+    assert r.status_code == 422
+    assert r.json()["detail"]["errors"][0].startswith(f"{shield.path / 'shield.toml'}:16: groups[0].thresholds.syn.pps")
+    assert shield.engine.config is before
+    (shield.path / "shield.toml").write_text(text_before)
+    refused = [e for e in _events(shield) if e["event"] == "config_refused"]
+    assert [(e["actor"], e["source"]) for e in refused] == [
+        ("token:admin-1", "posted"),
+        ("token:admin-1", "posted"),
+        ("token:admin-1", "file"),
+    ]
+
+
+def test_reload_swaps_the_new_configuration_in_at_once(shield: Shield) -> None:
+    # the UDP threshold goes up: a flood of 10 k pps is no attack any more
+    new = config_text(shield.path / "state", udp_pps=20000)
+    r = shield.post(f"{API}/config/reload", "admin", json={"text": new})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"reloaded": True, "source": "posted", "saved": str(shield.path / "shield.toml")}
+    assert shield.engine.config.group_for_name("default").thresholds.udp.pps == 20000
+    assert (shield.path / "shield.toml").read_text() == new
+    shield.run(2.0, legit, flood)
+    assert shield.get(f"{API}/attacks").json()["attacks"] == []
+    # and back from the file
+    (shield.path / "shield.toml").write_text(config_text(shield.path / "state"))
+    assert shield.post(f"{API}/config/reload", "admin").json()["source"] == "file"
+    assert shield.engine.config.group_for_name("default").thresholds.udp.pps == 5000
+    done = [(e["actor"], e["source"]) for e in _events(shield) if e["event"] == "config_reloaded"]
+    assert done == [("token:admin-1", "posted"), ("token:admin-1", "file")]
+
+
+# ---- the dashboard's files and the live stream ---------------------------------------------
+
+
+def test_dashboard_files_are_served_without_data(shield: Shield) -> None:
+    for path, kind in (("/", "text/html"), ("/attacks/7", "text/html"), ("/static/dashboard.js", "text/javascript")):
+        r = shield.client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
+        assert r.headers["cache-control"] == "no-store"
+
+
+def _events(shield: Shield) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in shield.out.getvalue().splitlines()]
