@@ -17,6 +17,8 @@ Names and fields (later capabilities add names, never change these):
 ``mitigation_refused``  a rule the protected-asset lists or validation forbid (``reason``)
 ``mitigations_reconciled``  at start: record vs backends (``kept``, ``reapplied``, ``orphaned``, ``expired``, ``adopted`` ids)
 ``stopped``          the loop ended (``detached``)
+``config_reloaded``  a new configuration is in force (``actor``, ``source``: posted or file, ``saved``)
+``config_refused``   a reload was refused, the running configuration stays (``actor``, ``errors``)
 ===================  =================================================================
 
 Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
-import httpx
 
 from ddos_shield.api.app import create_app
 from ddos_shield.api.server import ApiServer
@@ -31,10 +31,12 @@ DNS = "203.0.113.53"
 CLIENT = "198.51.100.10"
 
 
-def config_text(state_dir: Path, udp_pps: int = 5000) -> str:
+def config_text(state_dir: Path, udp_pps: int = 5000, critical: str = "") -> str:
     return f"""
 protected = ["203.0.113.0/24", "2001:db8:113::/64"]
 allowlist = ["198.51.100.53/32"]
+never_block = ["203.0.113.200/32"]
+critical = [{critical}]
 [shield]
 interfaces = ["out0"]
 interval_ms = 100

@@ -129,7 +129,85 @@ def test_groups_and_protection(shield: Shield) -> None:
     p = shield.get(f"{API}/protection").json()
     assert p["protected"] == ["203.0.113.0/24", "2001:db8:113::/64"]
     assert p["allowlist"] == ["198.51.100.53/32"]
-    assert p["never_block"] == [] and p["critical"] == []
+    assert p["never_block"] == ["203.0.113.200/32"] and p["critical"] == []
+
+
+# ---- mitigations ---------------------------------------------------------------------------
+
+
+def test_operator_adds_lists_and_withdraws_a_mitigation(shield: Shield) -> None:
+    body = {
+        "match": {"proto": 17, "src": "198.18.0.0/24", "dst": f"{VICTIM}/32", "dport": 9},
+        "action": "drop",
+        "ttl": 120,
+        "reason": "ticket 42",
+    }
+    r = shield.post(f"{API}/mitigations", json=body)
+    assert r.status_code == 201, r.text
+    mid = r.json()["mitigation"]["mitigation_id"]
+    shield.run(0.3, legit)
+    ms = shield.get(f"{API}/mitigations").json()["mitigations"]
+    mine = [m for m in ms if m["mitigation_id"] == mid]
+    assert len(mine) == 1
+    m = mine[0]
+    assert (m["state"], m["origin"], m["actor"], m["reason"]) == ("active", "manual", "token:operator-1", "ticket 42")
+    assert 119 <= m["time_left"] <= 120
+    assert m["match"] == body["match"] | {"dport": {"min": 9, "max": 9}}
+    r = shield.post(f"{API}/mitigations/{mid}/withdraw", json={"reason": "resolved"})
+    assert r.status_code == 200 and r.json() == {"withdrawn": mid}
+    assert mid not in [m["mitigation_id"] for m in shield.get(f"{API}/mitigations").json()["mitigations"]]
+    assert shield.post(f"{API}/mitigations/{mid}/withdraw").status_code == 404
+    evs = {e["event"]: e for e in _events(shield) if e.get("rule", {}).get("mitigation_id") == mid}
+    assert evs["mitigation_applied"]["actor"] == "token:operator-1"
+    assert (evs["mitigation_removed"]["actor"], evs["mitigation_removed"]["reason"]) == ("token:operator-1", "resolved")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        # malformed requests: 422 naming the field
+        ({"match": {"dst": "203.0.113.300/32"}, "ttl": 60, "reason": "x"}, 422, "match:"),
+        ({"match": {"color": "red"}, "ttl": 60, "reason": "x"}, 422, "unknown match field 'color'"),
+        ({"match": {}, "ttl": 60, "reason": "x"}, 422, "match: empty"),
+        ({"match": {"proto": 17}, "ttl": 0, "reason": "x"}, 422, "ttl"),
+        ({"match": {"proto": 17}, "ttl": 60}, 422, "reason"),
+        ({"match": {"proto": 17}, "action": "rate_limit", "ttl": 60, "reason": "x"}, 422, "rate_pps"),
+        ({"match": {"proto": 17}, "action": "explode", "ttl": 60, "reason": "x"}, 422, "action"),
+        # well-formed but refused by the shield: 409 with its reason
+        ({"match": {"src": "198.51.100.53/32"}, "ttl": 60, "reason": "x"}, 409, "allow"),
+        ({"match": {"dst": "203.0.113.0/24"}, "ttl": 60, "reason": "x"}, 409, "never-block"),
+        ({"match": {"proto": 17}, "ttl": 60, "backend": "bgp", "reason": "x"}, 409, "backend"),
+    ],
+)
+def test_refused_mitigations_say_why(shield: Shield, body: dict[str, Any], status: int, says: str) -> None:
+    r = shield.post(f"{API}/mitigations", json=body)
+    assert r.status_code == status, r.text
+    assert says in json.dumps(r.json()["detail"])
+    assert shield.get(f"{API}/mitigations").json()["mitigations"] == []
+
+
+def test_a_drop_on_a_critical_asset_waits_for_an_operators_approval(shield: Shield) -> None:
+    text = config_text(shield.path / "state", critical=f'"{VICTIM}/32"')
+    assert shield.post(f"{API}/config/reload", "admin", json={"text": text}).status_code == 200
+    shield.run(0.5, legit)
+    shield.run(2.0, legit, flood)
+    ms = shield.get(f"{API}/mitigations").json()["mitigations"]
+    pending = [m for m in ms if m["state"] == "pending"]
+    assert len(pending) == 1 and pending[0]["action"] == "drop"
+    assert [m["action"] for m in ms if m["state"] == "active"] == ["rate_limit"]
+    mid = pending[0]["mitigation_id"]
+    assert shield.post(f"{API}/mitigations/{mid}/approve", "viewer").status_code == 403
+    r = shield.post(f"{API}/mitigations/{mid}/approve")
+    assert r.status_code == 200, r.text
+    assert r.json()["mitigation"]["mitigation_id"] == mid
+    ms = shield.get(f"{API}/mitigations").json()["mitigations"]
+    assert [(m["mitigation_id"], m["state"], m["action"]) for m in ms] == [(mid, "active", "drop")]
+    # approving twice: refused with the reason
+    r = shield.post(f"{API}/mitigations/{mid}/approve")
+    assert r.status_code == 409 and "not pending" in r.json()["detail"]
+    assert shield.post(f"{API}/mitigations/123456/approve").status_code == 404
+    approved = [e for e in _events(shield) if e["event"] == "mitigation_approved"]
+    assert [e["actor"] for e in approved] == ["token:operator-1"]
 
 
 # ---- configuration --------------------------------------------------------------------
@@ -148,7 +226,7 @@ def test_validate_reports_every_problem_with_line_and_field(shield: Shield) -> N
     assert r.status_code == 422
     errors = r.json()["detail"]["errors"]
     assert any(e.startswith("<posted>:3: allowlist: ") and "198.51.100.533" in e for e in errors), errors
-    assert any(e.startswith("<posted>:21: groups[1].thresholds.udp.pps: ") for e in errors), errors
+    assert any(e.startswith("<posted>:23: groups[1].thresholds.udp.pps: ") for e in errors), errors
     ok = shield.post(f"{API}/config/validate", "admin", json={"text": config_text(shield.path / "state")})
     assert ok.json() == {"valid": True}
 
@@ -160,7 +238,7 @@ def test_invalid_reload_is_refused_and_the_running_configuration_stays(shield: S
     r = shield.post(f"{API}/config/reload", "admin", json={"text": bad})
     assert r.status_code == 422
     assert r.json()["detail"]["errors"] == [
-        "<posted>:16: groups[0].thresholds.syn.pps: Input should be greater than or equal to 0, got -1"
+        "<posted>:18: groups[0].thresholds.syn.pps: Input should be greater than or equal to 0, got -1"
     ]
     # a change that only a restart can make is refused too, by name
     moved = config_text(shield.path / "state").replace('interfaces = ["out0"]', 'interfaces = ["eth9"]')
@@ -170,7 +248,7 @@ def test_invalid_reload_is_refused_and_the_running_configuration_stays(shield: S
     (shield.path / "shield.toml").write_text(bad)
     r = shield.post(f"{API}/config/reload", "admin")
     assert r.status_code == 422
-    assert r.json()["detail"]["errors"][0].startswith(f"{shield.path / 'shield.toml'}:16: groups[0].thresholds.syn.pps")
+    assert r.json()["detail"]["errors"][0].startswith(f"{shield.path / 'shield.toml'}:18: groups[0].thresholds.syn.pps")
     assert shield.engine.config is before
     (shield.path / "shield.toml").write_text(text_before)
     refused = [e for e in _events(shield) if e["event"] == "config_refused"]

@@ -23,12 +23,14 @@ from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Req
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ddos_shield import __version__
 from ddos_shield.api.tokens import LOCAL_NAME, Role, TokenStore
 from ddos_shield.api.view import ReloadRefused, ShieldView
+from ddos_shield.engine import MAX_MANUAL_TTL
 from ddos_shield.records import Action, Match
+from ddos_shield.store.history import History
 
 API = "/api/v1"
 #: seconds between the snapshots the live stream pushes (the dashboard's chart step)
@@ -54,10 +56,18 @@ class MitigationIn(BaseModel):
         examples=[{"proto": 17, "dst": "203.0.113.10/32", "dport": 53}],
     )
     action: Literal["drop", "rate_limit", "observe"] = "drop"
-    ttl: float = Field(gt=0, le=7 * 86400, description="seconds the rule stays unless withdrawn")
+    ttl: float = Field(gt=0, le=MAX_MANUAL_TTL, description="seconds the rule stays unless withdrawn")
     rate_pps: int = Field(0, ge=0, description="with action rate_limit: packets per second let through")
     backend: str | None = Field(None, description="enforcement backend by name (default: the shield's)")
     reason: str = Field(min_length=1, max_length=500, description="why: recorded with the rule and the event")
+
+    @model_validator(mode="after")
+    def _check_rate(self) -> MitigationIn:
+        if self.action == "rate_limit" and self.rate_pps <= 0:
+            raise ValueError(f"rate_pps: a rate limit needs a positive rate, got {self.rate_pps}")
+        if self.action != "rate_limit" and self.rate_pps:
+            raise ValueError(f"rate_pps: only for action rate_limit, got {self.rate_pps} with {self.action}")
+        return self
 
 
 class WithdrawIn(BaseModel):
@@ -202,6 +212,72 @@ def create_app(view: ShieldView, tokens: TokenStore) -> FastAPI:
         """The most recent events, oldest first."""
         return {"events": view.recent_events(limit)}
 
+    # ---- history (the store) ----------------------------------------------------------
+
+    def history() -> History:
+        if view.history is None:
+            raise HTTPException(404, "this shield keeps no history ([store] enabled = false)")
+        return view.history
+
+    @r.get("/history/attacks", tags=["history"])
+    def past_attacks(
+        p: Viewer,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        since: float | None = None,
+        until: float | None = None,
+        target: str | None = None,
+        active: bool | None = None,
+    ) -> dict[str, Any]:
+        """Attacks kept in the history database, newest first (across restarts)."""
+        h = history()
+        return {
+            "attacks": h.attacks(limit=limit, offset=offset, since=since, until=until, target=target, active=active)
+        }
+
+    @r.get("/history/attacks/{attack_id}", tags=["history"])
+    def past_attack(p: Viewer, attack_id: int) -> dict[str, Any]:
+        """One attack from the history: timeline, mitigations, fingerprints."""
+        a = history().attack(attack_id)
+        if a is None:
+            raise HTTPException(404, f"no attack {attack_id} in the history")
+        return a
+
+    @r.get("/history/attacks/{attack_id}/pcap", tags=["history"])
+    def past_attack_pcap(p: Viewer, attack_id: int) -> Response:
+        """The attack's sampled packets as a pcapng file (opens in Wireshark and tshark)."""
+        data = history().pcap(attack_id)
+        if data is None:
+            raise HTTPException(404, f"no attack {attack_id} in the history")
+        return Response(
+            data,
+            media_type="application/x-pcapng",
+            headers={"content-disposition": f'attachment; filename="attack-{attack_id}.pcapng"'},
+        )
+
+    @r.get("/history/mitigations", tags=["history"])
+    def past_mitigations(
+        p: Viewer,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        attack_id: int | None = None,
+        active: bool | None = None,
+    ) -> dict[str, Any]:
+        """Mitigations kept in the history, newest first."""
+        return {"mitigations": history().mitigations(limit=limit, offset=offset, attack_id=attack_id, active=active)}
+
+    @r.get("/audit", tags=["history"])
+    def audit(
+        p: Operator,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        since: float | None = None,
+        actor: str | None = None,
+        event: str | None = None,
+    ) -> dict[str, Any]:
+        """The audit log: every action with who took it and why, newest first."""
+        return {"audit": history().audit(limit=limit, offset=offset, since=since, actor=actor, event=event)}
+
     # ---- mitigations ----------------------------------------------------------------
 
     @r.get("/mitigations", tags=["mitigations"])
@@ -221,7 +297,7 @@ def create_app(view: ShieldView, tokens: TokenStore) -> FastAPI:
         action = Action[body.action.upper()]
         try:
             rule = view.add_mitigation(
-                match, action, body.ttl, rate_pps=body.rate_pps, actor=p.actor, reason=body.reason
+                match, action, body.ttl, rate_pps=body.rate_pps, backend=body.backend, actor=p.actor, reason=body.reason
             )
         except ValueError as e:
             raise HTTPException(409, f"refused: {e}") from e
@@ -259,14 +335,15 @@ def create_app(view: ShieldView, tokens: TokenStore) -> FastAPI:
 
     @r.get("/protection", tags=["configuration"])
     def protection(p: Viewer) -> dict[str, Any]:
-        """Protected prefixes, the allow-list (sources never dropped) and protected assets."""
+        """Protected prefixes, the allow-list (sources never dropped), the never-block list
+        (destinations no drop, blackhole or Flowspec rule may cover) and critical assets
+        (never dropped automatically: a drop waits for an operator's approval)."""
         cfg = view.config
         return {
             "protected": cfg.protected,
             "allowlist": cfg.allowlist,
-            # the never-block list and critical assets (issue 5) where this configuration has them
-            "never_block": list(getattr(cfg, "never_block", [])),
-            "critical": list(getattr(cfg, "critical", [])),
+            "never_block": cfg.never_block,
+            "critical": cfg.critical,
         }
 
     @r.get("/config", tags=["configuration"])

@@ -26,6 +26,7 @@ from ddos_shield.api.view import EngineLike, ShieldView
 from ddos_shield.config import Api, Config
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink
+from ddos_shield.store.history import History
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +105,10 @@ class ApiService:
         config: Config,
         *,
         config_path: str | None = None,
+        history: History | None = None,
         port: int | None = None,
     ) -> None:
-        self.view = ShieldView(engine, events, config_path=config_path)
+        self.view = ShieldView(engine, events, config_path=config_path, history=history)
         self.tokens = TokenStore(config.shield.state_dir)
         self.server = ApiServer(create_app(self.view, self.tokens), config.api, port=port)
         try:

@@ -2,7 +2,7 @@
 
 The API reads and steers the shield only through :class:`ShieldView`: the engine's
 public methods (``snapshot``, ``traffic``, ``mitigations``, the manual-control calls,
-``reload``), the event bus, and the attack log that follows it.  Nothing here reaches
+``reload``), the event bus, the attack log that follows it, and the store's history.  Nothing here reaches
 into the engine's internals, so the engine can change inside without the API noticing.
 """
 
@@ -20,6 +20,7 @@ from ddos_shield.config import Config
 from ddos_shield.errors import ConfigError
 from ddos_shield.events import EventSink
 from ddos_shield.records import Action, Match, Rule
+from ddos_shield.store.history import History
 
 #: settings the running shield took at start and cannot change in place: a reload that
 #: changes one is refused (restart the shield for it), so nobody believes a change took
@@ -46,6 +47,20 @@ class EngineLike(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
     def traffic(self, top: int = 10) -> dict[str, Any]: ...
     def reload(self, config: Config) -> None: ...
+    def mitigations(self) -> list[dict[str, Any]]: ...
+    def add_mitigation(
+        self,
+        match: Match,
+        action: Action,
+        ttl: float,
+        *,
+        rate_pps: int = 0,
+        backend: str | None = None,
+        actor: str,
+        reason: str,
+    ) -> Rule: ...
+    def approve(self, mitigation_id: int, *, actor: str) -> Rule: ...
+    def withdraw_mitigation(self, mitigation_id: int, *, actor: str, reason: str) -> None: ...
 
 
 class ReloadRefused(ValueError):
@@ -77,8 +92,17 @@ def restart_needed(old: Config, new: Config) -> list[str]:
 class ShieldView:
     """See the module docstring.  ``config_path`` is the file ``reload`` re-reads."""
 
-    def __init__(self, engine: EngineLike, events: EventSink, *, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: EngineLike,
+        events: EventSink,
+        *,
+        config_path: str | None = None,
+        history: History | None = None,
+    ) -> None:
         self._engine = engine
+        #: the store's history (attacks, mitigations, audit log, captures), when kept
+        self.history = history
         self._events = events
         self.config_path = config_path
         self.started = time.time()
@@ -101,12 +125,7 @@ class ShieldView:
         return self._engine.traffic(top)
 
     def mitigations(self) -> list[dict[str, Any]]:
-        fn = getattr(self._engine, "mitigations", None)
-        if fn is not None:
-            out: list[dict[str, Any]] = fn()
-            return out
-        # an engine without manual control: the rules in force, from the snapshot
-        return list(self.snapshot()["rules"])
+        return self._engine.mitigations()
 
     def recent_events(self, limit: int) -> list[dict[str, Any]]:
         return list(self._events.recent)[-limit:]
@@ -120,19 +139,25 @@ class ShieldView:
     # ---- steering (the engine's manual control) ------------------------------------
 
     def add_mitigation(
-        self, match: Match, action: Action, ttl: float, *, rate_pps: int, actor: str, reason: str
+        self,
+        match: Match,
+        action: Action,
+        ttl: float,
+        *,
+        rate_pps: int,
+        backend: str | None,
+        actor: str,
+        reason: str,
     ) -> Rule:
-        rule: Rule = self._engine.add_mitigation(  # type: ignore[attr-defined]
-            match, action, ttl, rate_pps=rate_pps, actor=actor, reason=reason
+        return self._engine.add_mitigation(
+            match, action, ttl, rate_pps=rate_pps, backend=backend, actor=actor, reason=reason
         )
-        return rule
 
     def approve(self, mitigation_id: int, *, actor: str) -> Rule:
-        rule: Rule = self._engine.approve(mitigation_id, actor=actor)  # type: ignore[attr-defined]
-        return rule
+        return self._engine.approve(mitigation_id, actor=actor)
 
     def withdraw(self, mitigation_id: int, *, actor: str, reason: str) -> None:
-        self._engine.withdraw_mitigation(mitigation_id, actor=actor, reason=reason)  # type: ignore[attr-defined]
+        self._engine.withdraw_mitigation(mitigation_id, actor=actor, reason=reason)
 
     # ---- configuration ---------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ddos_shield.errors import ShieldError
 
@@ -254,7 +254,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         engine.start(time.time())
         if cfg.api.listen:
-            api = ApiService(engine, events, cfg, config_path=args.config)
+            api = ApiService(
+                engine, events, cfg, config_path=args.config, history=store.history if store is not None else None
+            )
         print("ready", file=sys.stderr, flush=True)
         live = None
         if not args.no_live and sys.stderr.isatty():
@@ -499,7 +501,7 @@ def _cmd_mitigation(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(out))
             else:
-                _print_mitigations(out["mitigations"], out["now"])
+                _print_mitigations(out["mitigations"])
         elif args.mitigation_command == "add":
             body = {
                 "match": _match_from_args(args),
@@ -558,17 +560,16 @@ def _describe(match: dict[str, object]) -> str:
     return Match.from_json(match).describe()
 
 
-def _print_mitigations(items: list[dict[str, object]], now: float) -> None:
+def _print_mitigations(items: list[dict[str, Any]]) -> None:
     if not items:
         print("no mitigations")
         return
-    print(f"{'id':>6} {'state':10} {'action':10} {'hits':>10} {'dropped':>10} {'left':>7}  match / reason")
+    print(f"{'id':>6} {'state':9} {'action':10} {'hits':>10} {'dropped':>10} {'left':>7}  match  (actor: reason)")
     for m in items:
-        left = float(m.get("expires_at", now)) - now  # type: ignore[arg-type]
+        hits = m["hits"]
         print(
-            f"{m.get('mitigation_id', ''):>6} {m.get('state', 'active')!s:10} {m.get('action', '')!s:10} "
-            f"{m.get('hits', 0):>10} {m.get('dropped', 0):>10} {left:>6.0f}s  "
-            f"{_describe(m['match'])}  ({m.get('reason', '')})"  # type: ignore[arg-type]
+            f"{m['mitigation_id']:>6} {m['state']!s:9} {m['action']!s:10} {hits['packets']:>10} "
+            f"{hits['dropped']:>10} {m['time_left']:>6.0f}s  {_describe(m['match'])}  ({m['actor']}: {m['reason']})"
         )
 
 

@@ -791,7 +791,6 @@ class Engine:
                 "loop_ms_max": loop[-1] if loop else 0.0,
                 "ticked_at": self._prev_time,
                 "dataplane_kind": self.dataplane.name,
-                "backend": self.backend.name,
             }
 
 
