@@ -404,6 +404,8 @@ class Alerts(_Model):
     webhooks: list[Webhook] = Field(default_factory=list, description="JSON webhooks")
     syslog: list[Syslog] = Field(default_factory=list, description="syslog receivers")
     email: list[Email] = Field(default_factory=list, description="e-mail through SMTP")
+
+
 class Api(_Model):
     """The REST API and the web dashboard, served by the running shield (docs/api.md)."""
 

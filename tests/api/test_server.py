@@ -68,7 +68,7 @@ def test_tls_and_the_local_token(served: tuple[ApiService, Path, Engine, io.Stri
 def test_mitigation_commands_act_as_root_through_the_local_token(
     served: tuple[ApiService, Path, Engine, io.StringIO], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    svc, cfg_path, engine, out = served
+    _, cfg_path, engine, out = served
     c = ["--config", str(cfg_path)]
     assert main(["mitigation", "add", *c, "--src", "198.18.7.0/24", "--proto", "udp", "--dport", "9-10",
                  "--ttl", "300", "--reason", "ticket 7"]) == 0  # fmt: skip
@@ -99,7 +99,7 @@ def test_token_commands_and_a_viewer_token_from_the_environment(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    svc, cfg_path, _, _ = served
+    _, cfg_path, _, _ = served
     c = ["--config", str(cfg_path)]
     assert main(["token", "create", "wall", "--role", "viewer", *c]) == 0
     secret = capsys.readouterr().out.strip()
