@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from ddos_shield.api.app import create_app
+from ddos_shield.api.metrics import shield_registry
 from ddos_shield.api.server import ApiServer
 from ddos_shield.api.tokens import TokenStore
 from ddos_shield.api.view import ShieldView
@@ -24,6 +25,7 @@ from ddos_shield.dataplane.replay import ReplayDataPlane
 from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
 from ddos_shield.records import Category
+from ddos_shield.store import StoreWriter, open_store
 from tests.traffic import packets, spoofed_v4
 
 VICTIM = "203.0.113.10"
@@ -70,6 +72,7 @@ class Shield:
     tokens: TokenStore
     client: httpx.Client
     clock: dict[str, float]
+    store: StoreWriter
     secrets: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -126,16 +129,21 @@ def shield(tmp_path: Path) -> Iterator[Shield]:
     events = EventSink(out)
     engine = Engine(cfg, dp, dp.backend, events, clock=lambda: box["now"])
     engine.start(box["now"])
-    view = ShieldView(engine, events, config_path=str(cfg_path))
+    store = open_store(cfg)
+    assert store is not None
+    events.subscribe(store)
+    view = ShieldView(engine, events, config_path=str(cfg_path), history=store.history)
     tokens = TokenStore(state)
-    server = ApiServer(create_app(view, tokens), cfg.api, port=0)
+    registry = shield_registry(engine.snapshot, store=store, process=False)
+    server = ApiServer(create_app(view, tokens, metrics=registry), cfg.api, port=0)
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=10) as client:
-            s = Shield(tmp_path, engine, dp, out, view, tokens, client, box)
+            s = Shield(tmp_path, engine, dp, out, view, tokens, client, box, store)
             for role in ("viewer", "operator", "admin"):
                 s.secrets[role] = tokens.create(f"{role}-1", role)
             yield s
     finally:
         server.stop()
         view.close()
+        store.close()

@@ -23,6 +23,11 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/mitigations", None, "viewer"),
     ("GET", "/groups", None, "viewer"),
     ("GET", "/protection", None, "viewer"),
+    ("GET", "/history/attacks", None, "viewer"),
+    ("GET", "/history/mitigations", None, "viewer"),
+    ("GET", "/history/attacks/999999/pcap", None, "viewer"),
+    ("GET", "/audit", None, "operator"),
+    ("GET", "/stream", None, "viewer"),
     # steering mitigations
     ("POST", "/mitigations", {"match": {"src": "198.18.0.1/32"}, "ttl": 60, "reason": "t"}, "operator"),
     ("POST", "/mitigations/999999/approve", None, "operator"),
@@ -33,11 +38,25 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/config/reload", {"text": "protected = ["}, "admin"),
 ]
 ORDER = ["viewer", "operator", "admin"]
+ROUTES.append(("GET", "/metrics", None, "viewer"))  # Prometheus scrapes with a bearer token too
+
+
+def _check_stream(shield: Shield) -> None:
+    assert shield.client.get(f"{API}/stream").status_code == 401
+    with shield.client.stream("GET", f"{API}/stream", headers=shield.as_("viewer")) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        assert next(lines) == "event: snapshot"
+        data = json.loads(next(lines).removeprefix("data: "))
+        assert {"pps", "attacks", "mitigations", "top_destinations", "top_sources"} <= set(data)
 
 
 @pytest.mark.parametrize(("method", "path", "body", "least"), ROUTES)
 def test_every_route_needs_a_token_of_its_role(shield: Shield, method: str, path: str, body: Any, least: str) -> None:
-    url = API + path
+    url = path if path == "/metrics" else API + path
+    if path == "/stream":  # an endless answer: only its status and first event are read
+        _check_stream(shield)
+        return
     # no token, a malformed header, an unknown token: 401 with the Bearer challenge
     for headers in ({}, {"authorization": "Basic dXNlcjpwYXNz"}, {"authorization": "Bearer dss_nope"}):
         r = shield.client.request(method, url, json=body, headers=headers)
@@ -71,7 +90,7 @@ def test_revoked_token_is_refused_at_the_next_request(shield: Shield) -> None:
 def test_openapi_document_is_published_and_lists_the_routes(shield: Shield) -> None:
     doc = shield.client.get(f"{API}/openapi.json").json()
     paths = set(doc["paths"])
-    assert {API + p for _, p, _, _ in ROUTES if "999999" not in p} <= paths
+    assert {p if p == "/metrics" else API + p for _, p, _, _ in ROUTES if "999999" not in p} <= paths
     assert f"{API}/mitigations/{{mitigation_id}}/approve" in paths
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
 
@@ -120,6 +139,35 @@ def test_attacks_live_and_past_with_timeline_and_rules(shield: Shield) -> None:
     assert shield.get(f"{API}/attacks/424242").status_code == 404
     evs = shield.get(f"{API}/events", params={"limit": 500}).json()["events"]
     assert {"ready", "attack_start", "attack_end", "mitigation_applied"} <= {e["event"] for e in evs}
+
+
+def test_history_from_the_store_and_the_audit_log(shield: Shield) -> None:
+    shield.run(0.5, legit)
+    shield.run(2.0, legit, flood)
+    shield.run(4.0, legit)
+    assert shield.store.flush()
+    (a,) = shield.get(f"{API}/history/attacks").json()["attacks"]
+    assert a["target"] == f"{VICTIM}/32"
+    detail = shield.get(f"{API}/history/attacks/{a['attack_id']}").json()
+    assert detail["fingerprints"] and detail["fingerprints"][0]["dst"] == f"{VICTIM}/32"
+    pcap = shield.get(f"{API}/history/attacks/{a['attack_id']}/pcap")
+    assert pcap.status_code == 200 and pcap.content[:4] == b"\x0a\x0d\x0d\x0a"  # pcapng section header
+    assert "attack-" in pcap.headers["content-disposition"]
+    ms = shield.get(f"{API}/history/mitigations").json()["mitigations"]
+    assert ms and ms[0]["attack_id"] == a["attack_id"]
+    assert shield.get(f"{API}/history/attacks/424242").status_code == 404
+    audit = shield.get(f"{API}/audit", "operator").json()["audit"]
+    assert {"mitigation_applied", "mitigation_removed"} <= {x["action"] for x in audit}
+
+
+def test_metrics_are_served_to_a_token_in_prometheus_text_format(shield: Shield) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    shield.run(0.5, legit)
+    r = shield.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    names = {f.name for f in text_string_to_metric_families(r.text)}
+    assert "ddos_shield_traffic_packets_per_second" in names
 
 
 def test_groups_and_protection(shield: Shield) -> None:

@@ -23,9 +23,11 @@ from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Req
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field, model_validator
 
 from ddos_shield import __version__
+from ddos_shield.api.metrics import render
 from ddos_shield.api.tokens import LOCAL_NAME, Role, TokenStore
 from ddos_shield.api.view import ReloadRefused, ShieldView
 from ddos_shield.engine import MAX_MANUAL_TTL
@@ -127,8 +129,9 @@ Operator = Annotated[Principal, Depends(need(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(need(Role.ADMIN))]
 
 
-def create_app(view: ShieldView, tokens: TokenStore) -> FastAPI:
-    """The application; serve it with :class:`ddos_shield.api.server.ApiServer`."""
+def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegistry | None = None) -> FastAPI:
+    """The application; serve it with :class:`ddos_shield.api.server.ApiServer`.
+    ``metrics`` is served at ``/metrics`` (Prometheus text format, viewer token)."""
     app = FastAPI(
         title="DDoS Shield",
         version=__version__,
@@ -152,6 +155,16 @@ def create_app(view: ShieldView, tokens: TokenStore) -> FastAPI:
         age = time.time() - ticked if ticked else None
         ok = age is not None and age < limit
         return JSONResponse({"status": "ok" if ok else "stalled", "loop_age_s": age}, 200 if ok else 503)
+
+    if metrics is not None:
+        registry = metrics
+
+        @app.get("/metrics", tags=["status"], response_class=Response)
+        def prometheus(p: Viewer) -> Response:
+            """Prometheus metrics (docs/operating.md lists them); scrape with a viewer token
+            (``authorization: {type: Bearer, credentials: ...}`` in the scrape config)."""
+            body, kind = render(registry)
+            return Response(body, media_type=kind)
 
     r = APIRouter(prefix=API)
 

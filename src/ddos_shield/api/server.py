@@ -20,13 +20,15 @@ import threading
 import uvicorn
 from fastapi import FastAPI
 
+from ddos_shield.alerts import AlertDispatcher
 from ddos_shield.api.app import create_app
+from ddos_shield.api.metrics import shield_registry
 from ddos_shield.api.tokens import TokenStore, loopback_if_any
 from ddos_shield.api.view import EngineLike, ShieldView
 from ddos_shield.config import Api, Config
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink
-from ddos_shield.store.history import History
+from ddos_shield.store import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +107,15 @@ class ApiService:
         config: Config,
         *,
         config_path: str | None = None,
-        history: History | None = None,
+        store: StoreWriter | None = None,
+        alerts: AlertDispatcher | None = None,
         port: int | None = None,
     ) -> None:
+        history = store.history if store is not None else None
         self.view = ShieldView(engine, events, config_path=config_path, history=history)
         self.tokens = TokenStore(config.shield.state_dir)
-        self.server = ApiServer(create_app(self.view, self.tokens), config.api, port=port)
+        registry = shield_registry(engine.snapshot, store=store, alerts=alerts)
+        self.server = ApiServer(create_app(self.view, self.tokens, metrics=registry), config.api, port=port)
         try:
             self.server.start()
         except BaseException:

@@ -254,9 +254,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         engine.start(time.time())
         if cfg.api.listen:
-            api = ApiService(
-                engine, events, cfg, config_path=args.config, history=store.history if store is not None else None
-            )
+            api = ApiService(engine, events, cfg, config_path=args.config, store=store, alerts=alerts)
         print("ready", file=sys.stderr, flush=True)
         live = None
         if not args.no_live and sys.stderr.isatty():
