@@ -7,8 +7,9 @@
 
 const API = "/api/v1";
 const KEY = "ddos-shield-token";
-const CATS = ["syn", "tcp", "udp", "icmp", "frag", "other"];
-const COLORS = { syn: "#c62828", tcp: "#6a1b9a", udp: "#1f5fbf", icmp: "#2e7d32", frag: "#b26a00", other: "#546e7a" };
+// the categories are the snapshot's own keys (records.CATEGORY_NAMES); colours for the known ones
+let CATS = ["tcp_syn", "tcp", "udp", "icmp", "frag", "other"];
+const COLORS = { tcp_syn: "#c62828", tcp: "#6a1b9a", udp: "#1f5fbf", icmp: "#2e7d32", frag: "#b26a00", other: "#546e7a" };
 const HISTORY_POINTS = 300; // seconds of chart
 const $ = (id) => document.getElementById(id);
 
@@ -24,7 +25,7 @@ let recentTimer = null;
 function si(v, unit) {
   const steps = [[1e9, "G"], [1e6, "M"], [1e3, "k"]];
   for (const [d, p] of steps) if (v >= d) return (v / d).toFixed(1) + " " + p + unit;
-  return Math.round(v) + " " + unit;
+  return (v > 0 && v < 10 ? v.toFixed(1) : Math.round(v)) + " " + unit;
 }
 function dur(s) {
   s = Math.max(0, Math.round(s));
@@ -158,6 +159,7 @@ function dispatch(name, data) {
 
 function onSnapshot(s) {
   lastSnapshot = s;
+  CATS = Object.keys(s.pps);
   series.push({ ts: s.ts, pps: s.pps });
   if (series.length > HISTORY_POINTS) series = series.slice(-HISTORY_POINTS);
   const total = CATS.reduce((a, c) => a + (s.pps[c] || 0), 0);
@@ -312,7 +314,7 @@ function drawChart(canvas, points, keys) {
   g.scale(dpr, dpr);
   g.clearRect(0, 0, w, h);
   const left = 64, bottom = 18, top = 6, plotW = w - left - 8, plotH = h - bottom - top;
-  let max = 1;
+  let max = 10; // pps: a quiet network draws a flat line, not noise blown up to full height
   for (const [, v] of points) for (const k of keys) max = Math.max(max, v[k] || 0);
   const t1 = points.length ? points[points.length - 1][0] : 0;
   const t0 = points.length ? Math.min(points[0][0], t1 - 60) : -60;
