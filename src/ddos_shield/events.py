@@ -19,6 +19,7 @@ Names and fields (later capabilities add names, never change these):
 ``stopped``          the loop ended (``detached``)
 ``config_reloaded``  a new configuration is in force (``actor``, ``source``: posted or file, ``saved``)
 ``config_refused``   a reload was refused, the running configuration stays (``actor``, ``errors``)
+``api_failed``       the API could not start (``reason``); the shield protects on without it
 ===================  =================================================================
 
 Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),

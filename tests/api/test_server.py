@@ -121,3 +121,24 @@ def _user() -> str:
     import os
 
     return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def test_a_taken_port_is_named_and_the_first_server_stays(served: tuple[ApiService, Path, Engine, io.StringIO]) -> None:
+    from ddos_shield.api.server import ApiServer
+    from ddos_shield.errors import ShieldError
+
+    svc, cfg_path, _, _ = served
+    port = int(svc.url.rsplit(":", 1)[1])
+    cfg = parse(cfg_path.read_text())
+    second = ApiServer(svc.server.app, cfg.api, port=port)
+    with pytest.raises(ShieldError, match=f"api.listen 127.0.0.1:{port}: the API did not start"):
+        second.start()
+    assert httpx.get(svc.url + "/healthz", verify=False, timeout=5).status_code == 200
+
+
+def test_status_adds_the_running_shields_own_figures(served: tuple[ApiService, Path, Engine, io.StringIO]) -> None:
+    from ddos_shield.cli.main import _shield_status
+
+    _, cfg_path, _, _ = served
+    st = _shield_status(parse(cfg_path.read_text()))
+    assert st is not None and st["dataplane"] == "replay" and st["attacks_active"] == 0

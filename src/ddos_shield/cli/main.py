@@ -29,7 +29,8 @@ commands:
                            write JSON events (one per line) and show a live view
   stop [--detach]          stop the running shield; protection stays in the kernel
                            unless --detach removes it
-  status [--json]          the data plane's state and counters (no running shield needed)
+  status [--json]          the data plane's state and counters (no running shield needed),
+                           and the running shield's own through its API when it has one
   bypass on|off            the kill switch: pass everything, drop nothing (works even
                            when the control process is dead)
   config example|check     print an annotated example configuration / validate one
@@ -254,7 +255,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         engine.start(time.time())
         if cfg.api.listen:
-            api = ApiService(engine, events, cfg, config_path=args.config, store=store, alerts=alerts)
+            try:
+                api = ApiService(engine, events, cfg, config_path=args.config, store=store, alerts=alerts)
+            except ShieldError as e:
+                # protection comes first: the shield runs on without its management service
+                logging.getLogger(__name__).error("%s; running without the API", e)
+                events.emit("api_failed", time.time(), reason=str(e))
         print("ready", file=sys.stderr, flush=True)
         live = None
         if not args.no_live and sys.stderr.isatty():
@@ -350,6 +356,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         }
     finally:
         ctl.close()
+    shield = _shield_status(cfg) if info["shield_pid"] else None
+    if shield is not None:
+        info["shield"] = shield
     if args.json:
         print(json.dumps(info))
     else:
@@ -357,9 +366,35 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"{info['kind']} data plane; kill switch {'ON' if info['bypass'] else 'off'}; "
             f"shield process {info['shield_pid'] or 'not running'}"
         )
+        if shield is not None:
+            print(
+                f"  attacks under way {shield['attacks_active']}, mitigations in force {shield['mitigations_active']}, "
+                f"loop p50 {shield['loop_ms_p50']:.1f} ms, up {shield['uptime_s']:.0f} s"
+            )
         for k, v in info["dataplane"].items():  # type: ignore[attr-defined]
             print(f"  {k:14} {v}")
     return 0
+
+
+def _shield_status(cfg: Config) -> dict[str, Any] | None:
+    """The running shield's own status through its API, when this user can reach it
+    without a token (root on its host); None otherwise: the data plane's view stands alone."""
+    from ddos_shield.api.tokens import read_local
+    from ddos_shield.cli.client import ApiClient
+
+    if read_local(cfg.shield.state_dir) is None:
+        return None
+    client = ApiClient.resolve(cfg)
+    try:
+        st: dict[str, Any] = client.request("GET", "/status")
+    except ShieldError as e:
+        logging.getLogger(__name__).warning("%s", e)
+        return None
+    finally:
+        client.close()
+    return {
+        k: st[k] for k in ("uptime_s", "attacks_active", "mitigations_active", "loop_ms_p50", "dataplane", "dry_run")
+    }
 
 
 def _cmd_bypass(args: argparse.Namespace) -> int:
