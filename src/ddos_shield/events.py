@@ -23,7 +23,8 @@ Names and fields (later capabilities add names, never change these):
 ===================  =================================================================
 
 Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),
-``group``, ``attack_types`` (from :class:`~ddos_shield.records.AttackType`: every type
+``group``, ``categories`` (the traffic categories over their limits: ``udp``, ``tcp_syn``, ...),
+``attack_types`` (from :class:`~ddos_shield.records.AttackType`: every type
 :mod:`~ddos_shield.detect.classify` has named while the attack lasted), ``pps``
 and ``bps``; mitigation events also carry ``rule``.  Events that record an action
 carry ``actor``: ``"shield"`` for the automatic path, ``"token:<name>"`` for the API,
@@ -43,7 +44,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from ddos_shield.records import Attack, Rule
+from ddos_shield.records import CATEGORY_NAMES, Attack, Rule
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def attack_fields(attack: Attack) -> dict[str, Any]:
         "target": str(attack.target),
         "group": attack.group,
         "attack_types": [t.value for t in attack.types],
+        "categories": [CATEGORY_NAMES[c] for c in attack.categories],  # the counters over their limits
         "pps": round(attack.pps, 1),
         "bps": round(attack.bps, 1),
         "peak_pps": round(attack.peak_pps, 1),

@@ -135,6 +135,7 @@ class AlertBuilder:
             "peak_pps": max(float(ev.get("peak_pps", 0.0)), float(old.get("peak_pps", 0.0))),
             "peak_bps": max(float(ev.get("peak_bps", 0.0)), float(old.get("peak_bps", 0.0))),
             "started": ev.get("started", old.get("started")),
+            "categories": ev.get("categories", old.get("categories", [])),
         }
         if ev.get("evidence"):
             info["evidence"] = ev["evidence"]
@@ -154,9 +155,9 @@ class AlertBuilder:
         except KeyError:
             return []
         out = []
-        for t in info.get("types", []):
-            cat = _TYPE_CATEGORY.get(t)
-            if cat is None:
+        cats = info.get("categories") or [_TYPE_CATEGORY[t] for t in info.get("types", []) if t in _TYPE_CATEGORY]
+        for cat in dict.fromkeys(cats):
+            if cat not in CATEGORY_NAMES:
                 continue
             th = getattr(group.thresholds, "syn" if cat == "tcp_syn" else cat)
             out.append(

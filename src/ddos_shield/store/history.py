@@ -42,7 +42,17 @@ ACTION_EVENTS = frozenset(
     }
 )
 
-_ATTACK_KEYS = ("attack_id", "target", "group", "attack_types", "pps", "bps", "peak_pps", "peak_bps", "started")
+_ATTACK_KEYS = (
+    "attack_id",
+    "target",
+    "group",
+    "attack_types",
+    "pps",
+    "bps",
+    "peak_pps",
+    "peak_bps",
+    "started",
+)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def synthesize(row: Any, snaplen: int = 128) -> tuple[bytes, int]:
         l4 = struct.pack("!BBHI", icmp_type, dport & 0xFF, 0, 0)
     else:
         l4 = b""
-    v4 = src[:12] == b"\0" * 10 + b"\xff\xff"
+    v4 = dst[:12] == b"\0" * 10 + b"\xff\xff"
     wire = int(row["length"])
     if v4:
         l3_len = max(20 + len(l4), wire - 14)
