@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from collections.abc import Iterator
 from email.message import Message
 from typing import Any
@@ -164,7 +165,12 @@ def test_a_dead_receiver_does_not_hold_up_the_others() -> None:
         d = AlertDispatcher(cfg, [dead, live])
         d(attack("attack_start", 100.0))
         assert len(lst.wait(1, timeout=5)) == 1  # delivered while the webhook still retries
+        # counted just after the datagram left
+        deadline = time.monotonic() + 5
+        while d.stats()["syslog:" + lst.address]["sent"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert d.stats()["syslog:" + lst.address]["sent"] == 1
+        assert d.stats()["webhook:127.0.0.1"]["sent"] == 0
         d.close(timeout=1.0)
     finally:
         lst.close()
