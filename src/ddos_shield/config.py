@@ -265,6 +265,11 @@ class Classification(_Model):
     slow_max_pps_per_flow: float = Field(
         1.0, gt=0, description="below this many packets per second per connection, held connections are a slow attack"
     )
+    slow_min_hold_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="a slow attack's connections keep sending for at least this long (half of them, in the window)",
+    )
 
 
 DEFAULT_PORTS = {"sflow": 6343, "netflow": 2055}

@@ -237,9 +237,10 @@ def test_attack_captures_are_classified(name: str, config: str | None, types: li
     assert [(a.types, a.target) for a in c.attacks] == [(types, target)]
 
 
-def test_a_scan_is_reported_not_blocked() -> None:
+def test_a_scan_is_reported_with_its_source_not_blocked() -> None:
     [a] = analyze([DATA / "ndpi_synscan.pcap"]).attacks
-    assert a.rules == [] and a.skipped is not None
+    assert a.rules == [] and a.skipped is not None and a.skipped.startswith("reported, not mitigated")
+    assert [s.address for s in a.top_sources] == ["172.16.0.8"]
 
 
 def test_an_snmp_walk_is_never_snmp_reflection() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 
 from ddos_shield.config import parse
 from ddos_shield.detect.connections import ConnectionDetector
-from ddos_shield.records import AttackType, Category
+from ddos_shield.records import AttackType, Category, empty_traffic
 from tests.traffic import packets
 
 CFG = parse('protected = ["203.0.113.0/24"]')
@@ -37,13 +37,33 @@ def test_many_fast_connections_from_one_source_are_a_connection_flood() -> None:
         SRC,
         300,
     )
-    assert f.observation.categories == (Category.TCP_SYN, Category.TCP)
+    assert f.observation.categories == ()  # reported, not mitigated
+
+
+def held(n: int, *, every: float, seconds: float) -> np.ndarray:
+    """``n`` connections opened before the window, each sending a packet every ``every`` s."""
+    parts = []
+    for i in range(n):
+        b = packets(
+            int(seconds // every), src=SRC, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x18, sport=20000 + i
+        )
+        b["ts"] = i * 0.01 + np.arange(len(b)) * every
+        parts.append(b)
+    out = np.concatenate(parts)
+    return out[np.argsort(out["ts"])]
 
 
 def test_many_idle_connections_held_open_are_a_slow_attack() -> None:
-    # 200 connections opened before the window, each sending one header line in 30 s
-    [f] = ConnectionDetector(CFG).observe(conns(200, per_conn=1, seconds=29.0, syn=False), now=30.0)
-    assert f.type == AttackType.SLOW_ATTACK and f.observation.categories == (Category.TCP,)
+    # Slowloris: 200 connections, each sending a header line every 10 s
+    [f] = ConnectionDetector(CFG).observe(held(200, every=10.0, seconds=30.0), now=30.0)
+    assert f.type == AttackType.SLOW_ATTACK and f.observation.categories == ()
+
+
+def test_a_burst_of_connections_stays_a_connection_flood_once_over() -> None:
+    det = ConnectionDetector(CFG)
+    burst = conns(200, per_conn=2, seconds=5.0, syn=True)
+    assert [f.type for f in det.observe(burst, now=5.0)] == [AttackType.CONNECTION_FLOOD]
+    assert [f.type for f in det.observe(empty_traffic(), now=25.0)] == [AttackType.CONNECTION_FLOOD]
 
 
 def test_ordinary_clients_and_a_busy_download_are_neither() -> None:

@@ -45,7 +45,7 @@ def test_horizontal_sweep_covers_the_swept_hosts() -> None:
     det = ScanDetector(CFG)
     b = np.concatenate([syn_probes(range(22, 23), dst=f"203.0.113.{i}") for i in range(1, 101)])
     [f] = det.observe(b, now=1.0)
-    assert (f.type, str(f.observation.target), f.breadth) == (AttackType.HOST_SWEEP, "203.0.113.0/25", 100)
+    assert (f.type, str(f.observation.target), f.breadth) == (AttackType.HOST_SWEEP, "203.0.113.0/24", 100)
 
 
 def test_ping_sweep() -> None:
@@ -56,7 +56,7 @@ def test_ping_sweep() -> None:
         ]
     )
     [f] = ScanDetector(CFG).observe(b, now=0.0)
-    assert f.type == AttackType.HOST_SWEEP and str(f.observation.target) == "203.0.113.0/25"
+    assert f.type == AttackType.HOST_SWEEP and str(f.observation.target) == "203.0.113.0/24"
 
 
 def test_answers_from_service_ports_are_not_probes() -> None:

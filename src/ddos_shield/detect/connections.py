@@ -11,11 +11,13 @@ rather than its link.  What the samples show, per (source, host) over the last
 * **packets per connection per second** -- how busy those connections are.
 
 A source with at least ``connection_min_flows`` connections to one host is a
-**connection flood** when it opens them at ``connection_flood_min_rate`` or more, and a
-**slow attack** (Slowloris, slow POST, slow read) when it holds them nearly idle,
-below ``slow_max_pps_per_flow``.  Counts are of sampled packets (every packet without
-load).  The attack's categories are TCP (and SYN for a connection flood), so the
-policy can block its few sources by address.
+**connection flood** when it opens them at ``connection_flood_min_rate`` or more (over
+the time it was active), and a **slow attack** (Slowloris, slow POST, slow read) when
+it holds them -- half its connections send for ``slow_min_hold_seconds`` or longer --
+nearly idle, below ``slow_max_pps_per_flow``.  Counts are of sampled packets (every packet without
+load).  These attacks are reported, not mitigated automatically: the target's TCP is
+mostly its real clients', so no fingerprint of it would be fair; the events name the
+source (``sources``) for an operator to block.
 
 No I/O, no clock: :meth:`ConnectionDetector.observe` takes the new samples and ``now``.
 """
@@ -31,7 +33,7 @@ import numpy.typing as npt
 from ddos_shield.config import Config
 from ddos_shield.detect.scan import EVALUATE_EVERY, Finding
 from ddos_shield.detect.threshold import Observation
-from ddos_shield.records import AttackType, Category, IPNetwork, PacketFlag, TrafficBatch, bytes_addr
+from ddos_shield.records import AttackType, IPNetwork, PacketFlag, TrafficBatch, bytes_addr
 
 TCP_SYN = 0x02
 TCP_RST = 0x04
@@ -98,28 +100,41 @@ class ConnectionDetector:
         syn = (f & (TCP_SYN | TCP_ACK)) == TCP_SYN
         if not est.any():
             return []
-        flows_of = np.unique(pair[est] * (1 << 16) + rows["sport"][est].astype(np.int64)) >> 16
-        pairs, flows = np.unique(flows_of, return_counts=True)
+        ts = rows["ts"]
+        flow = pair * (1 << 16) + rows["sport"].astype(np.int64)
+        fkeys, finv = np.unique(flow[est], return_inverse=True)
+        finv = finv.ravel()
+        # each connection's first and last established packet: held connections last
+        first = np.full(len(fkeys), np.inf)
+        last = np.full(len(fkeys), -np.inf)
+        np.minimum.at(first, finv, ts[est])
+        np.maximum.at(last, finv, ts[est])
+        pairs, pinv, flows = np.unique(fkeys >> 16, return_inverse=True, return_counts=True)
         busy = flows >= c.connection_min_flows
         out: list[Finding] = []
         w = rows["packets"].astype(np.float64)
-        for p, n in zip(pairs[busy].tolist(), flows[busy].tolist(), strict=True):
+        for i in np.nonzero(busy)[0].tolist():
+            p, n = int(pairs[i]), int(flows[i])
             mine = pair == p
-            cps = float(w[mine & syn].sum()) / span
-            per_flow = float(w[mine & est].sum()) / span / n
-            cats: tuple[Category, ...]
+            # rates over the time this source was active (at least a second), not the
+            # whole window: a burst of connections stays a burst once it is over
+            active = max(float(ts[mine].max() - ts[mine].min()), 1.0)
+            cps = float(w[mine & syn].sum()) / active
+            per_flow = float(w[mine & est].sum()) / active / n
+            held = float(np.median((last - first)[pinv.ravel() == i]))
             if cps >= c.connection_flood_min_rate:
-                kind, cats = AttackType.CONNECTION_FLOOD, (Category.TCP_SYN, Category.TCP)
-            elif per_flow < c.slow_max_pps_per_flow:
-                kind, cats = AttackType.SLOW_ATTACK, (Category.TCP,)
+                kind = AttackType.CONNECTION_FLOOD
+            elif per_flow < c.slow_max_pps_per_flow and held >= c.slow_min_hold_seconds:
+                kind = AttackType.SLOW_ATTACK
             else:
                 continue  # many busy connections, opened slowly: a heavy client, not an attack
-            s, d = divmod(int(p), len(dst_u))
+            s, d = divmod(p, len(dst_u))
             target = self._host(dst_u[d])
             pps = float(w[mine].sum()) / span
-            bps = 0.0
-            obs = Observation(target, self._config.group_of(target).name, cats, pps, bps, pps, now)
-            out.append(Finding(obs, kind, bytes_addr(src_u[s].tobytes()), int(n)))
+            # no categories: the target's traffic in them is mostly its clients', so no
+            # fingerprint of them could be fair; the attack is reported with its source
+            obs = Observation(target, self._config.group_of(target).name, (), pps, 0.0, pps, now)
+            out.append(Finding(obs, kind, bytes_addr(src_u[s].tobytes()), n))
         return out
 
     def _host(self, raw: np.void) -> IPNetwork:

@@ -53,12 +53,23 @@ ATTACK_COVER = 0.99
 FIELD_COVER = 0.995
 #: rules per category at most; an attack needing more groups gets one rule per protocol
 MAX_RULES = 4
-#: a group below this share of its category gets no rule of its own
-GROUP_MIN = 0.005
+#: a group below this share of its category gets no rule of its own (a legitimate
+#: client's packets caught among the attack's must not get a rule)
+GROUP_MIN = 0.01
 #: a port range wider than this says nothing (random ports)
 MAX_PORT_SPAN = 1024
+#: a TTL range wider than this is left out: reflectors and botnets spread over many hop
+#: counts, and a range taken from the first samples would miss the sources seen later
+MAX_TTL_SPAN = 32
+#: length and TTL ranges are taken from at least this many samples of a group
+MIN_RANGE_SAMPLES = 100
+#: a source is blocked by address only with at least this many samples of its own (a
+#: reflection's first few samples come from a handful of its many reflectors)
+MIN_SOURCE_SAMPLES = 8
 #: the source prefix of a fingerprint holds at least this share of the group's packets
-COMMON_PREFIX_SHARE = FIELD_COVER
+#: (below FIELD_COVER: a spoofed range is the field that best spares real clients, so a
+#: stray percent of them among the attack's samples must not widen it)
+COMMON_PREFIX_SHARE = ATTACK_COVER
 #: the attack's categories before the attack started minus this lead are legitimate
 #: reference (the attack may have ramped up just before it crossed the limit)
 RAMP = 0.5
@@ -178,7 +189,7 @@ def _groups(key: npt.NDArray[np.int64], w: npt.NDArray[np.float64], total: float
     chosen: list[int] = []
     held = 0.0
     for i in order:
-        if held >= FIELD_COVER * total or per[i] < GROUP_MIN * total:
+        if held >= ATTACK_COVER * total or per[i] < GROUP_MIN * total:
             break
         chosen.append(int(vals[i]))
         held += float(per[i])
@@ -188,7 +199,7 @@ def _groups(key: npt.NDArray[np.int64], w: npt.NDArray[np.float64], total: float
 
 
 def _narrowest(rows: TrafficBatch, cat: Category, target: IPNetwork, *, exact_flags: bool) -> Match:
-    """Every field the group's packets share, then fewer until the rule holds FIELD_COVER of them."""
+    """Every field the group's packets share, then fewer until the rule holds ATTACK_COVER of them."""
     w = rows["packets"].astype(np.float64)
     proto = int(rows["proto"][0]) if bool(np.all(rows["proto"] == rows["proto"][0])) else None
     later = (rows["flags"] & PacketFlag.FRAG_LATER) != 0
@@ -204,14 +215,17 @@ def _narrowest(rows: TrafficBatch, cat: Category, target: IPNetwork, *, exact_fl
             fields["tcp_flags"] = (0xFF, int(rows["tcp_flags"][0]))
         elif cat == Category.TCP_SYN:
             fields["tcp_flags"] = (TCP_SYN | TCP_ACK, TCP_SYN)
-    # flow records carry no TTL and only a mean length: such fields stay open
-    if not (rows["flags"] & PacketFlag.LEN_MEAN).any():
+    # flow records carry no TTL and only a mean length: such fields stay open; so do
+    # ranges from too few samples (a slow attack's first samples may all come from one
+    # of its reflectors, with its one TTL and answer size)
+    ranges = len(rows) >= MIN_RANGE_SAMPLES
+    if ranges and not (rows["flags"] & PacketFlag.LEN_MEAN).any():
         r = _span(rows["length"], w, FIELD_COVER)
         if r is not None and r.hi - r.lo < 1 << 15:
             fields["length"] = r
-    if not (rows["flags"] & PacketFlag.TTL_UNKNOWN).any():
+    if ranges and not (rows["flags"] & PacketFlag.TTL_UNKNOWN).any():
         r = _span(rows["ttl"], w, FIELD_COVER)
-        if r is not None and r.hi - r.lo < 128:
+        if r is not None and r.hi - r.lo <= MAX_TTL_SPAN:
             fields["ttl"] = r
     src = _common_prefix(rows)
     if src is not None:
@@ -227,8 +241,8 @@ def _narrowest(rows: TrafficBatch, cat: Category, target: IPNetwork, *, exact_fl
 
     # Each field holds FIELD_COVER alone; together they may hold less (different
     # packets fall outside different fields): give up, one at a time, the field whose
-    # loss wins back the most, until the rule holds FIELD_COVER of the group.
-    while fields and cover(fields) < FIELD_COVER:
+    # loss wins back the most, until the rule holds ATTACK_COVER of the group.
+    while fields and cover(fields) < ATTACK_COVER:
         best = max(fields, key=lambda f: cover({k: v for k, v in fields.items() if k != f}))
         del fields[best]
     return make(fields)
@@ -262,13 +276,14 @@ def _heavy_sources(atk: TrafficBatch, max_sources: int, need: float) -> list[IPN
     total = weights.sum()
     uniq, inv = np.unique(keys, return_inverse=True)
     per = np.bincount(inv, weights=weights)
+    rows_per = np.bincount(inv)
     order = np.argsort(per)[::-1]
     chosen: list[int] = []
     covered = 0.0
     for i in order[: max_sources + 1]:
         # a source must itself be a real share of the attack: a handful of samples from
         # a legitimate client caught in the window must never make the cut
-        if per[i] / total < 0.5 / max_sources:
+        if per[i] / total < 0.5 / max_sources or rows_per[i] < MIN_SOURCE_SAMPLES:
             break
         chosen.append(int(i))
         covered += per[i]

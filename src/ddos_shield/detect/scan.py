@@ -41,9 +41,10 @@ from ddos_shield.records import (
 EVALUATE_EVERY = 0.5
 #: probes kept at most (the oldest go first): bounds memory and the integer keys below
 MAX_PROBES = 200_000
-#: a sweep's target is the covering prefix of the swept hosts, never wider than this
-SWEEP_WIDEST_V4 = 16
-SWEEP_WIDEST_V6 = 48
+#: a sweep's target is the covering prefix of the swept hosts, never wider than the
+#: first, never narrower than the second (so that a growing sweep keeps its target)
+SWEEP_WIDEST_V4, SWEEP_NARROWEST_V4 = 16, 24
+SWEEP_WIDEST_V6, SWEEP_NARROWEST_V6 = 48, 64
 _ECHO_REQUEST = {1: 8, 58: 128}  # ICMP type of an echo request, by protocol
 
 _PROBE_DTYPE = np.dtype(
@@ -202,11 +203,12 @@ class ScanDetector:
 
 
 def _covering(hosts: list[IPAddress]) -> IPNetwork:
-    """The smallest prefix holding every host, no wider than a /16 (v4) or /48 (v6)."""
+    """The smallest prefix holding every host, between /16 and /24 (v4), /48 and /64 (v6)."""
     first = hosts[0]
     bits = 32 if first.version == 4 else 128
     widest = SWEEP_WIDEST_V4 if first.version == 4 else SWEEP_WIDEST_V6
     lo = min(int(h) for h in hosts)
     hi = max(int(h) for h in hosts)
-    plen = bits - (lo ^ hi).bit_length()
+    narrowest = SWEEP_NARROWEST_V4 if first.version == 4 else SWEEP_NARROWEST_V6
+    plen = min(bits - (lo ^ hi).bit_length(), narrowest)
     return ipaddress.ip_network((first, max(plen, widest)), strict=False)

@@ -142,6 +142,7 @@ class Engine:
         self.classifier = Classifier(lead=2 * config.shield.interval_ms / 1000)
         self.scans = ScanDetector(config)
         self.connections = ConnectionDetector(config)
+        self._sources: dict[int, set[str]] = {}  # attack id -> sources the behaviour detectors named
         self._prev_counters = np.zeros(0, dtype=COUNTER_DTYPE)
         self._prev_time: float | None = None
         self._window: deque[TrafficBatch] = deque()
@@ -262,7 +263,13 @@ class Engine:
         )
         changes = self._classify(changes, floods, slow, window, now)
         for ch in changes:
-            self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack))
+            # scans, sweeps, connection floods and slow attacks name their sources
+            extra = (
+                {"sources": sorted(self._sources[ch.attack.attack_id])} if ch.attack.attack_id in self._sources else {}
+            )
+            if ch.kind == "end":
+                self._sources.pop(ch.attack.attack_id, None)
+            self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack), **extra)
         for cmd in self.policy.step(changes, self.tracker.active, window, now, rates):
             self._execute(cmd)
         self._expire(now)
@@ -281,8 +288,10 @@ class Engine:
         it starts or is updated, from the scan and connection detectors every tick."""
         cats = {o.target: o.categories for o in floods}
         hints: dict[IPNetwork, tuple[AttackType, ...]] = {}
+        sources: dict[IPNetwork, set[str]] = {}
         for f in slow:
             hints[f.observation.target] = (*hints.get(f.observation.target, ()), f.type)
+            sources.setdefault(f.observation.target, set()).add(str(f.source))
         changed = {ch.attack.attack_id for ch in changes}
         typed: dict[int, Attack] = {}
         news: list[AttackChange] = []
@@ -297,6 +306,8 @@ class Engine:
                 look=attack.attack_id in changed,
             )
             typed[attack.attack_id] = self.tracker.retype(attack.target, types) or attack
+            if attack.target in sources:
+                self._sources.setdefault(attack.attack_id, set()).update(sources[attack.target])
             if attack.attack_id not in changed and before is not None and types != before:
                 news.append(AttackChange("update", typed[attack.attack_id]))  # a new type is news
         out = []

@@ -432,8 +432,10 @@ class _Replay:
         st = self.attacks.get(aid)
         if name == "attack_start":
             self.attacks[aid] = _AttackState(aid, e["target"], e["group"], list(e["attack_types"]), e["ts"])
+            self.attacks[aid].named_sources = list(e.get("sources", []))
         elif name in ("attack_update", "attack_end") and st is not None:
             st.types = list(e["attack_types"])
+            st.named_sources = list(e.get("sources", st.named_sources))
             st.peak_pps = max(st.peak_pps, e["peak_pps"])
             st.peak_bps = max(st.peak_bps, e["peak_bps"])
             if name == "attack_end":
@@ -487,6 +489,7 @@ class _AttackState:
         self.bytes = 0
         self.rules: list[RuleReport] = []
         self.skipped: str | None = None
+        self.named_sources: list[str] = []  # what scan and connection detectors named
         self.sources: _SourceCounter | None = _SourceCounter()  # until the attack ends
         self._summary: tuple[list[tuple[str, int]], int, int, int] | None = None
 
@@ -527,7 +530,8 @@ class _AttackState:
             bytes=self.bytes,
             distinct_sources=distinct,
             spoofed_share=round(once / total, 4),
-            top_sources=[SourceShare(addr, n, round(n / total, 4)) for addr, n in top],
+            top_sources=[SourceShare(addr, n, round(n / total, 4)) for addr, n in top]
+            or [SourceShare(addr, 0, 0.0) for addr in self.named_sources],
             rules=list(self.rules),
             skipped=None if self.rules else self.skipped,
         )

@@ -269,6 +269,11 @@ class Policy:
         return cmds
 
     def _mitigate(self, m: _Mitigation, window: TrafficBatch, now: float, rates: RateBatch | None) -> list[Command]:
+        if not m.attack.categories:  # scans, sweeps, connection floods, slow attacks (detect/)
+            if m.exhausted:
+                return []
+            m.exhausted = m.verified = True
+            return [Skip(m.attack, "reported, not mitigated: no flood to fingerprint (see the attack's sources)")]
         group = self._config.group_for_name(m.attack.group)
         ladder = group.steps()
         cmds: list[Command] = []
