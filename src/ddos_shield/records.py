@@ -186,13 +186,27 @@ def as_network(value: str | IPNetwork | IPAddress) -> IPNetwork:
 def addresses_in(column: npt.NDArray[Any], net: IPNetwork) -> npt.NDArray[np.bool_]:
     """Boolean mask of rows of a 16-byte address column that lie inside ``net``."""
     plen, raw = net_key(net)
-    want = np.frombuffer(raw, dtype=np.uint8)
+    if column.ndim == 2 and column.shape[1] == 16 and column.strides[1] == 1 and len(column):
+        # as two 64-bit words a row, masked bytewise (so the words' byte order does not
+        # matter): a few times faster than comparing 16 byte columns and reducing
+        mask = np.frombuffer(_PREFIX_MASKS[plen], dtype="<u8")
+        want = np.frombuffer(raw, dtype="<u8") & mask
+        words = column.view("<u8")
+        ok: npt.NDArray[np.bool_] = (words[:, 1] & mask[1]) == want[1] if mask[1] else np.ones(len(column), bool)
+        if mask[0]:
+            ok &= (words[:, 0] & mask[0]) == want[0]
+        return ok
+    want_b = np.frombuffer(raw, dtype=np.uint8)
     full, rest = divmod(plen, 8)
-    ok: npt.NDArray[np.bool_] = np.all(column[:, :full] == want[:full], axis=1)
+    ok = np.all(column[:, :full] == want_b[:full], axis=1)
     if rest:
         m = (0xFF << (8 - rest)) & 0xFF
-        ok &= (column[:, full] & m) == (want[full] & m)
+        ok &= (column[:, full] & m) == (want_b[full] & m)
     return ok
+
+
+#: prefix length (0-128) -> its 16-byte mask
+_PREFIX_MASKS = [((1 << 128) - (1 << (128 - n))).to_bytes(16, "big") for n in range(129)]
 
 
 # ---- attacks ---------------------------------------------------------------------

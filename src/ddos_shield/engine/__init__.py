@@ -51,6 +51,7 @@ from ddos_shield.detect.scan import Finding, ScanDetector
 from ddos_shield.detect.threshold import Observation, ThresholdDetector
 from ddos_shield.engine.ledger import Entry, Ledger
 from ddos_shield.engine.traffic import summarize
+from ddos_shield.engine.window import SampleWindow
 from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
@@ -145,7 +146,7 @@ class Engine:
         self._sources: dict[int, set[str]] = {}  # attack id -> sources the behaviour detectors named
         self._prev_counters = np.zeros(0, dtype=COUNTER_DTYPE)
         self._prev_time: float | None = None
-        self._window: deque[TrafficBatch] = deque()
+        self._window = SampleWindow(WINDOW_SECONDS)
         self._sample_every = 1
         self._rates = empty_rates()
         self._loop_ms: deque[float] = deque(maxlen=100)
@@ -249,10 +250,10 @@ class Engine:
             for b in flows:
                 self.tap.add(b)
         fresh = [b for b in [sampled, *flows] if len(b)]
-        self._window.extend(fresh)
-        while self._window and self._window[0]["ts"].max() < now - WINDOW_SECONDS:
-            self._window.popleft()
-        window = np.concatenate(list(self._window)) if self._window else empty_traffic()
+        for b in fresh:
+            self._window.add(b)
+        self._window.trim(now)
+        window = self._window.view()
 
         new = np.concatenate(fresh) if fresh else empty_traffic()
         floods = self.detector.observe(rates, now)
@@ -760,8 +761,7 @@ class Engine:
         """Top destinations and sources and the rates per host group
         (:func:`ddos_shield.engine.traffic.summarize`)."""
         with self._lock:
-            rates, window, config = self._rates, list(self._window), self.config
-        samples = np.concatenate(window) if window else empty_traffic()
+            rates, samples, config = self._rates, self._window.view().copy(), self.config
         return summarize(rates, samples, WINDOW_SECONDS, config, top)
 
     def snapshot(self) -> dict[str, Any]:

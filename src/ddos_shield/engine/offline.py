@@ -354,16 +354,19 @@ class _Replay:
         """Tick at the end of interval ``k``, then count its packets into the attacks
         that were over their limits in it."""
         now = self._tick(k + 1)
-        rows = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.pending = []
+        pending, self.pending = self.pending, []
         for a in self.engine.tracker.active:
             st = self.attacks.get(a.attack_id)
             if st is None or a.last_seen != now:
                 continue
             st.peak_pps, st.peak_bps = a.peak_pps, a.peak_bps
-            mask = addresses_in(rows["dst"], a.target) & np.isin(rows["category"], [int(c) for c in a.categories])
-            if mask.any():
-                st.add(rows[mask])
+            cats = [int(c) for c in a.categories]
+            # the interval's pieces one by one: most intervals hold no attack, and
+            # joining them first would copy every packet once more
+            parts = [p[addresses_in(p["dst"], a.target) & np.isin(p["category"], cats)] for p in pending]
+            rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            if len(rows):
+                st.add(rows)
         counters = [st.sources for st in self.attacks.values() if st.sources is not None]
         if sum(c.held for c in counters) > MAX_TOTAL_SOURCES:
             each = max(MAX_TOTAL_SOURCES // (2 * len(counters)), 64)
@@ -553,6 +556,7 @@ class _SourceCounter:
         self._buffered = 0
         self.folded_keys = 0
         self.folded_once = 0
+        self._sorted = True  # keys in ascending order (merges leave them so, folds do not)
 
     def add(self, src: npt.NDArray[np.uint8], packets: npt.NDArray[Any]) -> None:
         self._buf.append((np.ascontiguousarray(src), packets.astype(np.int64)))
@@ -575,14 +579,54 @@ class _SourceCounter:
     def _merge(self) -> None:
         if not self._buf:
             return
-        keys = np.concatenate([self.keys, *(k for k, _ in self._buf)])
-        counts = np.concatenate([self.counts, *(c for _, c in self._buf)])
+        new_keys = np.concatenate([k for k, _ in self._buf])
+        new_counts = np.concatenate([c for _, c in self._buf])
         self._buf, self._buffered = [], 0
-        uniq_idx, inv = _unique_rows(keys)
-        self.keys = keys[uniq_idx]
-        self.counts = np.bincount(inv, weights=counts, minlength=len(uniq_idx)).astype(np.int64)
+        halves = new_keys.view(">u8")
+        hi = halves[0, 0]
+        if bool(np.all(halves[:, 0] == hi)) and (not len(self.keys) or bool(np.all(self.keys.view(">u8")[:, 0] == hi))):
+            self._merge_one_high(hi, halves[:, 1].astype(np.uint64), new_counts)
+        else:
+            keys = np.concatenate([self.keys, new_keys])
+            counts = np.concatenate([self.counts, new_counts])
+            uniq_idx, inv = _unique_rows(keys)
+            self.keys = keys[uniq_idx]
+            self.counts = np.bincount(inv, weights=counts, minlength=len(uniq_idx)).astype(np.int64)
+        self._sorted = True
         if len(self.counts) > MAX_TRACKED_SOURCES:
             self._fold(MAX_TRACKED_SOURCES // 2)
+
+    def _merge_one_high(self, hi: np.uint64, lo: npt.NDArray[np.uint64], counts: npt.NDArray[np.int64]) -> None:
+        """Merge when every key shares its first 8 bytes (all IPv4): the new keys'
+        second halves are sorted and summed on their own (a plain sort of integers,
+        not a unique with index and inverse: ~20 times faster), then merged into the
+        sorted counts held.  Keys stay sorted, as :func:`_unique_rows` leaves them."""
+        if bool(np.all(counts == 1)):  # one packet a row (captures): counts are run lengths
+            srt = np.sort(lo)
+            w = None
+        else:
+            order = np.argsort(lo, kind="stable")
+            srt, w = lo[order], counts[order]
+        starts = np.flatnonzero(np.concatenate([[True], srt[1:] != srt[:-1]])) if len(srt) else np.zeros(0, np.int64)
+        uniq = srt[starts]
+        sums = np.diff(np.append(starts, len(srt))) if w is None else np.add.reduceat(w, starts)
+        old_keys, old_counts = self.keys, self.counts
+        old_lo = old_keys.view(">u8")[:, 1].astype(np.uint64)
+        if not self._sorted:  # folded since the last merge: back in key order
+            order = np.argsort(old_lo, kind="stable")
+            old_lo, old_counts = old_lo[order], old_counts[order]
+        at = np.searchsorted(old_lo, uniq)
+        found = at < len(old_lo)
+        found[found] = old_lo[at[found]] == uniq[found]
+        old_counts = old_counts.copy()
+        np.add.at(old_counts, at[found], sums[found])  # distinct keys: each slot once
+        new = ~found
+        lo_all = np.insert(old_lo, at[new], uniq[new])
+        self.counts = np.insert(old_counts, at[new], sums[new]).astype(np.int64)
+        words = np.empty((len(lo_all), 2), dtype=">u8")
+        words[:, 0] = hi
+        words[:, 1] = lo_all
+        self.keys = words.view(np.uint8).reshape(len(lo_all), 16)
 
     def _fold(self, keep: int) -> None:
         """Keep the ``keep`` heaviest addresses; the rest become totals."""
@@ -591,6 +635,7 @@ class _SourceCounter:
         self.folded_keys += len(fold)
         self.folded_once += int((self.counts[fold] == 1).sum())
         self.keys, self.counts = self.keys[order[:keep]], self.counts[order[:keep]]
+        self._sorted = False
 
     def result(self, top: int) -> tuple[list[tuple[str, int]], int, int]:
         """(top sources with packets, distinct sources, packets from single-packet sources)."""
@@ -636,7 +681,13 @@ class _TimelineCounter:
         if self.width == FINE_WIDTH and float(ts.max()) - self._first > FINE_SPAN:
             self._coarsen(round(1.0 / FINE_WIDTH))
         b = np.floor(np.clip(ts / self.width, -_MAX_INTERVALS, _MAX_INTERVALS)).astype(np.int64)
-        uniq, inv = np.unique(b, return_inverse=True)
+        lo, hi = int(b.min()), int(b.max())
+        if hi - lo <= 4 * len(b) + 1024:  # a batch spans a few bins: count by offset, no sort
+            seen = np.bincount(b - lo, minlength=hi - lo + 1)
+            uniq = np.flatnonzero(seen) + lo
+            inv = (np.cumsum(seen > 0) - 1)[b - lo]
+        else:
+            uniq, inv = np.unique(b, return_inverse=True)
         n, ncat = len(uniq), self._ncat
         per = np.bincount(inv * ncat + batch["category"], weights=batch["packets"], minlength=n * ncat)
         per = per.reshape(n, ncat)
