@@ -52,7 +52,11 @@ from ddos_shield.records import addr_bytes
 ROOT = Path(__file__).resolve().parent.parent
 #: ../shared beside the checkout (or beside the worktrees' parent, for /work/wt/<name> checkouts)
 SHARED = next(
-    (p for p in (ROOT.parent / "shared" / "data" / "captures", ROOT.parent.parent / "shared" / "data" / "captures") if p.exists()),
+    (
+        p
+        for p in (ROOT.parent / "shared" / "data" / "captures", ROOT.parent.parent / "shared" / "data" / "captures")
+        if p.exists()
+    ),
     ROOT.parent / "shared" / "data" / "captures",
 )
 FLOW_DATA = ROOT / "tests" / "data" / "flow"

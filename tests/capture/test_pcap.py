@@ -342,6 +342,81 @@ def test_progress_reaches_the_file_size(tmp_path: Path, monkeypatch: pytest.Monk
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+# ---- the record walk: candidates found in bulk, chained, and the walk by hand where they break ----
+
+
+def _walk_by_hand(content: bytes, order: str = "<") -> list[int]:
+    """Where each record starts, header to header (the reference)."""
+    out, pos = [], 24
+    while pos + 16 <= len(content):
+        (incl,) = struct.unpack_from(order + "I", content, pos + 8)
+        if incl > pcap.MAX_RECORD or pos + 16 + incl > len(content):
+            break
+        out.append(pos)
+        pos += 16 + incl
+    return out
+
+
+def _decoy(sec: int, order: str = "<") -> bytes:
+    """Bytes that look like a record header (a plausible time and length) inside a payload."""
+    return struct.pack(order + "IIII", sec, 5, 20, 20)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("read_bytes", [200, 4096, 8 << 20])
+def test_record_walk_matches_the_walk_by_hand(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: str, read_bytes: int
+) -> None:
+    rng = np.random.default_rng(5)
+    t0 = 0x6553_FF00  # 256 s before the high half of the seconds steps up
+    records = []
+    for i in range(300):
+        frame = FRAMES[i % len(FRAMES)]
+        if i % 7 == 0:  # payloads holding what looks like a header of this capture
+            frame += _decoy(t0 + i, order) * int(rng.integers(1, 4))
+        if i % 11 == 0:  # payloads of random bytes
+            frame += rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
+        ts = t0 + i * 2.0  # crosses the step at record 128
+        if i == 150:
+            ts += 10**6  # a jump in time: its records are not candidates of the window
+        if i == 151:
+            ts = 5.0  # and back, far
+        records.append((ts, frame))
+    content = pcap_bytes(1, records, order=order)
+    monkeypatch.setattr(pcap, "READ_BYTES", read_bytes)
+    r = CaptureReader(write(tmp_path, "walk.pcap", content))
+    ts = np.concatenate([c.ts for c in r.chunks()])
+    assert r.stats.error is None and r.stats.packets == 300
+    assert np.allclose(ts, [t for t, _ in records])
+    want = _walk_by_hand(content, order)
+    with open(tmp_path / "walk.pcap", "rb") as f:  # the whole file as one window
+        m = pcap._Mapped(f, len(content), None)
+        walk = pcap._PcapWalk(m, order, np.dtype([(n, order + "u4") for n in ("sec", "frac", "incl", "orig")]))
+        got, pos = walk.records(24, len(content))
+        m.close()
+    assert got.tolist() == want and pos == len(content)
+
+
+@pytest.mark.parametrize("near_wrap", [False, True])
+def test_records_past_a_step_of_the_seconds_high_half(tmp_path: Path, near_wrap: bool) -> None:
+    # the window starts NEAR_WRAP seconds or more before the step: records past it are
+    # walked by hand, and every one is still read
+    start = 0x1_0000 * 0x6553 - (pcap.NEAR_WRAP // 2 if near_wrap else pcap.NEAR_WRAP * 2)
+    records = [(start + i * (pcap.NEAR_WRAP / 20), FRAMES[i % len(FRAMES)]) for i in range(100)]
+    got, r = read_all(write(tmp_path, "step.pcap", pcap_bytes(1, records)))
+    assert r.stats.error is None and r.stats.packets == 100
+    assert np.allclose(got["ts"], [t for t, _ in records][: len(got)])
+
+
+def test_payloads_that_look_like_headers_are_not_records(tmp_path: Path) -> None:
+    sec = 1_700_000_000
+    frame = FRAMES[2] + _decoy(sec) * 40  # a payload full of headers a walk could land on
+    records = [(sec + i * 0.5, frame) for i in range(50)]
+    got, r = read_all(write(tmp_path, "decoy.pcap", pcap_bytes(1, records)))
+    assert r.stats.error is None and r.stats.packets == 50 == len(got)
+    assert set(got["dport"].tolist()) == {53}
+
+
 # ---- real captures -------------------------------------------------------------------------------
 
 

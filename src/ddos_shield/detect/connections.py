@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ddos_shield.config import Config
+from ddos_shield.detect.distinct import AddressIds, DistinctWindow, address_words, group_hash, unique_addresses
 from ddos_shield.detect.scan import EVALUATE_EVERY, Finding
 from ddos_shield.detect.threshold import Observation
 from ddos_shield.records import AttackType, IPNetwork, PacketFlag, TrafficBatch, bytes_addr
@@ -60,9 +61,15 @@ class ConnectionDetector:
         self._held = 0
         self._last_eval = -np.inf
         self._found: list[Finding] = []
+        # connections per (source, host) counted as samples arrive: an upper bound that
+        # skips the exact count while no pair can reach connection_min_flows
+        self._flows = DistinctWindow()
+        self._hosts = AddressIds()
+        self._exact_until: float | None = -np.inf  # None: from the next sample on, for a window
 
     def reconfigure(self, config: Config) -> None:
         self._config = config
+        self._exact_until = None  # a longer window would reach back past what the bound kept
 
     def observe(self, samples: TrafficBatch, now: float) -> list[Finding]:
         c = self._config.classification
@@ -76,25 +83,45 @@ class ConnectionDetector:
                 rows["sport"], rows["flags"], rows["packets"] = t["sport"], t["tcp_flags"], t["packets"]
                 self._buf.append(rows)
                 self._held += len(rows)
+                self._count_flows(rows, now)
         horizon = now - c.connection_window_seconds
         while self._buf and (self._buf[0]["ts"].max() < horizon or self._held > MAX_ROWS):
             self._held -= len(self._buf.popleft())
         if now - self._last_eval < EVALUATE_EVERY:
             return [f.at(now) for f in self._found]
         self._last_eval = now
+        if self._exact_until is None:
+            self._exact_until = now + c.connection_window_seconds
+        if now >= self._exact_until and self._flows.max_per_group(horizon, 16) < c.connection_min_flows:
+            self._found = []  # no (source, host) pair holds enough connections
+            return []
         rows = np.concatenate(list(self._buf)) if self._buf else np.zeros(0, dtype=_ROW_DTYPE)
         rows = rows[rows["ts"] >= horizon]
         self._found = self._evaluate(rows, now) if len(rows) else []
         return list(self._found)
+
+    def _count_flows(self, rows: npt.NDArray[np.void], now: float) -> None:
+        """Log each established connection (source, host, source port) for the bound."""
+        f = rows["flags"]
+        est = rows[((f & TCP_ACK) != 0) & ((f & (TCP_SYN | TCP_RST)) == 0)]
+        if not len(est):
+            return
+        generation = self._hosts.generation
+        host = self._hosts.ids(est["dst"])
+        if self._hosts.generation != generation:  # numbers restarted: the bound holds again after a window
+            self._exact_until = now + self._config.classification.connection_window_seconds
+        pair = group_hash(*address_words(est["src"]), host.astype(np.uint64))
+        keys = (pair >> np.uint64(16) << np.uint64(16)) | est["sport"].astype(np.uint64)
+        self._flows.add(keys, est["ts"])
 
     def _evaluate(self, rows: npt.NDArray[np.void], now: float) -> list[Finding]:
         c = self._config.classification
         # the window actually covered, so a detector that started a second ago does not
         # divide a second of packets by the whole window
         span = max(min(c.connection_window_seconds, now - float(rows["ts"].min())), 1.0)
-        src_u, src_i = np.unique(np.ascontiguousarray(rows["src"]).view("V16").ravel(), return_inverse=True)
-        dst_u, dst_i = np.unique(np.ascontiguousarray(rows["dst"]).view("V16").ravel(), return_inverse=True)
-        pair = src_i.ravel().astype(np.int64) * len(dst_u) + dst_i.ravel().astype(np.int64)
+        src_u, src_i = unique_addresses(rows["src"])
+        dst_u, dst_i = unique_addresses(rows["dst"])
+        pair = src_i * len(dst_u) + dst_i
         f = rows["flags"]
         est = ((f & TCP_ACK) != 0) & ((f & (TCP_SYN | TCP_RST)) == 0)
         syn = (f & (TCP_SYN | TCP_ACK)) == TCP_SYN

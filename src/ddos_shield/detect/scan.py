@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ddos_shield.config import Config
+from ddos_shield.detect.distinct import AddressIds, DistinctWindow, address_words, group_hash, unique_addresses
 from ddos_shield.detect.threshold import Observation
 from ddos_shield.records import (
     AttackType,
@@ -92,9 +93,17 @@ class ScanDetector:
         self._buf: deque[npt.NDArray[np.void]] = deque()
         self._last_eval = -np.inf
         self._found: list[Finding] = []
+        # ports per (source, host) and hosts per (source, port) counted as probes
+        # arrive: upper bounds that skip the exact count while nothing can reach its
+        # threshold (see detect/distinct.py)
+        self._ports = DistinctWindow()
+        self._hosts = DistinctWindow()
+        self._host_ids = AddressIds()
+        self._exact_until: float | None = -np.inf  # None: from the next probe on, for a window
 
     def reconfigure(self, config: Config) -> None:
         self._config = config
+        self._exact_until = None  # a longer window would reach back past what the bounds kept
 
     def observe(self, samples: TrafficBatch, now: float) -> list[Finding]:
         c = self._config.classification
@@ -109,13 +118,16 @@ class ScanDetector:
                 # ICMP echo: the type/code word says nothing about ports
                 rows["dport"][(rows["proto"] == 1) | (rows["proto"] == 58)] = 0
                 self._buf.append(rows)
+                self._count(rows, now)
         horizon = now - c.scan_window_seconds
         while self._buf and (self._buf[0]["ts"].max() < horizon or sum(len(b) for b in self._buf) > MAX_PROBES):
             self._buf.popleft()
         if now - self._last_eval < EVALUATE_EVERY:
             return [f.at(now) for f in self._found]
         self._last_eval = now
-        if not self._buf:
+        if self._exact_until is None:
+            self._exact_until = now + c.scan_window_seconds
+        if not self._buf or (now >= self._exact_until and not self._may_find(horizon)):
             self._found = []
             return []
         rows = np.concatenate(list(self._buf))
@@ -123,12 +135,36 @@ class ScanDetector:
         self._found = self._evaluate(rows, now)
         return list(self._found)
 
+    def _count(self, rows: npt.NDArray[np.void], now: float) -> None:
+        """Log (source, host, port) of each probe for the bounds."""
+        generation = self._host_ids.generation
+        host = self._host_ids.ids(rows["dst"]).astype(np.uint64)
+        if self._host_ids.generation != generation:  # numbers restarted: the bounds hold again after a window
+            self._exact_until = now + self._config.classification.scan_window_seconds
+        src = address_words(rows["src"])
+        port = (rows["proto"].astype(np.uint64) << np.uint64(16)) | rows["dport"].astype(np.uint64)
+        tcpudp = (rows["proto"] == 6) | (rows["proto"] == 17)
+        if tcpudp.any():  # port scans: (proto, port) items per (source, host)
+            pair = group_hash(src[0][tcpudp], src[1][tcpudp], host[tcpudp])
+            self._ports.add((pair >> np.uint64(24) << np.uint64(24)) | port[tcpudp], rows["ts"][tcpudp])
+        # host sweeps: host items (numbered below 2**32) per (source, proto, port)
+        key = group_hash(src[0], src[1], port)
+        self._hosts.add((key >> np.uint64(32) << np.uint64(32)) | host, rows["ts"])
+
+    def _may_find(self, horizon: float) -> bool:
+        """Whether any source may have probed enough ports or hosts since ``horizon``."""
+        c = self._config.classification
+        ports = self._ports.max_per_group(horizon, 24)
+        hosts = self._hosts.max_per_group(horizon, 32)
+        return bool(
+            (c.scan_min_ports and ports >= c.scan_min_ports) or (c.sweep_min_hosts and hosts >= c.sweep_min_hosts)
+        )
+
     def _evaluate(self, rows: npt.NDArray[np.void], now: float) -> list[Finding]:
         c = self._config.classification
         span = c.scan_window_seconds
-        src_u, src_i = np.unique(np.ascontiguousarray(rows["src"]).view("V16").ravel(), return_inverse=True)
-        dst_u, dst_i = np.unique(np.ascontiguousarray(rows["dst"]).view("V16").ravel(), return_inverse=True)
-        src_i, dst_i = src_i.ravel().astype(np.int64), dst_i.ravel().astype(np.int64)
+        src_u, src_i = unique_addresses(rows["src"])
+        dst_u, dst_i = unique_addresses(rows["dst"])
         port = (rows["proto"].astype(np.int64) << 16) | rows["dport"].astype(np.int64)  # (proto, port) in 24 bits
         weight = rows["packets"].astype(np.float64)
         out: list[Finding] = []

@@ -1,0 +1,80 @@
+"""records.addresses_in against the ipaddress module, rows grouped by kind of network."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+
+from ddos_shield.records import addr_bytes, addresses_in, as_network, empty_traffic, net_key
+
+ADDRESSES = [
+    # IPv4 (IPv4-mapped in the column)
+    "203.0.113.10",
+    "203.0.113.11",
+    "203.0.112.255",
+    "10.0.0.1",
+    "0.0.0.0",
+    "255.255.255.255",
+    # IPv6
+    "2001:db8::1",
+    "2001:db8:0:1::1",
+    "2001:db9::",
+    "::1",
+    "::ffff:1",  # shares the IPv4-mapped prefix's first bytes, but not its ffff
+    "ffff::",
+]
+
+NETWORKS = [
+    # IPv4: host, prefixes on and off byte boundaries, everything
+    "203.0.113.10/32",
+    "203.0.113.0/24",
+    "203.0.112.0/23",
+    "203.0.113.8/29",
+    "0.0.0.0/0",
+    # IPv6: host, /64, /48, odd lengths, everything
+    "2001:db8::1/128",
+    "2001:db8::/64",
+    "2001:db8::/47",
+    "2001:db8::/31",
+    "::/0",
+    "::/127",
+]
+
+
+def _prefix(raw: bytes, plen: int) -> int:
+    return int.from_bytes(raw, "big") >> (128 - plen)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+@pytest.mark.parametrize("layout", ["column of a batch", "plain array", "non-contiguous copy"])
+def test_addresses_in_matches_ipaddress(net: str, layout: str) -> None:
+    network = as_network(net)
+    batch = empty_traffic(len(ADDRESSES))
+    batch["dst"] = np.array([list(addr_bytes(a)) for a in ADDRESSES], dtype=np.uint8)
+    column = batch["dst"]
+    if layout == "plain array":
+        column = np.ascontiguousarray(column)
+    elif layout == "non-contiguous copy":
+        column = np.asfortranarray(column)
+    # in the column's 16-byte space, where IPv4 is IPv4-mapped (so ::/0 holds IPv4 too)
+    plen, raw = net_key(network)
+    want = [_prefix(addr_bytes(a), plen) == _prefix(raw, plen) for a in ADDRESSES]
+    assert addresses_in(column, network).tolist() == want
+
+
+def test_addresses_in_every_prefix_length_of_random_addresses() -> None:
+    rng = np.random.default_rng(9)
+    col = rng.integers(0, 256, (400, 16), dtype=np.uint8)
+    col[:200, :10], col[:200, 10:12] = 0, 0xFF  # half IPv4
+    base = col[7]  # prefixes of one of them, so that some rows match at every length
+    col[200:260, :8] = col[7, :8]
+    for plen in range(129):
+        raw = int.from_bytes(base.tobytes(), "big") >> (128 - plen) << (128 - plen) if plen else 0
+        net = ipaddress.IPv6Network((raw, plen))
+        want = [
+            (int.from_bytes(r.tobytes(), "big") >> (128 - plen)) == (raw >> (128 - plen)) if plen else True for r in col
+        ]
+        assert addresses_in(col, net).tolist() == want, plen
+    assert len(col) == 400 and not np.array_equal(col[0], col[1])  # sanity: the rows differ
