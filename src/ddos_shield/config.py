@@ -438,6 +438,123 @@ class Api(_Model):
         return (host.strip("[]"), int(port))
 
 
+def _community(value: str) -> str:
+    """A standard BGP community 'ASN:value' (two 16-bit numbers)."""
+    a, sep, b = value.partition(":")
+    if not (sep and a.isdigit() and b.isdigit() and int(a) <= 0xFFFF and int(b) <= 0xFFFF):
+        raise ValueError(f"community {value!r}: expected 'ASN:value', two numbers 0-65535")
+    return value
+
+
+def _address(value: str, version: int | None = None) -> str:
+    try:
+        a = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    if version is not None and a.version != version:
+        raise ValueError(f"{value!r} is not an IPv{version} address")
+    return value
+
+
+class BgpPeer(_Model):
+    """A router the shield's BGP speaker peers with."""
+
+    address: str = Field(description="the router's address")
+    peer_as: int = Field(ge=1, le=0xFFFFFFFF, description="the router's AS number")
+    local_address: str = Field(description="the shield's own address on the session with this router")
+
+    @field_validator("address", "local_address")
+    @classmethod
+    def _check_address(cls, v: str) -> str:
+        return _address(v)
+
+
+class Bgp(_Model):
+    """The BGP backend: an ExaBGP speaker the shield drives (see docs/deployment.md)."""
+
+    local_as: int = Field(ge=1, le=0xFFFFFFFF, description="the shield's AS number")
+    router_id: str = Field(description="the speaker's BGP router id (an IPv4 address)")
+    peers: list[BgpPeer] = Field(min_length=1, description="the routers to announce to")
+    flowspec: bool = Field(True, description="announce drop and rate-limit rules as Flowspec (RFC 8955/8956)")
+    blackhole: bool = Field(
+        False,
+        description="allow blackhole routes (RFC 7999): all the target's traffic is dropped upstream, which "
+        "completes the attack; off by default, an explicit last resort",
+    )
+    next_hop: str = Field(
+        "self", description="next hop of IPv4 blackhole routes: 'self' (the session's local address) or an address"
+    )
+    next_hop6: str = Field(
+        "", description="next hop of IPv6 blackhole routes (an IPv6 address); empty: IPv6 blackholes are refused"
+    )
+    communities: list[str] = Field(
+        default_factory=list, description="communities added to blackhole routes besides BLACKHOLE (65535:666)"
+    )
+    flowspec_communities: list[str] = Field(default_factory=list, description="communities added to Flowspec rules")
+    deadman_seconds: float = Field(
+        30.0,
+        ge=3,
+        le=3600,
+        description="the dead-man's switch: every announcement is withdrawn when the shield has not refreshed "
+        "the speaker for this long (a crashed controller leaves nothing announced)",
+    )
+    rate_packet_bytes: int = Field(
+        1500,
+        ge=64,
+        le=65535,
+        description="Flowspec rate limits are in bytes per second: a rule's packet rate is multiplied by this "
+        "packet size (or by the rule's largest packet length when it matches on length)",
+    )
+    exabgp: str = Field("exabgp", description="the ExaBGP program to run (Debian's exabgp 4.2)")
+
+    @field_validator("router_id")
+    @classmethod
+    def _check_router_id(cls, v: str) -> str:
+        return _address(v, 4)
+
+    @field_validator("next_hop")
+    @classmethod
+    def _check_next_hop(cls, v: str) -> str:
+        return v if v == "self" else _address(v, 4)
+
+    @field_validator("next_hop6")
+    @classmethod
+    def _check_next_hop6(cls, v: str) -> str:
+        return _address(v, 6) if v else v
+
+    @field_validator("communities", "flowspec_communities")
+    @classmethod
+    def _check_communities(cls, v: list[str]) -> list[str]:
+        return [_community(c) for c in v]
+
+
+class Notify(_Model):
+    """The notify backend: tells other systems about every action; it enforces nothing."""
+
+    script: list[str] = Field(
+        default_factory=list,
+        description="a program and its arguments, run on every action with the action as JSON on standard input",
+    )
+    webhook: str = Field("", description="an http(s) URL that receives every action as a JSON POST")
+    timeout_seconds: float = Field(5.0, gt=0, le=60, description="longest a script run or a webhook call may take")
+    queue_max: int = Field(
+        1000, gt=0, description="actions waiting to be delivered at most; beyond, new ones are counted and dropped"
+    )
+
+    @field_validator("webhook")
+    @classmethod
+    def _check_webhook(cls, v: str) -> str:
+        if v and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"{v!r}: expected an http:// or https:// URL")
+        return v
+
+    @model_validator(mode="after")
+    def _check_some(self) -> Notify:
+        if not self.script and not self.webhook:
+            raise ValueError("notify needs a 'script', a 'webhook' or both")
+        return self
+
+
 class Config(_Model):
     """The whole configuration (``ddos-shield config example`` prints it annotated)."""
 
@@ -469,6 +586,8 @@ class Config(_Model):
     store: Store = Field(default_factory=Store, description="the history database")
     alerts: Alerts = Field(default_factory=Alerts, description="alerts to webhooks, syslog and e-mail")
     api: Api = Field(default_factory=Api, description="the REST API and web dashboard")
+    bgp: Bgp | None = Field(None, description="the BGP backend (Flowspec and blackhole routes); absent: no BGP")
+    notify: Notify | None = Field(None, description="the notify backend (a script, a webhook); absent: none")
 
     @field_validator("protected", "allowlist", "never_block", "critical")
     @classmethod
@@ -765,6 +884,8 @@ def reference() -> str:
                 and key in ("shield", "mitigation", "events", "store", "alerts", "classification", "api")
             ):
                 default = "table"
+            elif f.default is None and not f.is_required():
+                default = "absent"
             out.append(f"| `{key}` | {default} | {f.description or ''} |")
         out.append("")
 
@@ -796,6 +917,21 @@ def reference() -> str:
     table("[[alerts.webhooks]]", Webhook)
     table("[[alerts.syslog]]", Syslog)
     table("[[alerts.email]]", Email)
+    table(
+        "[bgp]",
+        Bgp,
+        "The BGP backend: the shield runs an ExaBGP speaker that announces Flowspec rules and, only when "
+        "`blackhole = true`, blackhole routes to the routers below. Every announcement is withdrawn when the "
+        "shield stops refreshing the speaker for `deadman_seconds`. See docs/deployment.md.",
+    )
+    table("[[bgp.peers]]", BgpPeer)
+    table(
+        "[notify]",
+        Notify,
+        "The notify backend tells other systems about every rule applied, withdrawn or expired (a script with "
+        "the action as JSON on standard input, and/or a JSON webhook). It enforces nothing: hooks are for "
+        "notifying, never the main path of mitigation.",
+    )
     table(
         "[[groups]]",
         Group,

@@ -5,6 +5,7 @@
     ShieldError
      ├── ConfigError      a configuration file or value is invalid (line and field named)
      ├── DataPlaneError   the kernel refused something (load, attach, map update)
+     ├── MitigationError  a backend outside the kernel refused a rule or lost its enforcement point
      └── LabError         the lab network could not be built or used
 
 Pure code raises built-in errors (``ValueError``...); the boundary wraps them.
@@ -21,6 +22,10 @@ class ConfigError(ShieldError):
 
 class DataPlaneError(ShieldError):
     """The kernel data plane could not be loaded, attached or updated."""
+
+
+class MitigationError(ShieldError):
+    """A backend outside the kernel (BGP, notify) refused a rule or cannot reach what enforces it."""
 
 
 class LabError(ShieldError):

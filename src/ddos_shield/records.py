@@ -296,11 +296,22 @@ class Attack:
 
 
 class Action(enum.IntEnum):
-    """What a rule does with matching packets (the kernel's ``enum shield_action``)."""
+    """What a rule does with matching packets (the kernel's ``enum shield_action``).
+
+    ``BLACKHOLE`` is user-space only (it has no kernel twin): the target's whole traffic is
+    dropped upstream by a BGP blackhole route (RFC 7999).  Only the BGP backend enforces
+    it; the kernel and nftables backends refuse it.
+    """
 
     DROP = 1
     RATE_LIMIT = 2
     OBSERVE = 3
+    BLACKHOLE = 100
+
+    @property
+    def in_kernel(self) -> bool:
+        """Whether the kernel's ``enum shield_action`` has this action."""
+        return self is not Action.BLACKHOLE
 
 
 @dataclass(frozen=True)

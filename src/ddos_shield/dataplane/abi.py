@@ -135,7 +135,7 @@ def check_records(abi: Abi) -> None:
     """Raise :class:`DataPlaneError` unless records' enums equal the header's."""
     pairs: list[tuple[str, str, dict[str, int]]] = [
         ("shield_cat", "CAT_", {c.name: int(c) for c in Category}),
-        ("shield_action", "ACT_", {a.name: int(a) for a in Action}),
+        ("shield_action", "ACT_", {a.name: int(a) for a in Action if a.in_kernel}),
         ("shield_pkt_flag", "PKT_", {f.name: int(f) for f in PacketFlag if f.name is not None}),
     ]
     for enum_name, prefix, py in pairs:

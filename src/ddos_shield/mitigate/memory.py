@@ -84,7 +84,7 @@ class MemoryBackend(Backend):
                 h = self._hits[rule.rule_id]
                 h[0] += int(batch["packets"][hit].sum())
                 h[1] += int(batch["bytes"][hit].sum())
-                if rule.action == Action.DROP:
+                if rule.action in (Action.DROP, Action.BLACKHOLE):  # a blackhole drops all the target's traffic
                     dropped |= hit
                     h[2] += int(batch["packets"][hit].sum())
                 elif rule.action == Action.RATE_LIMIT and hit.any():

@@ -239,6 +239,11 @@ def families(m: Match) -> tuple[int, ...]:
 def check_rule(rule: Rule) -> None:
     """Reject what the nftables compiler cannot express faithfully."""
     m = rule.match
+    if not rule.action.in_kernel:
+        # raised as DataPlaneError, not ValueError, so the engine reports it as a refused rule
+        raise DataPlaneError(
+            f"action {rule.action.name.lower()} is not enforced by nftables (the bgp backend announces it)"
+        )
     families(m)
     if rule.action == Action.RATE_LIMIT and rule.rate_pps <= 0:
         raise ValueError(f"rate-limit rule needs rate_pps > 0, got {rule.rate_pps}")
