@@ -528,33 +528,6 @@ class Bgp(_Model):
         return [_community(c) for c in v]
 
 
-class Notify(_Model):
-    """The notify backend: tells other systems about every action; it enforces nothing."""
-
-    script: list[str] = Field(
-        default_factory=list,
-        description="a program and its arguments, run on every action with the action as JSON on standard input",
-    )
-    webhook: str = Field("", description="an http(s) URL that receives every action as a JSON POST")
-    timeout_seconds: float = Field(5.0, gt=0, le=60, description="longest a script run or a webhook call may take")
-    queue_max: int = Field(
-        1000, gt=0, description="actions waiting to be delivered at most; beyond, new ones are counted and dropped"
-    )
-
-    @field_validator("webhook")
-    @classmethod
-    def _check_webhook(cls, v: str) -> str:
-        if v and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError(f"{v!r}: expected an http:// or https:// URL")
-        return v
-
-    @model_validator(mode="after")
-    def _check_some(self) -> Notify:
-        if not self.script and not self.webhook:
-            raise ValueError("notify needs a 'script', a 'webhook' or both")
-        return self
-
-
 class Config(_Model):
     """The whole configuration (``ddos-shield config example`` prints it annotated)."""
 
@@ -587,7 +560,6 @@ class Config(_Model):
     alerts: Alerts = Field(default_factory=Alerts, description="alerts to webhooks, syslog and e-mail")
     api: Api = Field(default_factory=Api, description="the REST API and web dashboard")
     bgp: Bgp | None = Field(None, description="the BGP backend (Flowspec and blackhole routes); absent: no BGP")
-    notify: Notify | None = Field(None, description="the notify backend (a script, a webhook); absent: none")
 
     @field_validator("protected", "allowlist", "never_block", "critical")
     @classmethod
@@ -925,13 +897,6 @@ def reference() -> str:
         "shield stops refreshing the speaker for `deadman_seconds`. See docs/deployment.md.",
     )
     table("[[bgp.peers]]", BgpPeer)
-    table(
-        "[notify]",
-        Notify,
-        "The notify backend tells other systems about every rule applied, withdrawn or expired (a script with "
-        "the action as JSON on standard input, and/or a JSON webhook). It enforces nothing: hooks are for "
-        "notifying, never the main path of mitigation.",
-    )
     table(
         "[[groups]]",
         Group,

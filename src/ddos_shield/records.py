@@ -479,7 +479,8 @@ class Rule:
         try:
             action = Action[str(data["action"]).upper()]
         except KeyError:
-            raise ValueError(f"action: expected drop, rate_limit or observe, got {data.get('action')!r}") from None
+            names = ", ".join(a.name.lower() for a in Action)
+            raise ValueError(f"action: expected one of {names}, got {data.get('action')!r}") from None
         return cls(
             match=Match.from_json(data["match"]),
             action=action,

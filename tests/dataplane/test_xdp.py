@@ -31,6 +31,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from ddos_shield.dataplane.xdp import XdpDataPlane, detach
+from ddos_shield.errors import DataPlaneError
 from ddos_shield.lab.netns import in_netns
 from ddos_shield.records import Action, Category, IPNetwork, Match, Rule, as_network, bytes_addr
 
@@ -189,6 +190,17 @@ def test_source_rule_drops_real_packets(net: Net, pin_dir: str) -> None:
         assert net.send("v6", 3) == 3  # other sources still pass
         st = dp.backend.stats()[rule.rule_id]
         assert (st.packets, st.dropped) == (5, 5)
+    finally:
+        dp.close(detach=True)
+
+
+def test_blackhole_is_refused(net: Net, pin_dir: str) -> None:
+    """BLACKHOLE is a BGP route (user space only): the kernel has no such action."""
+    dp = open_plane(net, pin_dir)
+    try:
+        with pytest.raises(DataPlaneError, match="not enforced in the kernel"):
+            dp.backend.apply(Rule(Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, time.time() + 60))
+        assert dp.backend.list() == []
     finally:
         dp.close(detach=True)
 

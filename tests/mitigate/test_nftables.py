@@ -94,6 +94,12 @@ def test_rules_nftables_cannot_express_are_refused(rule: Rule) -> None:
         check_rule(rule)
 
 
+def test_blackhole_is_refused() -> None:
+    """BLACKHOLE is a BGP route (user space only): nftables has nothing to enforce."""
+    with pytest.raises(DataPlaneError, match="not enforced by nftables"):
+        check_rule(Rule(Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, FAR))
+
+
 # ---- real packets --------------------------------------------------------------------
 
 

@@ -754,7 +754,9 @@ class XdpBackend(Backend):
             rec["rule_id"] = rule_id
             rec["attack_id"] = rule.attack_id
             if not Action(rule.action).in_kernel:
-                raise ValueError(f"action {rule.action.name.lower()} is not enforced in the kernel (the bgp backend announces it)")
+                raise ValueError(
+                    f"action {rule.action.name.lower()} is not enforced in the kernel (the bgp backend announces it)"
+                )
             rec["action"] = int(Action(rule.action))
             if m.proto is not None:
                 f |= self._f["F_PROTO"]

@@ -588,6 +588,12 @@ def _netns(fd: int) -> Iterator[None]:
         os.close(home)
 
 
+def open_backend(config: Config) -> BgpBackend:
+    """The registry's entry point (:mod:`ddos_shield.mitigate.registry`): the backend of
+    the configuration's ``[bgp]`` section."""
+    return BgpBackend.from_config(config)
+
+
 class _ConnectionLost(MitigationError):
     """The bridge's connection broke; ``delivered``: maybe after it received the request."""
 
@@ -597,24 +603,12 @@ class _ConnectionLost(MitigationError):
 
 
 def _rule_json(rule: Rule) -> dict[str, Any]:
-    return {
-        "match": rule.match.to_json(),
-        "action": rule.action.name.lower(),
-        "rate_pps": rule.rate_pps,
-        "attack_id": rule.attack_id,
-        "created_at": rule.created_at,
-        "reason": rule.reason,
-    }
+    """What the bridge keeps of a rule (its id and expiry it keeps apart)."""
+    out = rule.to_json()
+    del out["mitigation_id"], out["expires_at"]
+    out["created_at"] = rule.created_at
+    return out
 
 
 def _rule_from_json(d: dict[str, Any], rule_id: int, expires_at: float) -> Rule:
-    return Rule(
-        match=Match.from_json(d["match"]),
-        action=Action[str(d["action"]).upper()],
-        expires_at=expires_at,
-        rate_pps=int(d.get("rate_pps", 0)),
-        rule_id=rule_id,
-        attack_id=int(d.get("attack_id", 0)),
-        created_at=float(d.get("created_at", 0.0)),
-        reason=str(d.get("reason", "")),
-    )
+    return Rule.from_json({**d, "mitigation_id": rule_id, "expires_at": expires_at})

@@ -404,7 +404,8 @@ class Policy:
                 cands = _heavy_sources(m.attack, window, mit.max_sources_per_attack, self._allow, lead)
         if not cands:
             return [], f"ladder step {name}: no rule matches enough of the attack's samples"
-        action = Action.RATE_LIMIT if name == "rate_limit" else Action.DROP
+        # a blackhole is a route for the whole target (RFC 7999), not a Flowspec drop
+        action = {"rate_limit": Action.RATE_LIMIT, "blackhole": Action.BLACKHOLE}.get(name, Action.DROP)
         critical = is_critical(target, self._critical)
         ttl = max(step.ttl_seconds or group.hold_seconds, MIN_TTL)
         cmds: list[Command] = []
