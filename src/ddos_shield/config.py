@@ -210,6 +210,11 @@ class Mitigation(_Model):
     )
     max_rules_total: int = Field(10000, gt=0, description="upper bound on rules the shield installs")
     min_samples: int = Field(20, gt=0, description="samples of an attack needed before a rule is built from them")
+    backends: list[Literal["bgp", "notify"]] = Field(
+        default_factory=list,
+        description="enforcement besides the data plane's own (XDP or nftables): 'bgp' takes the ladder's "
+        "upstream steps (Flowspec, blackhole), 'notify' hears of every action and enforces nothing",
+    )
     max_rules_per_target: int = Field(
         64, gt=0, description="upper bound on rules for one target, over every step of its ladder"
     )
@@ -776,7 +781,7 @@ def example() -> str:
     lines += ["", "[mitigation]"]
     for key, f in m.items():
         lines.append(c(f.description))
-        lines.append(f"{key} = {_toml(f.default)}")
+        lines.append(f"{key} = {_toml(f.get_default(call_default_factory=True))}")
     lines += ["", "[classification]"]
     for key, f in Classification.model_fields.items():
         lines.append(c(f.description))

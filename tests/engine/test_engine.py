@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ddos_shield.config import parse
 from ddos_shield.dataplane.replay import ReplayDataPlane
 from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
+from ddos_shield.mitigate.base import Backend
 from ddos_shield.records import Category, Match
 from tests.traffic import packets, spoofed_v4
 
@@ -36,14 +38,25 @@ CLIENT = "198.51.100.10"
 
 class Harness:
     def __init__(
-        self, config: str = CONFIG, *, state_file: Path | None = None, dataplane: ReplayDataPlane | None = None
+        self,
+        config: str = CONFIG,
+        *,
+        state_file: Path | None = None,
+        dataplane: ReplayDataPlane | None = None,
+        backends: Sequence[Backend] = (),
     ) -> None:
         self.cfg = parse(config)
         self.now = 1000.0
         self.dp = dataplane or ReplayDataPlane(clock=lambda: self.now)
         self.out = io.StringIO()
         self.engine = Engine(
-            self.cfg, self.dp, self.dp.backend, EventSink(self.out), clock=lambda: self.now, state_file=state_file
+            self.cfg,
+            self.dp,
+            self.dp.backend,
+            EventSink(self.out),
+            clock=lambda: self.now,
+            state_file=state_file,
+            backends=backends,
         )
         self.engine.start(self.now)
 

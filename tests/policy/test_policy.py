@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
-from ddos_shield.records import Category
+from ddos_shield.mitigate.memory import MemoryBackend
+from ddos_shield.records import Action, Category, Match, as_network
 from tests.engine.test_engine import CONFIG, VICTIM, Harness
 from tests.traffic import packets, spoofed_v4
 
@@ -121,3 +123,74 @@ def test_preview_refuses_a_fingerprint_that_would_hit_legitimate_traffic() -> No
     assert refused and refused[0]["reason"].startswith("preview: would also match")
     assert refused[0]["rule"]["collateral_share"] > 0.5
     assert h.events("mitigation_applied") == []
+
+
+# ---- upstream steps: a BGP backend stands beside the local one ----------------------
+# The in-memory backend under the name "bgp" takes the upstream rules (the real BGP
+# speaker is tested in tests/mitigate/test_bgp.py); it enforces nothing, so the local
+# traffic never falls and every upstream step fails its verification.
+
+
+def bgp() -> MemoryBackend:
+    b = MemoryBackend(clock=lambda: 0.0)  # the harness's clock starts at 1000: expiry is the engine's job here
+    b.name = "bgp"
+    return b
+
+
+UPSTREAM = '["flowspec", "blackhole"]'
+
+
+def spoofed_udp(now: float) -> np.ndarray:
+    return packets(1000, src=spoofed_v4(3000), dst=VICTIM, proto=17, category=Category.UDP, dport=9, ts=now)
+
+
+def test_upstream_steps_go_to_the_bgp_backend_and_blackhole_comes_last() -> None:
+    up = bgp()
+    h = Harness(ladder(UPSTREAM, allow_blackhole="true"), backends=[up])
+    h.run(1.0, [spoofed_udp])
+    (fs,) = h.events("mitigation_applied")
+    assert (
+        fs["backend"] == "bgp" and fs["rule"]["match"]["dst"] == f"{VICTIM}/32" and fs["rule"]["match"]["proto"] == 17
+    )
+    assert h.dp.backend.list() == []  # nothing local
+    h.run(0.6, [spoofed_udp])  # the flowspec rule failed its verification: rolled back
+    applied = h.events("mitigation_applied")
+    assert [(e["backend"], e["rule"]["match"]) for e in applied[1:]] == [("bgp", {"dst": f"{VICTIM}/32"})]
+    assert [r.match.fields() for r in up.list()] == [["dst"]]  # the flowspec rule was rolled back
+    h.run(4.0, [])
+    assert up.list() == [] and h.engine.mitigations() == []
+
+
+def test_never_block_and_critical_targets_get_nothing_upstream() -> None:
+    for extra in (f'never_block = ["{VICTIM}/32"]', f'critical = ["{VICTIM}/32"]'):
+        up = bgp()
+        h = Harness(
+            ladder(UPSTREAM, allow_blackhole="true").replace("protected =", f"{extra}\nprotected ="), backends=[up]
+        )
+        h.run(2.5, [spoofed_udp])
+        assert h.events("mitigation_applied") == [] and up.list() == []
+        refused = h.events("mitigation_refused")
+        assert len(refused) == 2
+        assert all(("never-block" in e["reason"]) or ("critical" in e["reason"]) for e in refused)
+
+
+def test_an_operator_rule_upstream_is_checked_against_the_allow_list() -> None:
+    h = Harness(CONFIG.replace("protected =", 'allowlist = ["198.51.100.0/28"]\nprotected ='), backends=[bgp()])
+    with pytest.raises(ValueError, match="upstream filters cannot spare it"):
+        h.engine.add_mitigation(
+            Match(src=as_network("198.51.100.0/24"), dst=as_network(f"{VICTIM}/32")),
+            Action.DROP,
+            60.0,
+            backend="bgp",
+            actor="cli:alice",
+            reason="try",
+        )
+    r = h.engine.add_mitigation(
+        Match(src=as_network("198.18.0.0/15"), dst=as_network(f"{VICTIM}/32")),
+        Action.DROP,
+        60.0,
+        backend="bgp",
+        actor="cli:alice",
+        reason="spoofed range",
+    )
+    assert [m["backend"] for m in h.engine.mitigations()] == ["bgp"] and r.rule_id > 0

@@ -207,6 +207,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield.engine import Engine
     from ddos_shield.engine.ledger import FILE_NAME as LEDGER_FILE
     from ddos_shield.events import EventSink
+    from ddos_shield.mitigate.registry import open_backends
     from ddos_shield.store import PacketTap, open_store
 
     cfg = configmod.load(args.config)
@@ -240,6 +241,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         events,
         sources=open_sources(cfg),
         tap=tap,
+        backends=open_backends(cfg),
         state_file=state / LEDGER_FILE,
     )
     stop = threading.Event()

@@ -56,6 +56,7 @@ from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.mitigate.memory import MemoryBackend
+from ddos_shield.mitigate.registry import NOTIFIERS
 from ddos_shield.policy import Command, Pending, Policy, Refresh, Refuse, Skip, Verified, Withdraw
 from ddos_shield.policy.protect import Refused, check_allowlist, narrow
 from ddos_shield.records import (
@@ -139,7 +140,8 @@ class Engine:
         self._clock = clock
         self.detector = ThresholdDetector(config)
         self.tracker = AttackTracker(config, first_id=int(clock() * 1000) % 0x7FFFFFFF + 1)
-        self.policy = Policy(config, local=backend.name, others=[b.name for b in backends])
+        self._notifiers = [b.name for b in backends if b.name in NOTIFIERS]
+        self.policy = Policy(config, local=backend.name, others=[b.name for b in backends if b.name not in NOTIFIERS])
         self.classifier = Classifier(lead=2 * config.shield.interval_ms / 1000)
         self.scans = ScanDetector(config)
         self.connections = ConnectionDetector(config)
@@ -441,6 +443,7 @@ class Engine:
             return None
         if applied.rule_id != rule.rule_id:  # a backend that allocates its own ids: keep its id
             self.ledger.reserve([applied.rule_id])
+        self._notify(applied, actor=actor, reason=reason)
         entry = Entry(
             applied,
             backend=backend,
@@ -477,6 +480,7 @@ class Engine:
             b.withdraw(mitigation_id)
             if hits:
                 extra["hits"] = {"packets": hits.packets, "bytes": hits.bytes, "dropped": hits.dropped}
+            self._notify(entry.rule, actor=actor, reason=reason, withdrawn=True)
         self._changed(now)
         self.events.emit(
             "mitigation_removed",
@@ -488,6 +492,20 @@ class Engine:
             **rule_fields(entry.rule),
             **extra,
         )
+
+    def _notify(self, rule: Rule, *, actor: str, reason: str, withdrawn: bool = False) -> None:
+        """Tell the notify backends of an action; their failure never stops one."""
+        for name in self._notifiers:
+            try:
+                b = self._enforcer(name)
+                if withdrawn:
+                    b.withdraw(rule.rule_id)
+                else:
+                    b.apply(replace(rule, reason=reason or rule.reason))
+            except Exception as e:  # a hook is another system: report it, act regardless
+                self.events.emit(
+                    "mitigation_failed", self._clock(), actor=actor, backend=name, reason=str(e), **rule_fields(rule)
+                )
 
     def _refused(self, rule: Rule, reason: str, *, actor: str, attack: Attack | None = None) -> None:
         self.events.emit("mitigation_refused", self._clock(), actor=actor, reason=reason, **rule_fields(rule, attack))
@@ -525,6 +543,8 @@ class Engine:
         report: dict[str, list[int]] = {"kept": [], "reapplied": [], "orphaned": [], "expired": [], "adopted": []}
         adopted: list[tuple[Rule, str]] = []
         for name, b in self.backends.items():
+            if name in self._notifiers:  # they enforce nothing: nothing to compare
+                continue
             found = {r.rule_id: r for r in b.list()}  # reading enforces nothing, also in dry run
             self.ledger.reserve(list(found))
             mine = {
@@ -636,8 +656,9 @@ class Engine:
             return entry.rule
 
     def _check_manual(self, rule: Rule, backend: str, ttl: float) -> None:
-        if backend not in self.backends:
-            raise ValueError(f"backend: {backend!r} is not configured (configured: {', '.join(self.backends)})")
+        if backend not in self.backends or backend in self._notifiers:
+            able = [b for b in self.backends if b not in self._notifiers]
+            raise ValueError(f"backend: {backend!r} is not configured to enforce (configured: {', '.join(able)})")
         if not (math.isfinite(ttl) and 0 < ttl <= MAX_MANUAL_TTL):
             raise ValueError(f"ttl: expected seconds in (0, {MAX_MANUAL_TTL:g}], got {ttl!r}")
         if not rule.match.fields():
@@ -672,6 +693,7 @@ class Engine:
             entry.rule = rule
             entry.state = "dry_run" if self.dry_run else "active"
             entry.applied_at = now
+            self._notify(rule, actor=actor, reason=f"approved: {entry.reason}")
             approver = actor
             self.events.emit(
                 "mitigation_approved",
