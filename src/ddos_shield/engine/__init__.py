@@ -463,6 +463,7 @@ class Engine:
             reason=reason,
             backend=backend,
             state=entry.state,
+            step=entry.step,
             **rule_fields(applied, attack),
         )
         return entry
@@ -685,9 +686,17 @@ class Engine:
             group = self.config.group_of(entry.rule.match.dst) if entry.rule.match.dst else None
             hold = group.hold_seconds if group is not None else self.config.group_for_name("default").hold_seconds
             rule = entry.rule.refreshed(now + max(hold, 5.0))
+            b = self._enforcer(entry.backend)
+            # The interim rate limit has the same match: a backend may hold one rule per
+            # source (XDP does), so it makes way first and comes back if the drop fails.
+            interim = self.ledger.entries.get(entry.replaces) if entry.replaces else None
+            if interim is not None:
+                b.withdraw(interim.mitigation_id)
             try:
-                self._enforcer(entry.backend).apply(rule)
+                b.apply(rule)
             except ShieldError as e:
+                if interim is not None:
+                    b.apply(interim.rule)
                 self.events.emit("mitigation_failed", now, actor=actor, reason=str(e), **rule_fields(rule))
                 raise ValueError(f"backend {entry.backend} refused the rule: {e}") from None
             entry.rule = rule
