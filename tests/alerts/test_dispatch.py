@@ -73,3 +73,32 @@ udp = {{ pps = 5000 }}
     finally:
         hook.close()
         lst.close()
+
+
+def test_a_reload_takes_effect_on_the_next_event() -> None:
+    from tests.alerts.test_message import CONFIG, attack
+
+    hook, lst = WebhookReceiver(), SyslogListener("udp")
+    try:
+        first = parse(CONFIG + f'[[alerts.webhooks]]\nurl = "{hook.url}"\n')
+        current = [first]
+        d = open_alerts(first)
+        assert d is not None
+        d.follow(lambda: current[0])
+        d(attack("attack_start", 100.0))
+        assert d.flush(10)
+        # the reloaded configuration: another link, and syslog instead of the webhook
+        current[0] = parse(
+            CONFIG.replace("https://shield.example.net/ui/", "https://noc.example.net")
+            + f'[[alerts.syslog]]\naddress = "{lst.address}"\n'
+        )
+        d(attack("attack_end", 130.0))
+        assert d.flush(10)
+        assert [p["kind"] for p in hook.wait(1)] == ["attack_start"]
+        [msg] = lst.wait(1)
+        assert b"attack_end" in msg and b'url="https://noc.example.net/attacks/7"' in msg
+        assert list(d.stats()) == [f"syslog:{lst.address}", "all"]
+        d.close()
+    finally:
+        hook.close()
+        lst.close()

@@ -120,3 +120,23 @@ def test_disabled_store_opens_nothing(tmp_path: Path) -> None:
     cfg = parse(CONFIG + "[store]\nenabled = false\n")
     assert open_store(cfg) is None
     assert np.all(True)
+
+
+def test_writer_follows_a_reloaded_retention(tmp_path: Path) -> None:
+    cfg = parse(CONFIG)
+    current = [cfg]
+    h = History(tmp_path / "h.sqlite3")
+    old = [
+        {"event": "attack_start", "ts": 1000.0 + i, "attack_id": i, "target": "203.0.113.10/32", "group": "default"}
+        for i in range(1, 4)
+    ] + [{"event": "attack_end", "ts": 1010.0, "attack_id": i} for i in range(1, 4)]
+    h.record(old)
+    writer = StoreWriter(h, clock=lambda: 2000.0)
+    writer.follow(lambda: current[0])
+    assert writer.flush()
+    assert len(h.attacks()) == 3  # 90 days keep them
+    current[0] = parse(CONFIG + "[store]\nmax_attacks = 1\n")
+    writer({"event": "ready", "ts": 2000.0})
+    assert writer.flush()
+    assert [a["attack_id"] for a in h.attacks()] == [3]
+    writer.close()

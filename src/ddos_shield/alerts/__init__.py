@@ -23,6 +23,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ddos_shield.alerts.email import EmailSender
@@ -50,6 +51,8 @@ class AlertDispatcher:
 
     def __init__(self, config: Config, senders: list[Sender]) -> None:
         self.builder = AlertBuilder(config)
+        self._config = config
+        self._source: Callable[[], Config] | None = None
         self.workers = [SenderWorker(s, config.alerts.queue_size) for s in senders]
         self._q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10000)
         self.dropped = 0
@@ -66,9 +69,28 @@ class AlertDispatcher:
             except queue.Full:
                 self.dropped += 1
 
-    def reconfigure(self, config: Config) -> None:
-        """A reloaded configuration: new dashboard link and throttle (receivers are kept)."""
+    def follow(self, source: Callable[[], Config]) -> None:
+        """Read the configuration in force from ``source`` (the engine's, which a reload
+        swaps) before each event, so that a reload takes effect here too."""
+        self._source = source
+
+    def _reconfigure(self, config: Config) -> None:
+        """On the dispatcher's thread: a new dashboard link, throttle and thresholds at
+        once; changed receivers are replaced (the old ones get a moment to deliver)."""
+        old = self._config.alerts
+        self._config = config
         self.builder.reconfigure(config)
+        new = config.alerts
+        if (old.webhooks, old.syslog, old.email, old.queue_size) != (
+            new.webhooks,
+            new.syslog,
+            new.email,
+            new.queue_size,
+        ):
+            retired, self.workers = self.workers, [SenderWorker(s, new.queue_size) for s in senders_for(config)]
+            for w in retired:
+                w.close(timeout=2.0)
+            log.info("alerts: receivers now %s", [w.name for w in self.workers])
 
     def _run(self) -> None:
         while True:
@@ -76,6 +98,8 @@ class AlertDispatcher:
             if ev is None:
                 return
             try:
+                if self._source is not None and (cfg := self._source()) is not self._config:
+                    self._reconfigure(cfg)
                 alert = self.builder.build(ev)
                 if alert is not None:
                     for w in self.workers:
@@ -104,7 +128,7 @@ class AlertDispatcher:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per receiver: sent, failed, retried, dropped; and ``throttled`` overall."""
-        out = {w.name: dict(w.counts) for w in self.workers}
+        out = {w.name: dict(w.counts) for w in list(self.workers)}
         out["all"] = {"throttled": self.builder.throttled, "dropped": self.dropped}
         return out
 

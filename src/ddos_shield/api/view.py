@@ -36,6 +36,10 @@ RESTART_ONLY = (
     "events",
     "sources",
     "api",
+    # the history database is opened once; its retention and capture size follow a reload
+    "store.enabled",
+    "store.path",
+    "store.queue_size",
 )
 
 

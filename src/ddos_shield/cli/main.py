@@ -198,7 +198,7 @@ def _pid_file(state_dir: str) -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield import config as configmod
-    from ddos_shield.alerts import open_alerts
+    from ddos_shield.alerts import AlertDispatcher, senders_for
     from ddos_shield.api.server import ApiService
     from ddos_shield.capture.sources import open_sources
     from ddos_shield.dataplane import open_dataplane
@@ -223,9 +223,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store = open_store(cfg, tap)
     if store is not None:
         events.subscribe(store)
-    alerts = open_alerts(cfg)  # webhooks, syslog, e-mail: each on its own thread
-    if alerts is not None:
-        events.subscribe(alerts)
+    # webhooks, syslog, e-mail: each on its own thread (kept with none, so that a reload may add some)
+    alerts = AlertDispatcher(cfg, senders_for(cfg))
+    events.subscribe(alerts)
     if cfg.shield.interfaces:
         dataplane: DataPlane = open_dataplane(cfg)
     else:
@@ -244,6 +244,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backends=open_backends(cfg),
         state_file=state / LEDGER_FILE,
     )
+    # a reload through the API swaps engine.config: the history and the alerts follow it
+    if store is not None:
+        store.follow(lambda: engine.config)
+    alerts.follow(lambda: engine.config)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -282,8 +286,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         detached = cfg.shield.detach_on_stop
         dataplane.close(detach=detached)
         events.emit("stopped", time.time(), detached=detached)
-        if alerts is not None:
-            alerts.close()  # delivers what is queued, a bounded wait
+        alerts.close()  # delivers what is queued, a bounded wait
         if store is not None:
             store.close()  # writes what is queued first
         events.close()

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ddos_shield.config import Config
 from ddos_shield.records import as_network
 from ddos_shield.store.history import History, Packet, Retention
 from ddos_shield.store.packets import PacketTap
@@ -69,6 +70,8 @@ class StoreWriter:
         self.failed = 0  # batches the database refused
         # attack id -> (target, packets taken so far, newest packet time taken)
         self._capturing: dict[int, tuple[str, int, float]] = {}
+        self._source: Callable[[], Config] | None = None
+        self._seen: Config | None = None
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
@@ -81,6 +84,18 @@ class StoreWriter:
             self.dropped += 1
 
     # ---- control ------------------------------------------------------------------
+
+    def follow(self, source: Callable[[], Config]) -> None:
+        """Take the retention limits and the capture size from the configuration in
+        force (``source``: the engine's, which a reload swaps) as soon as it changes.
+        The database path and the queue are fixed at start."""
+        self._source = source
+
+    def _reconfigure(self, config: Config) -> None:
+        s = config.store
+        self.retention = Retention(days=s.retention_days, max_attacks=s.max_attacks, max_audit_rows=s.max_audit_rows)
+        self.retention_interval = s.retention_interval_seconds
+        self.packets_per_attack = s.pcap_packets_per_attack
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written; False on timeout."""
@@ -124,6 +139,10 @@ class StoreWriter:
             stopping = any(i is None for i in items)
             self._write(events)
             now = self._clock()
+            if self._source is not None and (cfg := self._source()) is not self._seen:
+                self._seen = cfg
+                self._reconfigure(cfg)
+                next_retention = now  # new limits apply at once
             if now >= next_retention:
                 self._retain(now)
                 next_retention = now + self.retention_interval
