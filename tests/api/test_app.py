@@ -16,6 +16,7 @@ API = "/api/v1"
 # (method, path, body, lowest role that may call it)
 ROUTES: list[tuple[str, str, Any, str]] = [
     # reading
+    ("GET", "/openapi.json", None, "viewer"),
     ("GET", "/status", None, "viewer"),
     ("GET", "/traffic", None, "viewer"),
     ("GET", "/attacks", None, "viewer"),
@@ -88,7 +89,7 @@ def test_revoked_token_is_refused_at_the_next_request(shield: Shield) -> None:
 
 
 def test_openapi_document_is_published_and_lists_the_routes(shield: Shield) -> None:
-    doc = shield.client.get(f"{API}/openapi.json").json()
+    doc = shield.get(f"{API}/openapi.json").json()
     paths = set(doc["paths"])
     assert {p if p == "/metrics" else API + p for _, p, _, _ in ROUTES if "999999" not in p} <= paths
     assert f"{API}/mitigations/{{mitigation_id}}/approve" in paths
@@ -118,6 +119,32 @@ def test_status_and_traffic_during_a_flood(shield: Shield) -> None:
     assert t["top_sources"][0]["src"] == "198.51.100.10"
     assert len(t["top_sources"]) == 3
     assert shield.get(f"{API}/traffic", params={"top": 0}).status_code == 422
+
+
+def test_status_answers_while_a_tick_holds_the_engine(shield: Shield) -> None:
+    import threading
+
+    shield.run(0.3, legit)
+    first = shield.get(f"{API}/status").json()
+    held, done = threading.Event(), threading.Event()
+
+    def long_tick() -> None:
+        with shield.engine._lock:  # what a long tick under a flood does
+            held.set()
+            done.wait(20)
+
+    t = threading.Thread(target=long_tick)
+    t.start()
+    try:
+        held.wait(5)
+        # were status to wait for the engine, this would never come back before `done`
+        r = shield.get(f"{API}/status", timeout=5)
+        assert r.status_code == 200 and r.json()["as_of"] == first["as_of"]
+        assert shield.client.get("/healthz", timeout=5).status_code == 200
+    finally:
+        done.set()
+        t.join()
+    assert shield.get(f"{API}/status").json()["as_of"] > first["as_of"]
 
 
 def test_attacks_live_and_past_with_timeline_and_rules(shield: Shield) -> None:

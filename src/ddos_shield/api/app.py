@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -96,7 +96,12 @@ def _redact(obj: Any) -> Any:
     return obj
 
 
-def principal(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+# The two dependencies below are coroutines although they block for a moment (a stat of
+# the token file, a few hashes): FastAPI would run plain functions in its thread pool,
+# and every hop there waits for the GIL behind the engine's thread.
+async def principal(
+    request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
     """The caller, from its bearer token; 401 without a valid one."""
     if cred is None or cred.scheme.lower() != "bearer":
         raise HTTPException(401, "a token is needed: Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
@@ -113,10 +118,10 @@ def principal(request: Request, cred: Annotated[HTTPAuthorizationCredentials | N
     return Principal(name=tok.name, role=str(tok.role), actor=actor)
 
 
-def need(role: Role) -> Callable[..., Principal]:
+def need(role: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency: the caller, when its role is ``role`` or above; 403 otherwise."""
 
-    def dep(p: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def dep(p: Annotated[Principal, Depends(principal)]) -> Principal:
         if Role.parse(p.role) < role:
             raise HTTPException(403, f"token {p.name!r} has role {p.role}; this needs {role} or above")
         return p
@@ -136,8 +141,10 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
         title="DDoS Shield",
         version=__version__,
         description=__doc__,
-        openapi_url=f"{API}/openapi.json",
-        docs_url=f"{API}/docs",
+        # the document is served below, to a token like everything else; no Swagger page:
+        # it would load its code from a CDN, and a shield's host may have no way out
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
     )
     # set by the server at stop: live streams end within a second
@@ -149,7 +156,7 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
     @app.get("/healthz", tags=["status"])
     def healthz() -> JSONResponse:
         """Liveness without a token: 200 while the control loop ticks, 503 when it stalled."""
-        snap = view.snapshot()
+        snap, _ = view.quick_snapshot()
         ticked = snap.get("ticked_at")
         limit = 2.0 + 5 * view.config.shield.interval_ms / 1000
         age = time.time() - ticked if ticked else None
@@ -168,14 +175,22 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
 
     r = APIRouter(prefix=API)
 
+    @r.get("/openapi.json", tags=["status"])
+    def openapi(p: Viewer) -> dict[str, Any]:
+        """This API's OpenAPI document."""
+        return app.openapi()
+
     # ---- status and traffic -------------------------------------------------------
 
     @r.get("/status", tags=["status"])
     def status(p: Viewer) -> dict[str, Any]:
-        """The shield at a glance: data plane, loop, attacks and rules in force."""
-        snap = view.snapshot()
+        """The shield at a glance: data plane, loop, attacks and rules in force.  It answers
+        at once even while a long tick runs, with the figures of the tick before
+        (``as_of`` says when they were taken)."""
+        snap, as_of = view.quick_snapshot()
         cfg = view.config
         return {
+            "as_of": round(as_of, 3),
             "version": __version__,
             "uptime_s": round(time.time() - view.started, 1),
             "dataplane": snap.get("dataplane_kind"),
@@ -423,7 +438,7 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
 
 def live_snapshot(view: ShieldView) -> dict[str, Any]:
     """What the dashboard redraws each second."""
-    snap = view.snapshot()
+    snap, _ = view.quick_snapshot()
     t = view.traffic(5)
     return {
         "ts": time.time(),

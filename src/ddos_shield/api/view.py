@@ -9,6 +9,7 @@ into the engine's internals, so the engine can change inside without the API not
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,12 +44,18 @@ RESTART_ONLY = (
 )
 
 
+#: seconds a status request waits for a tick to release the engine before it answers
+#: with the previous snapshot
+QUICK_WAIT = 0.01
+
+
 class EngineLike(Protocol):
     """What the view needs of the engine (its public surface)."""
 
     config: Config
 
     def snapshot(self) -> dict[str, Any]: ...
+    def try_snapshot(self, timeout: float) -> dict[str, Any] | None: ...
     def traffic(self, top: int = 10) -> dict[str, Any]: ...
     def reload(self, config: Config) -> None: ...
     def mitigations(self) -> list[dict[str, Any]]: ...
@@ -111,6 +118,8 @@ class ShieldView:
         self.config_path = config_path
         self.started = time.time()
         self.attacks = AttackLog()
+        self._quick: tuple[dict[str, Any], float] | None = None
+        self._quick_lock = threading.Lock()
         self._unsubscribe = events.subscribe(self.attacks)
 
     def close(self) -> None:
@@ -124,6 +133,17 @@ class ShieldView:
 
     def snapshot(self) -> dict[str, Any]:
         return self._engine.snapshot()
+
+    def quick_snapshot(self) -> tuple[dict[str, Any], float]:
+        """A snapshot and the time it was taken, within about :data:`QUICK_WAIT`: when a
+        tick holds the engine longer (a flood makes ticks long), the last one taken."""
+        snap = self._engine.try_snapshot(QUICK_WAIT)
+        with self._quick_lock:
+            if snap is not None:
+                self._quick = (snap, time.time())
+            elif self._quick is None:
+                self._quick = (self._engine.snapshot(), time.time())
+            return self._quick
 
     def traffic(self, top: int) -> dict[str, Any]:
         return self._engine.traffic(top)

@@ -795,6 +795,17 @@ class Engine:
             rates, samples, config = self._rates, self._window.view().copy(), self.config
         return summarize(rates, samples, WINDOW_SECONDS, config, top)
 
+    def try_snapshot(self, timeout: float) -> dict[str, Any] | None:
+        """:meth:`snapshot`, or None when a tick holds the state longer than ``timeout``
+        seconds: a reader that must answer quickly (the API's status) keeps its last one
+        rather than wait out a long tick under a flood (the lock is re-entrant)."""
+        if not self._lock.acquire(timeout=timeout):
+            return None
+        try:
+            return self.snapshot()
+        finally:
+            self._lock.release()
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serialisable view of the current state."""
         with self._lock:
