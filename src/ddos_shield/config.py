@@ -100,6 +100,42 @@ class Step(_Model):
     )
 
 
+def _prefix_thresholds() -> Thresholds:
+    # Twice a host's defaults: a /24's normal traffic is many hosts' worth.
+    return Thresholds(
+        syn=Threshold(pps=20000),
+        tcp=Threshold(pps=100000),
+        udp=Threshold(pps=40000),
+        icmp=Threshold(pps=10000),
+        frag=Threshold(pps=10000),
+        other=Threshold(pps=10000),
+    )
+
+
+class Carpet(_Model):
+    """Carpet bombing: a flood spread thinly over many addresses of a prefix, each below
+    its host thresholds, detected on the sum over the prefix."""
+
+    enabled: bool = Field(True, description="detect carpet bombing on the group's prefixes")
+    ipv4_prefix_len: int = Field(24, ge=8, le=31, description="IPv4 destinations are summed per prefix of this length")
+    ipv6_prefix_len: int = Field(
+        56,
+        ge=8,
+        le=127,
+        description="IPv6 destinations (already counted per shield.ipv6_prefix_len) are summed per prefix of this length",
+    )
+    thresholds: Thresholds = Field(
+        default_factory=_prefix_thresholds,
+        description="per-category limits on the sum over a prefix (hosts over their own limits left out)",
+    )
+    min_destinations: int = Field(
+        8, ge=2, description="a carpet reaches at least this many destinations of the prefix in the category"
+    )
+    max_host_share: float = Field(
+        0.5, gt=0, le=1, description="and no one destination carries more than this share of the prefix's sum"
+    )
+
+
 class Group(_Model):
     """A host group: destinations that share thresholds and a response."""
 
@@ -130,6 +166,7 @@ class Group(_Model):
     allow_blackhole: bool = Field(
         False, description="permit the 'blackhole' step (it takes the whole target off the Internet): off by default"
     )
+    carpet: Carpet = Field(default_factory=Carpet, description="carpet-bombing detection over the group's prefixes")
 
     @field_validator("prefixes")
     @classmethod
@@ -806,6 +843,12 @@ def example() -> str:
     for key, f in Thresholds.model_fields.items():
         t = f.default
         lines.append(f"{key} = {{ pps = {t.pps}, bps = {t.bps} }}  {c(f.description)}")
+    lines += ["# " + (g["carpet"].description or ""), "[groups.carpet]"]
+    for key, f in Carpet.model_fields.items():
+        if key != "thresholds":
+            lines += [c(f.description), f"{key} = {_toml(f.default)}"]
+    lines += [c(Carpet.model_fields["thresholds"].description), "[groups.carpet.thresholds]"]
+    lines += [f"{key} = {{ pps = {t.pps}, bps = {t.bps} }}" for key, t in _prefix_thresholds()]
     lines += [
         "",
         "[[groups]]",
@@ -858,7 +901,7 @@ def reference() -> str:
                 default = f"`{_toml(f.default)}`"
             if isinstance(f.default, BaseModel) or (
                 f.default_factory is not None
-                and key in ("shield", "mitigation", "events", "store", "alerts", "classification", "api")
+                and key in ("shield", "mitigation", "events", "store", "alerts", "classification", "api", "carpet")
             ):
                 default = "table"
             elif f.default is None and not f.is_required():
@@ -924,5 +967,18 @@ def reference() -> str:
     for key, f in Thresholds.model_fields.items():
         t = f.default
         out.append(f"| `{key}` | `{{ pps = {t.pps}, bps = {t.bps} }}` | {f.description} |")
+    out.append("")
+    table(
+        "[groups.carpet]",
+        Carpet,
+        "Carpet bombing: a flood spread over many addresses of a prefix, each below its host thresholds. "
+        "Destinations are summed per prefix of the lengths below (never wider than the group's own prefix), "
+        "leaving out hosts that are over their own limits (those are host attacks); a prefix whose sum is over "
+        "a limit, reached by at least `min_destinations` destinations none of which carries more than "
+        "`max_host_share` of it, is an attack on the prefix (type `carpet_bombing`), mitigated by rules on the prefix.",
+    )
+    out.extend(["## [groups.carpet.thresholds]", "", "| category | default |", "|---|---|"])
+    for key, t in _prefix_thresholds():
+        out.append(f"| `{key}` | `{{ pps = {t.pps}, bps = {t.bps} }}` |")
     out.append("")
     return "\n".join(out)

@@ -263,6 +263,8 @@ class AttackType(enum.StrEnum):
     HOST_SWEEP = "host_sweep"  # one source probing one port (or ping) across many hosts
     CONNECTION_FLOOD = "connection_flood"  # many TCP connections opened fast from few sources
     SLOW_ATTACK = "slow_attack"  # many TCP connections held open, nearly idle, from few sources
+    # from detect/carpet.py: the target is a prefix, its addresses each below their limits
+    CARPET_BOMBING = "carpet_bombing"
 
 
 CATEGORY_ATTACK: dict[Category, AttackType] = {

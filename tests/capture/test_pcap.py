@@ -96,13 +96,13 @@ def pcap_bytes(
     orig: list[int] | None = None,
 ) -> bytes:
     magic = 0xA1B23C4D if nanos else 0xA1B2C3D4
-    out = struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)
+    out = [struct.pack(order + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)]
     per = 10**9 if nanos else 10**6
     for i, (ts, data) in enumerate(records):
         sec = int(ts)
         frac = round((ts - sec) * per)
-        out += struct.pack(order + "IIII", sec, frac, len(data), orig[i] if orig else len(data)) + data
-    return out
+        out.append(struct.pack(order + "IIII", sec, frac, len(data), orig[i] if orig else len(data)) + data)
+    return b"".join(out)  # one join: appending to bytes is quadratic
 
 
 def block(btype: int, body: bytes, order: str = "<") -> bytes:

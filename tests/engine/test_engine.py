@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from ddos_shield.config import parse
 from ddos_shield.dataplane.replay import ReplayDataPlane
@@ -182,3 +183,58 @@ def test_ipv6_target_is_aggregated_prefix() -> None:
     h.run(1.0, [flood])
     assert h.events("attack_start")[0]["target"] == "2001:db8:113::/64"
     assert h.events("mitigation_applied")[0]["rule"]["match"] == {"src": "2001:2::1/128"}
+
+
+# ---- carpet bombing and spoofed sources ---------------------------------------------------------
+
+CARPET = CONFIG.replace(
+    "syn = { pps = 2000 }", "syn = { pps = 2000 }\n[groups.carpet.thresholds]\nudp = { pps = 10000 }"
+)
+
+
+def carpet_flood(now: float) -> np.ndarray:
+    """2,000 spoofed UDP packets per tick (20 kpps) over 203.0.113.20-219: 100 pps each."""
+    rng = np.random.default_rng(int(now * 10))
+    b = packets(2000, src="198.18.0.1", dst=VICTIM, proto=17, category=Category.UDP, dport=53, length=90, ts=now)
+    b["dst"][:, 15] = rng.integers(20, 220, 2000)
+    b["src"][:, 13:] = rng.integers(0, 256, (2000, 3))
+    b["src"][:, 13] = 18 + b["src"][:, 13] % 2  # 198.18.0.0/15
+    return b
+
+
+def test_carpet_bomb_is_one_prefix_attack_beside_a_host_attack() -> None:
+    h = Harness(CARPET)
+    host = lambda now: packets(800, src="198.51.100.66", dst=VICTIM, proto=17, category=Category.UDP, ts=now)  # noqa: E731
+    h.run(1.5, [legit, host, carpet_flood])
+    starts = {e["target"]: e for e in h.events("attack_start")}
+    assert set(starts) == {"203.0.113.10/32", "203.0.113.0/24"}
+    assert starts["203.0.113.0/24"]["attack_types"] == ["udp_flood", "carpet_bombing"]
+    assert starts["203.0.113.10/32"]["attack_types"] == ["udp_flood"]
+    # the host flood is the host's attack: the carpet's rate is the spread's alone
+    update = [e for e in h.events("attack_update") if e["target"] == "203.0.113.0/24"][-1]
+    assert 15000 <= update["pps"] <= 25000
+    assert update["spoofed_share"] > 0.8 and update["distinct_sources"] > 1000
+    rules = {e["target"]: e["rule"] for e in h.events("mitigation_applied")}
+    assert rules["203.0.113.0/24"]["match"]["dst"] == "203.0.113.0/24"
+    # built from the spread's own samples: the host flood's (other source, port) take no part
+    assert rules["203.0.113.0/24"]["match"]["proto"] == 17 and rules["203.0.113.0/24"]["match"]["dport"]["min"] == 53
+    assert rules["203.0.113.0/24"]["match"]["src"] == "198.18.0.0/15"
+    assert rules["203.0.113.10/32"]["match"] == {"src": "198.51.100.66/32"}
+    # the prefix rule drops the carpet, and the engine's state stays bounded
+    assert h.dp.global_stats()["dropped"] > 0
+    assert len(h.engine.attack_sources) == 2 and h.engine.attack_sources.held_keys <= 2 * (64 + 1024)
+
+
+def test_sample_window_is_bounded(monkeypatch: Any) -> None:
+    import ddos_shield.engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "WINDOW_MAX_ROWS", 1000)
+    h = Harness(CARPET)
+    h.engine._sample_every = 1  # keep every packet: flows arrive unsampled
+    h.dp.set_sample_every(1)
+    monkeypatch.setattr(h.engine, "_adapt_sampling", lambda rates: None)
+    h.run(1.0, [carpet_flood])
+    held = len(h.engine._window)
+    assert held <= 1000
+    sampled = int(h.engine._window.view()["packets"].sum())
+    assert sampled == pytest.approx(2000 * 10, rel=0.05)  # thinned rows stand for all the packets

@@ -341,3 +341,43 @@ def test_replay_is_quick() -> None:
     t = time.perf_counter()
     one(DATA / "stopddos_pkt.TCP.synflood.spoofed.pcap")
     assert time.perf_counter() - t < 5.0
+
+
+# ---- carpet bombing ------------------------------------------------------------------------------
+
+CARPET = """
+protected = ["203.0.113.0/24"]
+[shield]
+dry_run = true
+[[groups]]
+name = "default"
+[groups.thresholds]
+udp = { pps = 5000 }
+[groups.carpet.thresholds]
+udp = { pps = 10000 }
+"""
+
+
+def test_carpet_bomb_in_a_capture_is_reported_on_its_prefix(tmp_path: Path) -> None:
+    # 2 s: 20 kpps of DNS-looking UDP over 203.0.113.1-200 (100 pps each), and 8 kpps
+    # at .10 from one source, which is the host's own attack
+    rng = np.random.default_rng(3)
+    frames = []
+    for i in range(40_000):
+        src = f"198.18.{rng.integers(0, 256)}.{rng.integers(1, 255)}"
+        frames.append((1000.0 + i / 20_000, eth(ipv4(src, f"203.0.113.{1 + i % 200}", 17, udp(53, 4444, b"x" * 40)))))
+    frames += [(1000.0 + i / 8_000, eth(ipv4("198.51.100.66", "203.0.113.10", 17, udp(1, 80)))) for i in range(16_000)]
+    frames.sort(key=lambda f: f[0])
+    p = tmp_path / "carpet.pcap"
+    p.write_bytes(pcap_bytes(1, frames))
+    c = one(p, parse(CARPET))
+    got = {a.target: a for a in c.attacks}
+    assert set(got) == {"203.0.113.0/24", "203.0.113.10/32"}
+    carpet, host = got["203.0.113.0/24"], got["203.0.113.10/32"]
+    assert carpet.types == ["udp_flood", "carpet_bombing"] and host.types == ["udp_flood"]
+    # each packet counted once: the host's flood is not part of the carpet's
+    assert carpet.packets <= 40_000 and host.packets <= 16_000 + 200
+    assert carpet.packets >= 30_000 and host.top_sources[0].address == "198.51.100.66"
+    assert carpet.spoofed_share > 0.5
+    (rule,) = carpet.rules
+    assert rule.match["dst"] == "203.0.113.0/24" and rule.match["sport"] == {"min": 53, "max": 53}

@@ -25,12 +25,14 @@ them).  No I/O, no clock.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from ddos_shield.detect.carpet import inner_mask
 from ddos_shield.records import (
     Attack,
     Category,
@@ -86,19 +88,24 @@ class Candidate:
 
 
 def attack_samples(
-    window: TrafficBatch, attack: Attack, since: float
+    window: TrafficBatch, attack: Attack, since: float, others: Sequence[Attack] = ()
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Masks of the window's rows that belong to the attack (its categories at its target,
     sampled from ``since`` on), and of the target's legitimate reference: its traffic in
     the other categories, and in the attack's up to :data:`RAMP` seconds before ``since``.
 
     What the target received in the attack's categories just before ``since`` is neither:
-    it may be normal traffic or the attack ramping up, so it judges nothing.
+    it may be normal traffic or the attack ramping up, so it judges nothing.  Rows of
+    ``others`` on narrower targets inside this one (host attacks inside a carpet
+    bomb's prefix) are theirs, not this attack's.
     """
     to_target = addresses_in(window["dst"], attack.target)
     in_cats = np.isin(window["category"], [int(c) for c in attack.categories])
     ts = window["ts"]
-    return to_target & in_cats & (ts >= since), to_target & (~in_cats | (ts < since - RAMP))
+    mine = to_target & in_cats & (ts >= since)
+    if others:
+        mine &= ~inner_mask(window, attack, others)
+    return mine, to_target & (~in_cats | (ts < since - RAMP))
 
 
 def build(
@@ -110,15 +117,17 @@ def build(
     min_samples: int,
     allowlist: list[IPNetwork] | None = None,
     lead: float = 0.1,
+    others: Sequence[Attack] = (),
 ) -> list[Candidate] | None:
     """Candidates for ``attack`` from recent samples, or None while samples are too few.
 
     Only samples from ``lead`` seconds before the attack was seen on count as the
-    attack's: what the target received before is its normal traffic.
+    attack's: what the target received before is its normal traffic.  ``others`` are
+    the other open attacks (see :func:`attack_samples`).
     """
     if not attack.categories:
         return []  # reconnaissance (scans, sweeps): reported, never blocked by a rule
-    atk_mask, other_mask = attack_samples(window, attack, attack.started - lead)
+    atk_mask, other_mask = attack_samples(window, attack, attack.started - lead, others)
     atk = window[atk_mask]
     other = window[other_mask]
     if len(atk) < min_samples:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddos_shield.config import Config, Group
-from ddos_shield.records import Category, IPNetwork, RateBatch, bytes_addr
+from ddos_shield.records import AttackType, Category, IPNetwork, RateBatch, bytes_addr
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Observation:
     bps: float
     total_pps: float  # all categories, for context
     now: float
+    #: types the detector recognised beyond the categories' floods (e.g. carpet bombing)
+    extra_types: tuple[AttackType, ...] = ()
 
 
 class ThresholdDetector:

@@ -44,10 +44,13 @@ from ddos_shield.capture.base import TelemetrySource
 from ddos_shield.config import Config
 from ddos_shield.dataplane.base import DataPlane, counter_rates
 from ddos_shield.dataplane.table import CounterTable
+from ddos_shield.detect.carpet import CarpetDetector
 from ddos_shield.detect.classify import Classifier
 from ddos_shield.detect.connections import ConnectionDetector
 from ddos_shield.detect.lifecycle import AttackChange, AttackTracker
 from ddos_shield.detect.scan import Finding, ScanDetector
+from ddos_shield.detect.sketch import thin
+from ddos_shield.detect.sources import AttackSources
 from ddos_shield.detect.threshold import Observation, ThresholdDetector
 from ddos_shield.engine.ledger import Entry, Ledger
 from ddos_shield.engine.traffic import summarize
@@ -93,6 +96,10 @@ MAX_MANUAL_TTL = 7 * 86400.0
 SAVE_REFRESH_EVERY = 5.0
 #: backends that enforce upstream of the network (the allow-list is not checked there)
 UPSTREAM_BACKENDS = ("bgp",)
+#: rows the sample window holds at most (~100 bytes each): past it, new samples are
+#: thinned (packets scaled up), so a burst of flow records -- one per spoofed source
+#: -- cannot grow the window with the number of sources
+WINDOW_MAX_ROWS = 200_000
 
 
 class Engine:
@@ -139,6 +146,8 @@ class Engine:
         self._telemetry_history: deque[tuple[float, np.ndarray]] = deque()
         self._clock = clock
         self.detector = ThresholdDetector(config)
+        self.carpet = CarpetDetector(config)
+        self.attack_sources = AttackSources()
         self.tracker = AttackTracker(config, first_id=int(clock() * 1000) % 0x7FFFFFFF + 1)
         self._notifiers = [b.name for b in backends if b.name in NOTIFIERS]
         self.policy = Policy(config, local=backend.name, others=[b.name for b in backends if b.name not in NOTIFIERS])
@@ -201,6 +210,7 @@ class Engine:
         with self._lock:
             self.config = config
             self.detector = ThresholdDetector(config)
+            self.carpet = CarpetDetector(config)
             self.tracker.reconfigure(config)
             self.policy.reconfigure(config)
             self.scans.reconfigure(config)
@@ -252,19 +262,27 @@ class Engine:
             for b in flows:
                 self.tap.add(b)
         fresh = [b for b in [sampled, *flows] if len(b)]
-        for b in fresh:
-            self._window.add(b)
+        new = np.concatenate(fresh) if len(fresh) > 1 else fresh[0] if fresh else empty_traffic()
+        if len(new):
+            # each tick's share of the window's bound (the window spans this many ticks, and one)
+            interval = self.config.shield.interval_ms / 1000.0
+            budget = max(1, int(WINDOW_MAX_ROWS * interval / (WINDOW_SECONDS + interval)))
+            self._window.add(thin(new, budget, seed=len(new)))
         self._window.trim(now)
         window = self._window.view()
 
-        new = np.concatenate(fresh) if fresh else empty_traffic()
         floods = self.detector.observe(rates, now)
+        # carpet bombing: prefixes whose spread is over their limits, host attacks left out
+        hosts = [(o.target, o.categories) for o in floods] + [(a.target, a.categories) for a in self.tracker.active]
+        floods += self.carpet.observe(rates, now, hosts)
         slow = self.scans.observe(new, now) + self.connections.observe(new, now)
         flooded = {o.target for o in floods}
         changes = self.tracker.update(
             floods + [f.observation for f in slow if f.observation.target not in flooded], now
         )
         changes = self._classify(changes, floods, slow, window, now)
+        ended = [ch.attack for ch in changes if ch.kind == "end"]
+        self.attack_sources.update(self.tracker.active + ended, new, window)
         for ch in changes:
             # scans, sweeps, connection floods and slow attacks name their sources
             extra = (
@@ -272,6 +290,7 @@ class Engine:
             )
             if ch.kind == "end":
                 self._sources.pop(ch.attack.attack_id, None)
+            extra.update(self._source_fields(ch.attack))
             self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack), **extra)
         for cmd in self.policy.step(changes, self.tracker.active, window, now, rates):
             self._execute(cmd)
@@ -295,6 +314,9 @@ class Engine:
         for f in slow:
             hints[f.observation.target] = (*hints.get(f.observation.target, ()), f.type)
             sources.setdefault(f.observation.target, set()).add(str(f.source))
+        for o in floods:
+            if o.extra_types:  # e.g. carpet bombing
+                hints[o.target] = (*hints.get(o.target, ()), *o.extra_types)
         changed = {ch.attack.attack_id for ch in changes}
         typed: dict[int, Attack] = {}
         news: list[AttackChange] = []
@@ -322,6 +344,11 @@ class Engine:
             else:
                 out.append(AttackChange(ch.kind, typed.get(ch.attack.attack_id, ch.attack)))
         return out + news
+
+    def _source_fields(self, attack: Attack) -> dict[str, Any]:
+        """What an attack's sources look like (estimates from bounded sketches)."""
+        summary = self.attack_sources.summary(attack.attack_id)
+        return summary.to_json() if summary is not None and summary.records else {}
 
     def _telemetry_rates(self, flows: list[TrafficBatch], now: float) -> RateBatch:
         """Rates of what the telemetry sources saw, averaged over ``telemetry_window_seconds``:
@@ -821,7 +848,7 @@ class Engine:
                 "bps": {n: float(v) for n, v in zip(CATEGORY_NAMES, bps_cat, strict=True)},
                 "destinations": len(rates),
                 "sample_every": self._sample_every,
-                "attacks": [attack_fields(a) for a in attacks],
+                "attacks": [{**attack_fields(a), **self._source_fields(a)} for a in attacks],
                 "rules": [
                     {
                         **r.to_json(),

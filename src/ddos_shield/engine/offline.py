@@ -44,10 +44,11 @@ import numpy.typing as npt
 from ddos_shield.capture.pcap import CaptureReader, CaptureStats
 from ddos_shield.config import Config
 from ddos_shield.dataplane.replay import ReplayDataPlane
+from ddos_shield.detect.carpet import inner_mask
 from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
 from ddos_shield.policy import REFRESH_EVERY
-from ddos_shield.records import CATEGORY_NAMES, Match, TrafficBatch, addresses_in, bytes_addr
+from ddos_shield.records import CATEGORY_NAMES, Attack, Match, TrafficBatch, addresses_in, bytes_addr
 
 #: source addresses counted exactly per attack; beyond, the lightest are folded into totals
 MAX_TRACKED_SOURCES = 100_000
@@ -355,7 +356,8 @@ class _Replay:
         that were over their limits in it."""
         now = self._tick(k + 1)
         pending, self.pending = self.pending, []
-        for a in self.engine.tracker.active:
+        active = self.engine.tracker.active
+        for a in active:
             st = self.attacks.get(a.attack_id)
             if st is None or a.last_seen != now:
                 continue
@@ -363,7 +365,7 @@ class _Replay:
             cats = [int(c) for c in a.categories]
             # the interval's pieces one by one: most intervals hold no attack, and
             # joining them first would copy every packet once more
-            parts = [p[addresses_in(p["dst"], a.target) & np.isin(p["category"], cats)] for p in pending]
+            parts = [p[_theirs(p, a, cats, active)] for p in pending]
             rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
             if len(rows):
                 st.add(rows)
@@ -471,6 +473,15 @@ class _Replay:
                 rep_.hits, rep_.dropped = int(hits.get("packets", 0)), int(hits.get("dropped", 0))
         elif name in ("mitigation_skipped", "mitigation_failed") and st is not None:
             st.skipped = e.get("reason", name)
+
+
+def _theirs(rows: TrafficBatch, a: Attack, cats: list[int], active: list[Attack]) -> npt.NDArray[np.bool_]:
+    """Rows of ``a``'s categories at its target; a carpet bomb's host attacks count their own."""
+    mask = addresses_in(rows["dst"], a.target) & np.isin(rows["category"], cats)
+    if mask.any():
+        mask &= ~inner_mask(rows, a, active)
+    out: npt.NDArray[np.bool_] = mask
+    return out
 
 
 # ---- per-attack accounting ----------------------------------------------------------------

@@ -167,6 +167,7 @@ class Policy:
         self._others = set(others)
         self._by_attack: dict[int, _Mitigation] = {}
         self._adopted: dict[int, tuple[Rule, str]] = {}
+        self._active: list[Attack] = []  # this step's open attacks: a carpet's host attacks keep their samples
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -242,6 +243,7 @@ class Policy:
         rates: RateBatch | None = None,
     ) -> list[Command]:
         cmds: list[Command] = []
+        self._active = active
         for ch in changes:
             m = self._by_attack.get(ch.attack.attack_id)
             if ch.kind == "start":
@@ -396,12 +398,15 @@ class Policy:
                 min_samples=mit.min_samples,
                 allowlist=self._allow,
                 lead=lead,
+                others=self._active,
             )
             if built is None:
                 return None
             cands = [c for c in built if c.set_share >= 0.5]
             if name == "drop_sources":
-                cands = _heavy_sources(m.attack, window, mit.max_sources_per_attack, self._allow, lead)
+                cands = _heavy_sources(
+                    m.attack, window, mit.max_sources_per_attack, self._allow, lead, others=self._active
+                )
         if not cands:
             return [], f"ladder step {name}: no rule matches enough of the attack's samples"
         # a blackhole is a route for the whole target (RFC 7999), not a Flowspec drop
@@ -510,11 +515,16 @@ class Policy:
 
 
 def _heavy_sources(
-    attack: Attack, window: TrafficBatch, max_sources: int, allow: list[IPNetwork], lead: float
+    attack: Attack,
+    window: TrafficBatch,
+    max_sources: int,
+    allow: list[IPNetwork],
+    lead: float,
+    others: list[Attack] | None = None,
 ) -> list[fingerprint.Candidate]:
     """The heaviest sources of the attack's samples (each at least a share of
     ``1 / (2 * max_sources)``), one drop candidate each, whatever share they cover together."""
-    atk_mask, other_mask = fingerprint.attack_samples(window, attack, attack.started - lead)
+    atk_mask, other_mask = fingerprint.attack_samples(window, attack, attack.started - lead, others or ())
     atk, other = window[atk_mask], window[other_mask]
     if len(atk) == 0 or max_sources == 0:
         return []
