@@ -64,6 +64,19 @@ REFUSED = [
     AttackSpec("frag", tool="hping3"),
     AttackSpec("udp", family=6, tool="hping3"),
     AttackSpec("udp", tool="scapy"),
+    # spread-out floods: lab prefixes only, IPv4 /24 to /30, no fixed target besides
+    AttackSpec("udp-spoofed", spread="192.0.2.0/24"),
+    AttackSpec("udp-spoofed", spread="203.0.113.0/23"),
+    AttackSpec("udp-spoofed", spread="203.0.113.128/31"),
+    AttackSpec("udp-spoofed", spread="198.18.0.0/24"),
+    AttackSpec("udp-spoofed", spread="203.0.113.129/25"),  # host bits set
+    AttackSpec("udp-spoofed", spread="203.0.113.0/24", target=str(L.VICTIM_V4)),
+    AttackSpec("udp-spoofed", family=6, spread="2001:db8:113::/120"),
+    # a new source for every packet: SYNs over IPv6, from a range wide enough
+    AttackSpec("udp-spoofed", family=6, many_sources=True),
+    AttackSpec("syn-spoofed", family=4, many_sources=True),
+    AttackSpec("syn", family=6, many_sources=True),
+    AttackSpec("syn-spoofed", family=6, many_sources=True, spoof_net="2001:2::/112"),
 ]
 
 
@@ -118,6 +131,16 @@ def test_every_generator_is_bounded_by_count_and_time(spec: AttackSpec, tool: st
         assert p.argv[p.argv.index("-o") + 1] == L.ATTACKER_IF
         assert p.config is not None
     assert p.target == str(L.VICTIM_V4 if spec.family == 4 else L.VICTIM_V6)
+
+
+def test_spread_and_many_sources_become_counting_fields() -> None:
+    p = plan(AttackSpec("udp-spoofed", pps=1000, seconds=1, spread=str(L.CARPET_V4)))
+    assert p.tool == "trafgen" and p.target == "203.0.113.128/25"
+    assert p.config is not None and "dinc(129, 254, 1)" in p.config and "csumudp" in p.config
+    p = plan(AttackSpec("syn-spoofed", family=6, pps=1000, seconds=1, many_sources=True))
+    assert p.config is not None
+    assert all(f"dinc(0, {hi}, 1)" in p.config for hi in (252, 254, 255)) and "csumtcp6" in p.config
+    assert p.sources == ["2001:2::/104"]
 
 
 def test_cpu_pins_the_generator() -> None:

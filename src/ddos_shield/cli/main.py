@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--seconds", type=float, default=5.0, help="duration (the packet count is pps x seconds)")
     atk.add_argument("--dport", type=int, default=80)
     atk.add_argument("--cpu", type=int, help="pin the generator to this CPU")
+    atk.add_argument(
+        "--spread", metavar="PREFIX", help="carpet bomb: destinations count through this lab prefix (IPv4 /24-/30)"
+    )
+    atk.add_argument(
+        "--many-sources", action="store_true", help="syn-spoofed over IPv6: every packet from a new source"
+    )
     atk.set_defaults(func=_cmd_lab_attack)
 
     d = sub.add_parser("demo", help="lab + shield + real attacks, then a summary")
@@ -473,7 +479,14 @@ def _cmd_lab_attack(args: argparse.Namespace) -> int:
     from ddos_shield.lab.attack import AttackSpec, launch
 
     spec = AttackSpec(
-        kind=args.kind, family=args.family, pps=args.pps, seconds=args.seconds, dport=args.dport, cpu=args.cpu
+        kind=args.kind,
+        family=args.family,
+        pps=args.pps,
+        seconds=args.seconds,
+        dport=args.dport,
+        cpu=args.cpu,
+        spread=args.spread,
+        many_sources=args.many_sources,
     )
     report = launch(spec).wait()
     print(json.dumps(report.to_json()))

@@ -344,6 +344,7 @@ class SourceSummary:
             "distinct_sources": self.distinct_sources,
             "distinct_seen": self.distinct_seen,
             "spoofed_share": round(self.spoofed_share, 4),
+            "source_keys_held": self.held_keys,
             "top_sources": [
                 {"address": str(bytes_addr(k)), "packets": round(lo), "share": round(lo / self.packets, 4)}
                 for k, lo, _ in self.top[:top]

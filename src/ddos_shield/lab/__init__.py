@@ -44,6 +44,9 @@ ATTACKER_V6 = ipaddress.ip_address("2001:db8:100::66")  # plus ::67-::69
 VICTIM_V4 = ipaddress.ip_address("203.0.113.10")
 VICTIM_V6 = ipaddress.ip_address("2001:db8:113::10")
 VICTIM_HTTP_PORT = 80
+#: More of the victim's prefix: the victim answers for every address of it (a local
+#: route), so a carpet bomb spread over them is delivered, and counted, as real traffic.
+CARPET_V4 = ipaddress.ip_network("203.0.113.128/25")
 
 #: Interface names outside the shield (one veth end in each end host; bridge ports in dsl-up).
 ATTACKER_IF = "eth0"

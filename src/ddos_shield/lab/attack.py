@@ -13,6 +13,13 @@ Kinds: ``syn``, ``udp``, ``icmp`` and ``frag`` from the attacker's own address
 non-first fragments of UDP datagrams (offset > 0, random IP id; IPv6 through a
 fragment header).
 
+Spread-out floods: ``spread`` names a lab prefix (IPv4, /24 to /30) whose host
+addresses the destination counts through packet by packet (a carpet bomb, e.g.
+:data:`~ddos_shield.lab.CARPET_V4`, which the victim answers for); ``many_sources``
+(``syn-spoofed`` over IPv6) counts the low three bytes of the source through
+16.5 million values (moduli 253, 255 and 256, pairwise coprime), so that every packet
+of a flood of up to that many has a source of its own.
+
 Tools:
 
 * ``hping3`` for IPv4 syn/udp/icmp from the attacker's address up to
@@ -110,6 +117,8 @@ class AttackSpec:
     spoof_net: str | None = None
     payload: int = 32
     tool: str | None = None
+    spread: str | None = None
+    many_sources: bool = False
 
     @property
     def count(self) -> int:
@@ -197,6 +206,10 @@ def plan(spec: AttackSpec) -> AttackPlan:
         raise LabError(f"cpu: {spec.cpu} is not one of the usable CPUs {sorted(os.sched_getaffinity(0))}")
 
     target = _target(spec)
+    spread = _spread(spec)
+    if spec.many_sources and (spec.kind != "syn-spoofed" or spec.family != 6):
+        # the UDP/IPv6 checksum fixer needs a single varying word; IPv4's range holds 131,072 sources
+        raise LabError(f"many_sources: only for syn-spoofed over IPv6, got {spec.kind}/{spec.family}")
     source: _IP | None = None
     spoof: _NET | None = None
     if spec.spoofed:
@@ -210,7 +223,7 @@ def plan(spec: AttackSpec) -> AttackPlan:
         source = _fixed_source(spec)
         sources = [str(source)]
 
-    hping_fits = spec.family == 4 and spec.kind in ("syn", "udp", "icmp")
+    hping_fits = spec.family == 4 and spec.kind in ("syn", "udp", "icmp") and spread is None
     # hping3 falls behind above a few thousand pps here (about 10 k of 20 k asked, at
     # most 16.6 k): by default it serves only the rates it keeps up with.
     tool = spec.tool or ("hping3" if hping_fits and spec.pps <= HPING3_DEFAULT_MAX_PPS else "trafgen")
@@ -231,11 +244,11 @@ def plan(spec: AttackSpec) -> AttackPlan:
                 *mode, "-a", str(source), str(target)]  # fmt: skip
         return AttackPlan(spec, tool, argv, None, frame, str(target), sources, limit)
 
-    pkt = _trafgen_packet(spec, target, source, spoof)
+    pkt = _trafgen_packet(spec, target, source, spoof, spread)
     argv = [*pin, *bound, "trafgen", "-o", ATTACKER_IF, "-i", "attack.trafgen", "-n", str(spec.count),
             "-b", f"{spec.pps}pps", "-P", "1", "--qdisc-path", "--no-sock-mem", "--notouch-irq",
             "--no-cpu-stats"]  # fmt: skip
-    return AttackPlan(spec, tool, argv, pkt.render(), pkt.size, str(target), sources, limit)
+    return AttackPlan(spec, tool, argv, pkt.render(), pkt.size, str(spread or target), sources, limit)
 
 
 def _target(spec: AttackSpec) -> _IP:
@@ -252,6 +265,24 @@ def _target(spec: AttackSpec) -> _IP:
     if target in (SPOOF_V4 if spec.family == 4 else SPOOF_V6):
         raise LabError(f"target: {target} is in the spoofing range, which has no hosts")
     return target
+
+
+def _spread(spec: AttackSpec) -> ipaddress.IPv4Network | None:
+    if spec.spread is None:
+        return None
+    if spec.target is not None:
+        raise LabError(f"spread: the destinations come from {spec.spread!r}; got target={spec.target!r} too")
+    try:
+        net = ipaddress.ip_network(spec.spread, strict=True)
+    except ValueError as e:
+        raise LabError(f"spread: expected a prefix, got {spec.spread!r}") from e
+    if not isinstance(net, ipaddress.IPv4Network) or spec.family != 4 or not 24 <= net.prefixlen <= 30:
+        raise LabError(
+            f"spread: expected an IPv4 prefix from /24 to /30 with family 4, got {net} (family {spec.family})"
+        )
+    if not (in_lab(net.network_address) and in_lab(net.broadcast_address)) or net.overlaps(SPOOF_V4):
+        raise LabError(f"spread: {net} is outside the lab's host ranges; refusing to send to it")
+    return net
 
 
 def _fixed_source(spec: AttackSpec) -> _IP:
@@ -276,10 +307,12 @@ def _spoof_net(spec: AttackSpec) -> _NET:
         raise LabError(f"spoof_net: expected a prefix, got {text!r}") from e
     if net.version != spec.family or not net.subnet_of(allowed):  # type: ignore[arg-type]
         raise LabError(f"spoof_net: {net} is outside the benchmarking range {allowed}; refusing to spoof it")
-    # Sources are the prefix with random low bytes (two, or one for a v4 /17../24).
-    random_bytes = min(2, (net.max_prefixlen - net.prefixlen) // 8)
-    if random_bytes < 1 or (spec.family == 6 and random_bytes < 2):
-        raise LabError(f"spoof_net: {net} is too small to draw random sources from (v4 up to /24, v6 up to /112)")
+    # Sources are the prefix with random low bytes (two, or one for a v4 /17../24; three
+    # counting ones for many_sources).
+    want = 3 if spec.many_sources else 2
+    random_bytes = min(want, (net.max_prefixlen - net.prefixlen) // 8)
+    if random_bytes < 1 or (spec.family == 6 and random_bytes < want):
+        raise LabError(f"spoof_net: {net} is too small to draw sources from (v4 up to /24, v6 up to /{128 - 8 * want})")
     drawn = net.max_prefixlen - 8 * random_bytes
     return ipaddress.ip_network(f"{net.network_address}/{drawn}", strict=False)
 
@@ -345,7 +378,7 @@ def _v6_pseudo(src: bytes, dst: bytes, length: int, proto: int) -> bytes:
     return src + dst + length.to_bytes(4, "big") + bytes([0, 0, 0, proto])
 
 
-def _source_items(pkt: _Packet, source: _IP | None, spoof: _NET | None) -> None:
+def _source_items(pkt: _Packet, source: _IP | None, spoof: _NET | None, many: bool = False) -> None:
     if source is not None:
         pkt.raw(source.packed)
         return
@@ -355,13 +388,20 @@ def _source_items(pkt: _Packet, source: _IP | None, spoof: _NET | None) -> None:
     pkt.raw(spoof.network_address.packed[:-nrand])
     if spoof.version == 4:
         pkt.dyn(f"drnd({nrand})", nrand)
+    elif many:
+        # three counters of pairwise coprime moduli: 253 x 255 x 256 sources before one repeats
+        pkt.dyn("dinc(0, 252, 1)", 1)
+        pkt.dyn("dinc(0, 254, 1)", 1)
+        pkt.dyn("dinc(0, 255, 1)", 1)
     else:
         # High byte random, low byte counting 0..254: see _v6_udp_fixer for why never 255.
         pkt.dyn("drnd(1)", 1)
         pkt.dyn("dinc(0, 254, 1)", 1)
 
 
-def _trafgen_packet(spec: AttackSpec, target: _IP, source: _IP | None, spoof: _NET | None) -> _Packet:
+def _trafgen_packet(
+    spec: AttackSpec, target: _IP, source: _IP | None, spoof: _NET | None, spread: _NET | None = None
+) -> _Packet:
     pkt = _Packet()
     kind = spec.kind.removesuffix("-spoofed")
     proto = {"syn": 6, "udp": 17, "icmp": 1 if spec.family == 4 else 58, "frag": 17}[kind]
@@ -380,10 +420,15 @@ def _trafgen_packet(spec: AttackSpec, target: _IP, source: _IP | None, spoof: _N
         pkt.raw(frag_field.to_bytes(2, "big") + bytes([64, proto]))
         pkt.dyn(f"csumip({ip_off}, {ip_off + 19})", 2)
         _source_items(pkt, source, spoof)
-        pkt.raw(target.packed)
+        if spread is None:
+            pkt.raw(target.packed)
+        else:  # the last byte counts through the prefix's host addresses (checksums follow)
+            lo, hi = int(spread.network_address) & 0xFF, int(spread.broadcast_address) & 0xFF
+            pkt.raw(spread.network_address.packed[:3])
+            pkt.dyn(f"dinc({lo + 1}, {hi - 1}, 1)", 1)
     else:
         pkt.raw(b"\x60\0\0\0" + l4_len.to_bytes(2, "big") + bytes([44 if kind == "frag" else proto, 64]))
-        _source_items(pkt, source, spoof)
+        _source_items(pkt, source, spoof, spec.many_sources)
         pkt.raw(target.packed)
     l4_off = pkt.size
 

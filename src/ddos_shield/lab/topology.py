@@ -38,6 +38,7 @@ from ddos_shield.lab import (
     ATTACKER_SOURCES_V6,
     ATTACKER_V4,
     ATTACKER_V6,
+    CARPET_V4,
     CLIENT_IF,
     CLIENT_MAC,
     CLIENT_V4,
@@ -585,6 +586,8 @@ class Lab:
             [
                 f"addr add {VICTIM_V4}/{in4len} dev {VICTIM_IF}",
                 f"addr add {VICTIM_V6}/{in6len} dev {VICTIM_IF} nodad",
+                # every address of CARPET_V4 is the victim's too (it answers ARP for them)
+                f"route add local {CARPET_V4} dev lo",
                 f"link set {VICTIM_IF} up",
                 f"route add default via {SHIELD_IN_V4} dev {VICTIM_IF}",
                 f"route add default via {SHIELD_IN_V6} dev {VICTIM_IF}",
