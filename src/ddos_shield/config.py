@@ -570,6 +570,28 @@ class Bgp(_Model):
         return [_community(c) for c in v]
 
 
+class Notify(_Model):
+    """The notify backend: tells other systems about every action; it enforces nothing."""
+
+    script: list[str] = Field(
+        default_factory=list,
+        description="a program and its arguments, run on every action with the action as JSON on standard input",
+    )
+    script_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="a script run taking longer is killed (with its children) and counted as failed"
+    )
+    webhooks: list[Webhook] = Field(default_factory=list, description="JSON webhooks told of every action")
+    queue_size: PositiveInt = Field(
+        1000, description="actions waiting per receiver; beyond this they are counted and dropped"
+    )
+
+    @model_validator(mode="after")
+    def _check_some(self) -> Notify:
+        if not self.script and not self.webhooks:
+            raise ValueError("notify needs a 'script', a 'webhook' or both")
+        return self
+
+
 class Config(_Model):
     """The whole configuration (``ddos-shield config example`` prints it annotated)."""
 
@@ -602,6 +624,7 @@ class Config(_Model):
     alerts: Alerts = Field(default_factory=Alerts, description="alerts to webhooks, syslog and e-mail")
     api: Api = Field(default_factory=Api, description="the REST API and web dashboard")
     bgp: Bgp | None = Field(None, description="the BGP backend (Flowspec and blackhole routes); absent: no BGP")
+    notify: Notify | None = Field(None, description="the notify backend (a script, webhooks); absent: none")
 
     @field_validator("protected", "allowlist", "never_block", "critical")
     @classmethod
@@ -945,6 +968,14 @@ def reference() -> str:
         "shield stops refreshing the speaker for `deadman_seconds`. See docs/deployment.md.",
     )
     table("[[bgp.peers]]", BgpPeer)
+    table(
+        "[notify]",
+        Notify,
+        "The notify backend tells other systems about every rule applied, withdrawn or expired and about the "
+        "kill switch: a script with the action as JSON on standard input, and/or JSON webhooks. It enforces "
+        "nothing: hooks are for notifying, never the main path of mitigation.",
+    )
+    table("[[notify.webhooks]]", Webhook)
     table(
         "[[groups]]",
         Group,
