@@ -54,9 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run the shield", description="Attach the data plane, detect and mitigate.")
+    r = sub.add_parser(
+        "run",
+        help="run the shield",
+        description="Attach the data plane, detect and mitigate. Each attack climbs its host group's "
+        "escalation ladder (observe, rate_limit, drop, drop_sources, flowspec, blackhole), one step at a "
+        "time while the traffic reaching the target stays above its thresholds; drops on critical assets "
+        "wait for an operator's approval; nothing covers the never-block list. At start the backends are "
+        "reconciled with the record of mitigations in shield.state_dir.",
+    )
     r.add_argument("--config", "-c", required=True, help="configuration file (TOML)")
-    r.add_argument("--dry-run", action="store_true", help="decide and report everything, enforce nothing")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and report everything (ladder, approvals, operators' rules), enforce nothing, keep no record",
+    )
     r.add_argument("--no-live", action="store_true", help="no live view on the terminal")
     r.set_defaults(func=_cmd_run)
 
