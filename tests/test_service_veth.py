@@ -1,9 +1,10 @@
-"""The service side end to end on a real kernel: the XDP data plane on a veth pair, the
+"""The service side end to end on a real kernel: the XDP data plane (or the nftables
+fallback with its AF_PACKET sampler) on a veth pair, the
 engine, the history and the alerts.  A spoofed UDP flood crosses the pair; the test
 checks the alerts a real webhook receiver got, the rows in the history, and the pcap
 of the attack as tshark reads it (real frames from the kernel's samples).
 
-    dsn-sv-tx  tx0 ──veth── rx0  dsn-sv-rx   (XDP on rx0)
+    dsn-sv-tx  tx0 ──veth── rx0  dsn-sv-rx   (XDP or nftables on rx0)
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from scapy.packet import Raw
 
 from ddos_shield.alerts import open_alerts
 from ddos_shield.config import parse
-from ddos_shield.dataplane.xdp import XdpDataPlane, detach
+from ddos_shield.dataplane import open_dataplane
+from ddos_shield.dataplane.xdp import detach
 from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
 from ddos_shield.store import PacketTap, open_store
@@ -58,7 +60,8 @@ def pin_dir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_flood_alerted_recorded_and_captured(pair: VethPair, pin_dir: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dataplane", ["xdp", "nftables"])
+def test_flood_alerted_recorded_and_captured(pair: VethPair, pin_dir: str, tmp_path: Path, dataplane: str) -> None:
     hook = WebhookReceiver()
     cfg = parse(
         f"""
@@ -66,6 +69,8 @@ protected = ["203.0.113.0/24"]
 [shield]
 interfaces = ["rx0"]
 pin_dir = "{pin_dir}"
+dataplane = "{dataplane}"
+xdp_mode = "generic"
 state_dir = "{tmp_path}"
 [store]
 pcap_packets_per_attack = 500
@@ -90,7 +95,8 @@ udp = {{ pps = 500 }}
     sink.subscribe(store)
     sink.subscribe(alerts)
     with pair.inside():
-        dp = XdpDataPlane.open(["rx0"], pin_dir, mode="generic")
+        dp = open_dataplane(cfg)
+    assert dp.name == dataplane
     engine = Engine(cfg, dp, dp.backend, sink, tap=tap)
     frames = [
         frame(
@@ -113,7 +119,8 @@ udp = {{ pps = 500 }}
         assert alerts.flush(20) and store.flush(20)
     finally:
         engine.close()
-        dp.close(detach=True)
+        with pair.inside():
+            dp.close(detach=True)
         alerts.close()
 
     # alerts: the attack's start and its rule, with the evidence and the link
@@ -134,7 +141,7 @@ udp = {{ pps = 500 }}
     assert a["mitigations"] and a["mitigations"][0]["actor"] == "shield"
     assert any(e["action"] == "mitigation_applied" for e in h.audit())
 
-    # the pcap: real sampled frames, first 128 bytes, original lengths
+    # the pcap: real sampled frames (the XDP ring buffer's or the AF_PACKET sampler's), first 128 bytes, original lengths
     pkts = h.packets(aid)
     assert 50 <= len(pkts) <= 500 and not any(p.synthesized for p in pkts)
     pcap = tmp_path / "attack.pcapng"

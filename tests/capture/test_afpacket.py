@@ -131,6 +131,26 @@ def test_every_packet_is_seen_and_decoded(pair: VethPair, sampler: AfPacketSampl
 
 
 @pytest.mark.lab
+def test_frames_come_with_their_samples(pair: VethPair, sampler: AfPacketSampler) -> None:
+    big = frame(IP(src="198.18.20.3", dst="203.0.113.10") / UDP(sport=4444, dport=9) / Raw(b"z" * 1000))
+    small = frame(IP(src="198.18.20.4", dst="203.0.113.10") / UDP(sport=5555, dport=9))
+    pair.send([big, small])
+    parts = []
+    deadline = time.monotonic() + 2
+    while sum(len(b) for b, _ in parts) < 2 and time.monotonic() < deadline:
+        select.select([sampler], [], [], 0.05)
+        b, f = sampler.read_frames()
+        if f is not None:
+            parts.append((b, f))
+    batch = np.concatenate([b for b, _ in parts])
+    data = np.concatenate([f[0] for _, f in parts])
+    caplen = np.concatenate([f[1] for _, f in parts])
+    assert [int(x) for x in batch["sport"]] == [4444, 5555]
+    assert bytes(data[0, : caplen[0]]) == big[: sampler.snaplen] and caplen[0] == sampler.snaplen
+    assert bytes(data[1, : caplen[1]]) == small and caplen[1] == len(small)
+
+
+@pytest.mark.lab
 def test_outgoing_packets_are_not_sampled(pair: VethPair, sampler: AfPacketSampler) -> None:
     with pair.inside():
         out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)

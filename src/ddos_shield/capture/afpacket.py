@@ -205,6 +205,11 @@ class AfPacketSampler:
 
     def read(self) -> TrafficBatch:
         """Every sample ready now (non-blocking), decoded and scaled."""
+        return self.read_frames()[0]
+
+    def read_frames(self) -> tuple[TrafficBatch, tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]] | None]:
+        """:meth:`read`, with the captured bytes of each frame (``snaplen`` wide, zeroed
+        past the captured length) and its captured length, row for row."""
         chunks: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]] = []
         for _ in range(self.blocks):
             base = self._next_block * self.block_size
@@ -224,8 +229,9 @@ class AfPacketSampler:
             struct.pack_into("<I", self._mm, base + 8, TP_STATUS_KERNEL)  # hand the block back
             self._next_block = (self._next_block + 1) % self.blocks
         if not chunks:
-            return empty_traffic(0)
-        return self._batch(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+            return empty_traffic(0), None
+        frames, hdr = np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+        return self._batch(frames, hdr), (frames, np.minimum(hdr[:, 3], self.snaplen))
 
     def _gather(self, hdr: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
         """Copy the frames of one block out of the ring; ``hdr`` rows are

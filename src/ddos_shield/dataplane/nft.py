@@ -257,16 +257,21 @@ class NftDataPlane(DataPlane):
         return out
 
     def read_samples(self) -> TrafficBatch:
-        batches = [s.read() for s in self._samplers]
-        batch = np.concatenate(batches) if batches else empty_traffic(0)
-        if len(batch) == 0:
-            return batch
+        return self.read_frames()[0]
+
+    def read_frames(self) -> tuple[TrafficBatch, tuple[np.ndarray, np.ndarray] | None]:
+        got = [(b, f) for b, f in (s.read_frames() for s in self._samplers) if f is not None and len(b)]
+        if not got:
+            return empty_traffic(0), None
+        batch = np.concatenate([b for b, _ in got])
+        data = np.concatenate([f[0] for _, f in got])
+        caplen = np.concatenate([f[1] for _, f in got])
         keep = np.zeros(len(batch), dtype=bool)
         for net in self._protected:
             keep |= addresses_in(batch["dst"], net)
         batch = batch[keep]
         batch["flags"] |= np.uint16(PacketFlag.PROTECTED)
-        return batch
+        return batch, (data[keep], caplen[keep])
 
     def set_sample_every(self, n: int) -> None:
         for s in self._samplers:

@@ -7,9 +7,9 @@ attack's packets from it while the attack lasts.  It is a fixed ring of numpy ar
 adding is one vectorised copy under a lock, and memory stays bounded
 (``capacity`` x (``snaplen`` + one traffic row), about 1.5 MB by default).
 
-Frames the data plane captured are kept as they were (the XDP ring buffer carries
-the first 128 bytes of each sampled packet); a row without a frame (a NetFlow/IPFIX
-or sFlow record) gets headers synthesised from its fields
+Frames the data plane captured are kept as they were (the XDP ring buffer and the
+AF_PACKET sampler carry the first 128 bytes of each sampled packet); a row without a
+frame (a NetFlow/IPFIX or sFlow record, a mirror port's sample) gets headers synthesised from its fields
 (:func:`~ddos_shield.store.pcap.synthesize`), marked ``synthesized``.
 """
 

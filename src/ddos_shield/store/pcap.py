@@ -8,7 +8,8 @@ itself (:mod:`ddos_shield.capture.pcap`); scapy's writer is a development depend
 only.
 
 Packets sampled by the data plane are the real first bytes of the frame (the XDP
-ring buffer carries 128 bytes of each sampled packet; the original length is kept).
+ring buffer carries 128 bytes of each sampled packet, the nftables fallback's AF_PACKET
+sampler as many; the original length is kept).
 Packets known only from a flow record (sFlow/NetFlow/IPFIX) are rebuilt by
 :func:`synthesize` from the record's fields -- addresses, protocol, ports, TCP
 flags, TTL, fragment flag, length -- with made-up MAC addresses and no payload; each
