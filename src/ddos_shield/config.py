@@ -458,26 +458,35 @@ class Api(_Model):
 
     listen: str = Field(
         "",
-        description="'address:port' to serve the API and dashboard on, e.g. '127.0.0.1:8470' (loopback; "
-        "any other address exposes it to that network); empty: no API",
+        description="'address:port' to serve the API and dashboard on, e.g. '127.0.0.1:8470'; a port alone "
+        "('8470') binds to loopback; any other address exposes it to that network; empty: no API",
     )
     tls_cert: str = Field("", description="PEM certificate file: serve HTTPS (with tls_key); empty: plain HTTP")
     tls_key: str = Field("", description="PEM private key file of tls_cert")
 
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        if v:
+            _listen_address(v)
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> Api:
-        if self.listen:
-            self.address()
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         return self
 
     def address(self) -> tuple[str, int]:
-        """(host, port) to listen on."""
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"listen {self.listen!r}: expected 'address:port', e.g. '127.0.0.1:8470'")
-        return (host.strip("[]"), int(port))
+        """(host, port) to listen on; loopback unless an address is given."""
+        return _listen_address(self.listen)
+
+
+def _listen_address(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected 'address:port' or a port, e.g. '127.0.0.1:8470'")
+    return (host.strip("[]") or "127.0.0.1", int(port))
 
 
 def _community(value: str) -> str:

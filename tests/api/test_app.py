@@ -334,6 +334,32 @@ def test_invalid_reload_is_refused_and_the_running_configuration_stays(shield: S
     ]
 
 
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [
+        # a port alone: loopback
+        ("8470", ("127.0.0.1", 8470)),
+        (":8471", ("127.0.0.1", 8471)),
+        # an address: exactly there
+        ("0.0.0.0:8470", ("0.0.0.0", 8470)),
+        ("[::1]:8470", ("::1", 8470)),
+    ],
+)
+def test_listen_binds_to_loopback_unless_told_otherwise(listen: str, address: tuple[str, int]) -> None:
+    from ddos_shield.config import Api
+
+    assert Api(listen=listen).address() == address
+
+
+@pytest.mark.parametrize("listen", ["localhost", "127.0.0.1:", "127.0.0.1:99999", "x:http"])
+def test_a_bad_listen_names_the_field(listen: str) -> None:
+    from ddos_shield.config import parse
+    from ddos_shield.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cfg:3: api.listen: expected 'address:port' or a port, e\.g\. '127\.0\.0\.1:8470', got '"):
+        parse(f'protected = []\n[api]\nlisten = "{listen}"\n', "cfg")
+
+
 def test_reload_swaps_the_new_configuration_in_at_once(shield: Shield) -> None:
     # the UDP threshold goes up: a flood of 10 k pps is no attack any more
     new = config_text(shield.path / "state", udp_pps=20000)

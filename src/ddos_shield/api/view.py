@@ -34,6 +34,11 @@ RESTART_ONLY = (
     "shield.state_dir",
     "shield.dry_run",
     "shield.interval_ms",
+    "shield.ipv6_prefix_len",
+    "shield.detach_on_stop",
+    # the enforcement backends are built at start
+    "mitigation.backends",
+    "bgp",
     "events",
     "sources",
     "api",
