@@ -257,3 +257,38 @@ def test_record_skips_malformed_entries_and_refuses_other_versions(tmp_path: Pat
     p.write_text(json.dumps({"version": 99, "mitigations": []}))
     with pytest.raises(Exception, match="format 99"):
         Ledger.load(p)
+
+
+def test_a_notify_backend_hears_of_every_action_under_the_same_id(tmp_path: Path) -> None:
+    """A real notify backend with a real script: told of the automatic rule, its
+    refreshes (quietly) and its withdrawal, and of an operator's rule."""
+    import sys
+
+    from ddos_shield.config import Notify
+    from ddos_shield.mitigate.notify import NotifyBackend
+
+    out = tmp_path / "seen.jsonl"
+    recorder = "import sys; open(sys.argv[1], 'a').write(sys.stdin.read().replace(chr(10), ' ') + chr(10))"
+    box: list[Harness] = []  # the notifier's expiry thread reads the harness's clock
+    nb = NotifyBackend(
+        Notify(script=[sys.executable, "-c", recorder, str(out)]), clock=lambda: box[0].now if box else 1000.0
+    )
+    h = Harness(backends=[nb])
+    box.append(h)
+    try:
+        h.run(1.0, [syn_flood])
+        (auto,) = h.events("mitigation_applied")
+        manual = h.engine.add_mitigation(
+            Match(proto=47, dst=as_network("203.0.113.20/32")), Action.DROP, 60.0, actor=OPERATOR, reason="gre"
+        )
+        with pytest.raises(ValueError, match="not configured to enforce"):
+            h.engine.add_mitigation(Match(proto=47), Action.DROP, 60.0, backend="notify", actor=OPERATOR, reason="x")
+        h.run(6.0, [syn_flood])  # refreshed past its first expiry: the notifier must not call it expired
+        h.run(4.0, [])  # the attack ends, the rule goes after its hold time
+        h.engine.withdraw_mitigation(manual.rule_id, actor=OPERATOR, reason="done")
+        assert nb.drain(10)
+    finally:
+        nb.close()
+    seen = [(d["event"], d["rule"]["mitigation_id"]) for d in map(json.loads, out.read_text().splitlines())]
+    aid = auto["rule"]["mitigation_id"]
+    assert seen == [("apply", aid), ("apply", manual.rule_id), ("withdraw", aid), ("withdraw", manual.rule_id)]

@@ -429,6 +429,8 @@ class Engine:
                 return
             self.ledger.refresh(rule)
             self._dirty_at = self._dirty_at or now
+            # notifiers expire what they were told of: they follow refreshes (and stay quiet on them)
+            self._notify(rule, actor="shield", reason="")
             return
         backend = cmd.backend or self.backend.name
         applied = self._enforce(
