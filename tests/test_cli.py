@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,32 @@ def test_help_lists_every_command() -> None:
     out = cli("--help").stdout
     for cmd in ("run", "stop", "config", "lab", "demo", "build"):
         assert f"\n  {cmd}" in out
+
+
+def test_baseline_show_reads_the_stored_file(tmp_path: Path) -> None:
+    from ddos_shield.config import Baseline as Settings
+    from ddos_shield.detect.baseline import Baselines
+    from ddos_shield.records import Category, addr_bytes, empty_rates
+    from ddos_shield.store.baseline import FILE_NAME, save
+
+    cfg = tmp_path / "shield.toml"
+    cfg.write_text(
+        f'protected = ["203.0.113.0/24"]\n[shield]\nstate_dir = "{tmp_path}"\n[baseline]\nlearning_seconds = 5\n'
+    )
+    missing = cli("baseline", "show", "--config", str(cfg))
+    assert missing.returncode == 1 and "no baselines stored yet" in missing.stderr
+    b = Baselines(Settings(learning_seconds=5))
+    r = empty_rates(1)
+    r["dst"][0] = list(addr_bytes("203.0.113.10"))
+    r["pps"][0, Category.UDP] = 100
+    for i in range(100):
+        b.learn(r, 1000.0 + i * 0.1)
+    save(tmp_path / FILE_NAME, b.state())
+    out = cli("baseline", "show", "--json", "--config", str(cfg))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["learned"] == 1
+    [row] = data["rows"]
+    assert row["destination"] == "203.0.113.10" and row["categories"]["udp"]["pps"]["level"] == 100.0
+    text = cli("baseline", "show", "--config", str(cfg))
+    assert text.returncode == 0 and "203.0.113.10" in text.stdout

@@ -46,10 +46,20 @@ def _networks(values: list[str]) -> list[IPNetwork]:
 
 
 class Threshold(_Model):
-    """Per-category limit: an attack when either rate is exceeded (0 = no limit)."""
+    """Per-category limit: an attack when any rate is exceeded (0 = no limit)."""
 
     pps: int = Field(0, ge=0, description="packets per second at one destination")
     bps: int = Field(0, ge=0, description="bits per second at one destination")
+    flows: int = Field(
+        0,
+        ge=0,
+        description="new flows per second at one destination; syn only (SYN packets, counted exactly) and "
+        "udp only (distinct source address and port pairs in the samples, an estimate: see docs/operating.md)",
+    )
+
+    def limits(self) -> tuple[int, int, int]:
+        """(pps, bps, flows), in the order of :data:`~ddos_shield.records.RATE_METRICS`."""
+        return (self.pps, self.bps, self.flows)
 
 
 class Thresholds(_Model):
@@ -64,6 +74,40 @@ class Thresholds(_Model):
         t: Threshold = getattr(self, _CAT_FIELD[cat])
         return t
 
+    @model_validator(mode="after")
+    def _check_flows(self) -> Thresholds:
+        for cat, key in _CAT_FIELD.items():
+            if cat not in FLOW_CATEGORIES and getattr(self, key).flows:
+                raise ValueError(f"{key}.flows: new flows are measured only for syn and udp")
+        return self
+
+
+class Floors(Thresholds):
+    """Baseline floors: per category, the rate below which traffic is never an attack,
+    however far above its baseline (0 = this rate is not judged by the baseline)."""
+
+    syn: Threshold = Field(Threshold(pps=1000), description="TCP SYN (no ACK)")
+    tcp: Threshold = Field(Threshold(pps=5000), description="other TCP")
+    udp: Threshold = Field(Threshold(pps=2000), description="UDP")
+    icmp: Threshold = Field(Threshold(pps=1000), description="ICMP and ICMPv6")
+    frag: Threshold = Field(Threshold(pps=1000), description="non-first IP fragments")
+    other: Threshold = Field(Threshold(pps=1000), description="other IP protocols")
+
+
+class GroupBaseline(_Model):
+    """How a host group uses the learned baselines (``[groups.baseline]``)."""
+
+    sensitivity: float = Field(
+        6.0,
+        ge=0,
+        description="after learning, an attack is a rate above its baseline level by this many spreads "
+        "(and above the floor); lower is more sensitive; 0 = this group keeps its static thresholds",
+    )
+    floor: Floors = Field(default_factory=Floors, description="per-category floors")
+
+
+#: categories whose new flows per second are measured (``flows`` thresholds)
+FLOW_CATEGORIES = (Category.TCP_SYN, Category.UDP)
 
 _CAT_FIELD = {
     Category.TCP_SYN: "syn",
@@ -150,7 +194,17 @@ class Group(_Model):
         60.0, ge=0, description="how long a rule stays after its attack ends (also the rule's kernel expiry)"
     )
     end_after_seconds: float = Field(
-        3.0, gt=0, description="an attack ends after this long below its thresholds (hysteresis)"
+        10.0,
+        gt=0,
+        description="an attack ends after this long below its exit thresholds; an attack that went quiet and "
+        "came back (pulsing) waits up to twice its longest quiet spell, at most twice this",
+    )
+    exit_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="hysteresis: an attack goes on while its rate stays above this share of the entry "
+        "threshold (of the excess over the baseline level, once learned)",
     )
     ladder: list[Step] = Field(
         default_factory=list,
@@ -167,6 +221,7 @@ class Group(_Model):
         False, description="permit the 'blackhole' step (it takes the whole target off the Internet): off by default"
     )
     carpet: Carpet = Field(default_factory=Carpet, description="carpet-bombing detection over the group's prefixes")
+    baseline: GroupBaseline = Field(default_factory=GroupBaseline, description="how this group uses baselines")
 
     @field_validator("prefixes")
     @classmethod
@@ -233,7 +288,33 @@ class Shield(_Model):
         gt=0,
         description="rates from flow collectors and mirror ports are averaged over this window (exporters send in bursts)",
     )
-    state_dir: str = Field("/var/lib/ddos-shield", description="where the running shield keeps its pid file")
+    state_dir: str = Field(
+        "/var/lib/ddos-shield", description="where the running shield keeps its pid file and its baselines"
+    )
+
+
+class Baseline(_Model):
+    """Learned baselines (``[baseline]``); see :mod:`ddos_shield.detect.baseline`."""
+
+    enabled: bool = Field(True, description="learn a baseline per destination and category and detect against it")
+    learning_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="a destination's static thresholds apply until its baseline has learned this long "
+        "(time under attack does not count)",
+    )
+    adapt_seconds: float = Field(
+        3600.0, gt=0, description="time constant of the baseline's moving averages: how fast it follows change"
+    )
+    max_destinations: int = Field(
+        8192,
+        gt=0,
+        description="destinations with a baseline at most (about 4 KB each); when full, the least recently "
+        "active destination still learning goes first, then the least recently active one",
+    )
+    save_every_seconds: float = Field(
+        300.0, gt=0, description="the running shield writes its baselines to state_dir this often, and at stop"
+    )
 
 
 class Mitigation(_Model):
@@ -624,6 +705,7 @@ class Config(_Model):
     classification: Classification = Field(
         default_factory=Classification, description="scans, sweeps, connection floods and slow attacks"
     )
+    baseline: Baseline = Field(default_factory=Baseline, description="learned baselines of normal traffic")
     events: Events = Field(default_factory=Events, description="where the JSON events go")
     groups: list[Group] = Field(default_factory=list, description="host groups; a 'default' group is added if absent")
     sources: list[Source] = Field(
@@ -855,6 +937,10 @@ def example() -> str:
     for key, f in Classification.model_fields.items():
         lines.append(c(f.description))
         lines.append(f"{key} = {_toml(f.default)}")
+    lines += ["", "[baseline]"]
+    for key, f in Baseline.model_fields.items():
+        lines.append(c(f.description))
+        lines.append(f"{key} = {_toml(f.default)}")
     lines += ["", "[events]", c(Events.model_fields["file"].description), 'file = "-"', ""]
     lines.append("[api]")
     for key, f in Api.model_fields.items():
@@ -863,7 +949,7 @@ def example() -> str:
     lines.append("# " + (d["groups"].description or ""))
     lines.append("# Thresholds are per destination, per category: syn, tcp, udp, icmp, frag, other.")
     lines += ["[[groups]]", c(g["name"].description), 'name = "default"']
-    for key in ("action", "rate_limit_pps", "hold_seconds", "end_after_seconds"):
+    for key in ("action", "rate_limit_pps", "hold_seconds", "end_after_seconds", "exit_ratio"):
         lines.append(c(g[key].description))
         lines.append(f"{key} = {_toml(g[key].default)}")
     lines.append(c(g["ladder"].description))
@@ -881,6 +967,12 @@ def example() -> str:
             lines += [c(f.description), f"{key} = {_toml(f.default)}"]
     lines += [c(Carpet.model_fields["thresholds"].description), "[groups.carpet.thresholds]"]
     lines += [f"{key} = {{ pps = {t.pps}, bps = {t.bps} }}" for key, t in _prefix_thresholds()]
+    gb = GroupBaseline.model_fields
+    lines += ["[groups.baseline]", c(gb["sensitivity"].description), f"sensitivity = {gb['sensitivity'].default!r}"]
+    lines += ["# " + (Floors.__doc__ or "").split("\n")[0].strip(), "[groups.baseline.floor]"]
+    for key, f in Floors.model_fields.items():
+        t = f.default
+        lines.append(f"{key} = {{ pps = {t.pps}, bps = {t.bps} }}  {c(f.description)}")
     lines += [
         "",
         "[[groups]]",
@@ -890,7 +982,9 @@ def example() -> str:
         'action = "rate_limit"',
         "rate_limit_pps = 5000",
         "[groups.thresholds]",
-        "udp = { pps = 50000, bps = 400000000 }",
+        "udp = { pps = 50000, bps = 400000000, flows = 20000 }",
+        "[groups.baseline]",
+        "sensitivity = 8.0",
         "",
     ]
     return "\n".join(lines)
@@ -928,12 +1022,14 @@ def reference() -> str:
             if f.is_required():
                 default = "required"
             elif f.default_factory is not None:
-                default = f"`{_toml(f.default_factory())}`" if key not in ("thresholds",) else "see below"  # type: ignore[call-arg]
+                tables = ("thresholds", "baseline", "floor")
+                default = f"`{_toml(f.default_factory())}`" if key not in tables else "see below"  # type: ignore[call-arg]
             else:
                 default = f"`{_toml(f.default)}`"
             if isinstance(f.default, BaseModel) or (
                 f.default_factory is not None
-                and key in ("shield", "mitigation", "events", "store", "alerts", "classification", "api", "carpet")
+                and key
+                in ("shield", "mitigation", "events", "store", "alerts", "classification", "api", "carpet", "baseline")
             ):
                 default = "table"
             elif f.default is None and not f.is_required():
@@ -945,6 +1041,12 @@ def reference() -> str:
     table("[shield]", Shield)
     table("[mitigation]", Mitigation)
     table("[classification]", Classification)
+    table(
+        "[baseline]",
+        Baseline,
+        "A baseline of normal traffic is learned per destination and category (packets, bits and new flows "
+        "per second), with a daily profile once a day of history exists; see docs/operating.md.",
+    )
     table("[events]", Events)
     table("[api]", Api, "The REST API and web dashboard (docs/api.md). Tokens live in `shield.state_dir`.")
     table(
@@ -998,13 +1100,30 @@ def reference() -> str:
             "## [groups.thresholds]",
             "",
             "Per destination (an IPv4 address, or an IPv6 prefix of `shield.ipv6_prefix_len`), per category,",
-            "`{ pps = N, bps = N }`; an attack when either is exceeded; 0 means no limit.",
+            "`{ pps = N, bps = N, flows = N }`; an attack when any is exceeded; 0 means no limit.",
             "",
             "| category | default | traffic |",
             "|---|---|---|",
         ]
     )
     for key, f in Thresholds.model_fields.items():
+        t = f.default
+        out.append(f"| `{key}` | `{{ pps = {t.pps}, bps = {t.bps} }}` | {f.description} |")
+    out.append("")
+    out.append(f"`flows`: {Threshold.model_fields['flows'].description}.")
+    out.append("")
+    table("[groups.baseline]", GroupBaseline)
+    out.extend(
+        [
+            "## [groups.baseline.floor]",
+            "",
+            (Floors.__doc__ or "").replace("\n    ", " ").strip(),
+            "",
+            "| category | default | traffic |",
+            "|---|---|---|",
+        ]
+    )
+    for key, f in Floors.model_fields.items():
         t = f.default
         out.append(f"| `{key}` | `{{ pps = {t.pps}, bps = {t.bps} }}` | {f.description} |")
     out.append("")

@@ -6,12 +6,14 @@ Names and fields (later capabilities add names, never change these):
 ``ready``            the data plane is attached and the loop runs (``dataplane``, ``interfaces``)
 ``attack_start``     a destination went over its group's limits
 ``attack_update``    an attack goes on (about once a second, or when its types change)
-``attack_end``       the attack stayed below its limits for ``end_after_seconds``
+``attack_end``       the attack stayed below its exit limits for ``end_after_seconds`` (longer for pulses)
 ``mitigation_applied``  a rule is in force (``rule`` holds it, with ``mitigation_id``)
 ``mitigation_removed``  a rule was withdrawn (``reason``, final ``hits``)
 ``mitigation_skipped``  an attack is left unmitigated (``reason``)
 ``mitigation_failed``   the backend refused a rule (``reason``)
 ``rules_adopted``    rules found in the kernel at start and taken over (``rules``)
+``baseline_loaded``  learned baselines read back at start (``path``, ``destinations``, ``learned``)
+``baseline_refused`` the baselines file could not be read (``reason``); it is kept as ``kept_as``
 ``mitigation_pending``  a drop waits for an operator's approval (critical asset; ``rule``)
 ``mitigation_approved`` an operator approved a pending drop (``actor``)
 ``mitigation_refused``  a rule the protected-asset lists or validation forbid (``reason``)
@@ -26,7 +28,8 @@ Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),
 ``group``, ``categories`` (the traffic categories over their limits: ``udp``, ``tcp_syn``, ...),
 ``attack_types`` (from :class:`~ddos_shield.records.AttackType`: every type
 :mod:`~ddos_shield.detect.classify` has named while the attack lasted), ``pps``
-and ``bps``; mitigation events also carry ``rule``.  Events that record an action
+and ``bps``, their peaks ``peak_pps`` and ``peak_bps``, and ``basis`` (``"static"``
+thresholds or the learned ``"baseline"``); mitigation events also carry ``rule``.  Events that record an action
 carry ``actor``: ``"shield"`` for the automatic path, ``"token:<name>"`` for the API,
 ``"cli:<user>"`` for the local command line.
 
@@ -63,6 +66,7 @@ def attack_fields(attack: Attack) -> dict[str, Any]:
         "peak_pps": round(attack.peak_pps, 1),
         "peak_bps": round(attack.peak_bps, 1),
         "started": round(attack.started, 3),
+        "basis": attack.basis,
     }
 
 

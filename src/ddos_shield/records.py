@@ -100,8 +100,14 @@ RATE_DTYPE = np.dtype(
         ("pps", "f8", (len(Category),)),
         ("bps", "f8", (len(Category),)),
         ("dropped_pps", "f8"),
+        # new flows per second: SYN packets for TCP_SYN, an estimate from samples for UDP
+        # (detect/flows.py), 0 elsewhere; counters know nothing of flows, so the engine fills it
+        ("flows", "f8", (len(Category),)),
     ]
 )
+
+#: the per-category rates of a rate batch that thresholds and baselines judge, in this order
+RATE_METRICS: tuple[str, ...] = ("pps", "bps", "flows")
 
 
 COUNTER_DTYPE = np.dtype(
@@ -292,6 +298,8 @@ class Attack:
     peak_pps: float
     peak_bps: float
     last_seen: float  # last time it was above threshold
+    basis: str = "static"  # what its rates were judged against: "static" thresholds or the learned "baseline"
+    longest_gap: float = 0.0  # longest quiet spell (seconds) between two observations: pulses
 
 
 # ---- rules -------------------------------------------------------------------------

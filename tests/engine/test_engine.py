@@ -45,6 +45,7 @@ class Harness:
         state_file: Path | None = None,
         dataplane: ReplayDataPlane | None = None,
         backends: Sequence[Backend] = (),
+        baseline_file: Path | None = None,
     ) -> None:
         self.cfg = parse(config)
         self.now = 1000.0
@@ -58,6 +59,7 @@ class Harness:
             clock=lambda: self.now,
             state_file=state_file,
             backends=backends,
+            baseline_file=baseline_file,
         )
         self.engine.start(self.now)
 
@@ -238,3 +240,38 @@ def test_sample_window_is_bounded(monkeypatch: Any) -> None:
     assert held <= 1000
     sampled = int(h.engine._window.view()["packets"].sum())
     assert sampled == pytest.approx(2000 * 10, rel=0.05)  # thinned rows stand for all the packets
+
+
+BASELINE_CONFIG = (
+    CONFIG
+    + """
+[baseline]
+learning_seconds = 5
+adapt_seconds = 60
+"""
+)
+
+
+def test_baselines_detect_under_the_static_limit_and_outlive_a_restart(tmp_path: Path) -> None:
+    f = tmp_path / "baselines.npz"
+    h = Harness(BASELINE_CONFIG, baseline_file=f)
+    h.run(8, [legit])  # 20 SYN/s learned
+    assert h.engine.snapshot()["baseline"]["learned"] == 1
+    assert h.events("attack_start") == []
+
+    def syn_flood(now: float) -> np.ndarray:  # 1,500 SYN/s: under the static 2,000, over the floor of 1,000
+        return packets(150, src=spoofed_v4(150), dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=2, ts=now)
+
+    h.run(2, [legit, syn_flood])
+    [start] = h.events("attack_start")
+    assert start["basis"] == "baseline" and start["attack_types"] == ["syn_flood"]
+    h.engine.close()  # stores the baselines
+    h2 = Harness(BASELINE_CONFIG, baseline_file=f)
+    [loaded] = h2.events("baseline_loaded")
+    assert loaded["learned"] == 1 and loaded["destinations"] == 1
+    # a file this shield cannot read is set aside, and learning starts afresh
+    f.write_bytes(b"not a baseline")
+    h3 = Harness(BASELINE_CONFIG, baseline_file=f)
+    [refused] = h3.events("baseline_refused")
+    assert "not a baseline file" in refused["reason"] and Path(refused["kept_as"]).read_bytes() == b"not a baseline"
+    assert h3.engine.snapshot()["baseline"]["destinations"] == 0

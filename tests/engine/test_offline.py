@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ddos_shield.capture.pcap import CaptureReader
-from ddos_shield.config import Config, parse
+from ddos_shield.config import Config, Group, parse
 from ddos_shield.dataplane.replay import ReplayDataPlane
 from ddos_shield.engine import Engine, offline
 from ddos_shield.engine.offline import analyze, default_config
@@ -187,7 +187,8 @@ def test_attack_before_a_long_silence_ends_and_its_rule_goes_on_time(tmp_path: P
     c = one(_flood_then_silence(tmp_path, three_years))
     [a] = c.attacks
     assert a.types == ["syn_flood"] and a.rules[0].match == {"src": "198.51.100.7/32"}
-    assert a.ended == pytest.approx(a.detected + 3.0, abs=0.11)  # end_after_seconds after last over the limit
+    end_after = Group.model_fields["end_after_seconds"].default
+    assert a.ended == pytest.approx(a.detected + end_after, abs=0.11)  # end_after_seconds after last over the limit
     assert a.ended is not None and a.rules[0].removed_at == pytest.approx(
         a.ended + 60.0, abs=0.11
     )  # hold_seconds after the end

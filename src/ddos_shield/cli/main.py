@@ -31,6 +31,7 @@ commands:
                            unless --detach removes it
   status [--json]          the data plane's state and counters (no running shield needed),
                            and the running shield's own through its API when it has one
+  baseline show [--json]   the learned baselines, as last stored in shield.state_dir
   bypass on|off            the kill switch: pass everything, drop nothing (works even
                            when the control process is dead)
   config example|check     print an annotated example configuration / validate one
@@ -81,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--config", "-c", help="configuration file (for its pin directory)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=_cmd_status)
+
+    bl = sub.add_parser("baseline", help="the learned baselines")
+    blsub = bl.add_subparsers(dest="baseline_command", required=True, metavar="ACTION")
+    bls = blsub.add_parser(
+        "show",
+        help="the baselines as last stored (every save_every_seconds and at stop)",
+        description="Print the learned baselines as the running shield last stored them in shield.state_dir: "
+        "per destination, learning or learned, and per category the level and spread of packets, bits and "
+        "new flows per second.",
+    )
+    bls.add_argument("--config", "-c", help="configuration file (for its state directory)")
+    bls.add_argument("--json", action="store_true", help="print JSON")
+    bls.add_argument("--top", type=int, default=50, help="the most recently active destinations shown (default 50)")
+    bls.set_defaults(func=_cmd_baseline_show)
 
     bp = sub.add_parser("bypass", help="the kill switch: pass everything while on")
     bp.add_argument("state", choices=("on", "off"))
@@ -233,6 +248,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield.events import EventSink
     from ddos_shield.mitigate.registry import open_backends
     from ddos_shield.store import PacketTap, open_store
+    from ddos_shield.store.baseline import FILE_NAME as BASELINE_FILE
 
     cfg = configmod.load(args.config)
     if args.dry_run:
@@ -267,6 +283,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         tap=tap,
         backends=open_backends(cfg),
         state_file=state / LEDGER_FILE,
+        baseline_file=state / BASELINE_FILE,
     )
     # a reload through the API swaps engine.config: the history and the alerts follow it
     if store is not None:
@@ -424,6 +441,37 @@ def _shield_status(cfg: Config) -> dict[str, Any] | None:
     return {
         k: st[k] for k in ("uptime_s", "attacks_active", "mitigations_active", "loop_ms_p50", "dataplane", "dry_run")
     }
+
+
+def _cmd_baseline_show(args: argparse.Namespace) -> int:
+    from ddos_shield.store.baseline import FILE_NAME, load
+
+    cfg = _config_or_default(args.config)
+    path = Path(cfg.shield.state_dir) / FILE_NAME
+    if not path.exists():
+        print(f"ddos-shield: {path}: no baselines stored yet", file=sys.stderr)
+        return 1
+    b = load(path, cfg.baseline)
+    now = time.time()
+    rows = b.rows(now, limit=max(args.top, 0))
+    if args.json:
+        print(json.dumps({"path": str(path), **b.summary(now), "rows": rows}))
+        return 0
+    s = b.summary(now)
+    print(
+        f"{path}: {s['destinations']} destinations, {s['learned']} learned, {s['learning']} learning, "
+        f"{s['daily_profile']} with a daily profile"
+    )
+    for r in rows:
+        state = "learning" if r["learning"] else "learned"
+        print(f"  {r['destination']:40} {state:9} {r['learned_seconds']:>10.0f} s learned")
+        for cat, m in r["categories"].items():
+            pps, bps = m["pps"], m["bps"]
+            print(
+                f"    {cat:6} {pps['level']:>12.1f} pps +- {pps['spread']:<10.1f} "
+                f"{bps['level'] / 1e6:>10.3f} Mbit/s +- {bps['spread'] / 1e6:.3f}"
+            )
+    return 0
 
 
 def _cmd_bypass(args: argparse.Namespace) -> int:

@@ -2,8 +2,12 @@
 
 An attack is keyed by its target.  It starts on the first observation, is updated
 while observations keep coming (peak rates, the union of categories), and ends only
-after its group's ``end_after_seconds`` without an observation, so a pulsing attack
-stays one attack.  No I/O, no clock.
+after its group's ``end_after_seconds`` without an observation.  Hysteresis comes in
+two parts: while an attack lasts, the detector holds its target to the lower exit
+limits (``exit_ratio``), so a dip does not end it; and an attack that went quiet and
+came back (a pulsing attack) waits for twice its longest quiet spell before it ends,
+at most twice ``end_after_seconds``, so it stays one attack and its rules stay in
+force instead of flapping.  No I/O, no clock.
 
 >>> from ddos_shield.config import parse
 >>> from ddos_shield.detect.threshold import Observation
@@ -61,6 +65,11 @@ class AttackTracker:
         self._active[target] = attack = replace(cur, types=types)
         return attack
 
+    def quiet_needed(self, attack: Attack) -> float:
+        """Seconds without an observation after which ``attack`` ends."""
+        base = self._config.group_for_name(attack.group).end_after_seconds
+        return min(2 * base, max(base, 2 * attack.longest_gap))
+
     def update(self, observations: list[Observation], now: float) -> list[AttackChange]:
         changes: list[AttackChange] = []
         for o in observations:
@@ -78,6 +87,7 @@ class AttackTracker:
                     peak_pps=o.pps,
                     peak_bps=o.bps,
                     last_seen=now,
+                    basis=o.basis,
                 )
                 self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
                 self._active[o.target] = attack
@@ -94,14 +104,15 @@ class AttackTracker:
                 peak_pps=max(cur.peak_pps, o.pps),
                 peak_bps=max(cur.peak_bps, o.bps),
                 last_seen=now,
+                basis=o.basis,
+                longest_gap=max(cur.longest_gap, now - cur.last_seen),
             )
             self._active[o.target] = attack
             if cats != cur.categories or now - self._last_update[o.target] >= self._update_every:
                 self._last_update[o.target] = now
                 changes.append(AttackChange("update", attack))
         for target, attack in list(self._active.items()):
-            quiet = self._config.group_for_name(attack.group).end_after_seconds
-            if now - attack.last_seen >= quiet:
+            if now - attack.last_seen >= self.quiet_needed(attack):
                 del self._active[target]
                 del self._last_update[target]
                 changes.append(AttackChange("end", replace(attack, pps=0.0, bps=0.0)))

@@ -5,6 +5,13 @@ Input is a rate batch (one row per destination, rates per category) and an expli
 at least one category.  No I/O, no clock.  Which group a destination belongs to is
 decided once per destination by the configuration (most specific prefix wins).
 
+The limits of a destination are its group's static thresholds (packets, bits and new
+flows per second), or, once its baseline has learned (:mod:`~ddos_shield.detect.baseline`)
+and its group has a sensitivity, the learned limits: above the baseline by the
+sensitivity and above the group's floor.  Destinations under attack (``active``) are
+held to the lower exit limits (``exit_ratio``), so an attack that dips a little below
+its entry threshold goes on: the hysteresis of the lifecycle.
+
 >>> from ddos_shield.config import parse
 >>> from ddos_shield.records import empty_rates, addr_bytes, Category
 >>> det = ThresholdDetector(parse('protected = ["203.0.113.0/24"]'))
@@ -18,12 +25,19 @@ decided once per destination by the configuration (most specific prefix wins).
 from __future__ import annotations
 
 import ipaddress
+import math
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
-from ddos_shield.config import Config, Group
-from ddos_shield.records import AttackType, Category, IPNetwork, RateBatch, bytes_addr
+from ddos_shield.config import Config, Group, Thresholds
+from ddos_shield.detect.baseline import Baselines, entry_exit
+from ddos_shield.records import RATE_METRICS, AttackType, Category, IPNetwork, RateBatch, bytes_addr
+
+F64 = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -39,61 +53,106 @@ class Observation:
     now: float
     #: types the detector recognised beyond the categories' floods (e.g. carpet bombing)
     extra_types: tuple[AttackType, ...] = ()
+    flows: float = 0.0  # new flows per second, summed over those categories
+    basis: Literal["static", "baseline"] = "static"  # what the rates were judged against
+
+
+@dataclass(frozen=True)
+class _Limits:
+    target: IPNetwork
+    group: Group
+    entry: F64  # static thresholds, (categories, metrics), inf = no limit
+    exit: F64
+    floor: F64  # baseline floors, 0 = not judged
 
 
 class ThresholdDetector:
-    """See the module docstring."""
+    """See the module docstring.  ``baselines``: learned baselines, or None for static
+    thresholds only."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, baselines: Baselines | None = None) -> None:
         self._config = config
-        self._cache: dict[bytes, tuple[IPNetwork, Group, np.ndarray, np.ndarray]] = {}
+        self.baselines = baselines
+        self._cache: dict[bytes, _Limits] = {}
+        self._min = self._smallest()
 
-    def _limits(self, raw: bytes) -> tuple[IPNetwork, Group, np.ndarray, np.ndarray]:
+    def _limits(self, raw: bytes) -> _Limits:
         hit = self._cache.get(raw)
         if hit is None:
             addr = bytes_addr(raw)
             plen = 32 if addr.version == 4 else self._config.shield.ipv6_prefix_len
             target = ipaddress.ip_network((addr, plen), strict=False)
             group = self._config.group_of(target)
-            pps = np.array([group.thresholds.for_category(c).pps for c in Category], dtype=float)
-            bps = np.array([group.thresholds.for_category(c).bps for c in Category], dtype=float)
-            # 0 means "no limit"
-            pps[pps == 0] = np.inf
-            bps[bps == 0] = np.inf
-            hit = (target, group, pps, bps)
+            entry = _table(group.thresholds)
+            entry[entry == 0] = math.inf  # 0 means "no limit"
+            floor = _table(group.baseline.floor)
+            hit = _Limits(target, group, entry, entry * group.exit_ratio, floor)
             if len(self._cache) > 200_000:  # bounded like the kernel's LRU
                 self._cache.clear()
             self._cache[raw] = hit
         return hit
 
-    def observe(self, rates: RateBatch, now: float) -> list[Observation]:
+    def observe(self, rates: RateBatch, now: float, active: Collection[IPNetwork] = ()) -> list[Observation]:
+        """Destinations over their limits; those in ``active`` (under attack) over their exit limits."""
         out: list[Observation] = []
         if len(rates) == 0:
             return out
+        x = np.stack([rates[m] for m in RATE_METRICS], axis=-1)  # (n, categories, metrics)
         # Cheap prefilter: rows below the smallest limit of any group cannot fire.
-        floor = self._floor()
-        busy = np.nonzero((rates["pps"] >= floor[0]).any(axis=1) | (rates["bps"] >= floor[1]).any(axis=1))[0]
-        for i in busy:
-            row = rates[i]
-            target, group, lim_pps, lim_bps = self._limits(row["dst"].tobytes())
-            over = (row["pps"] > lim_pps) | (row["bps"] > lim_bps)
+        busy = np.flatnonzero((x >= self._min).any(axis=(1, 2)))
+        if len(busy) == 0:
+            return out
+        use_base = self.baselines is not None and self._config.baseline.enabled
+        learned = np.zeros(len(busy), dtype=bool)
+        level = spread = np.zeros(0)
+        if use_base and self.baselines is not None:
+            learned, level, spread = self.baselines.lookup(rates["dst"][busy], now)
+        for j, i in enumerate(busy):
+            lim = self._limits(rates["dst"][i].tobytes())
+            g = lim.group
+            under_attack = lim.target in active
+            basis: Literal["static", "baseline"] = "static"
+            if use_base and learned[j] and g.baseline.sensitivity > 0:
+                entry, exit_ = entry_exit(level[j], spread[j], g.baseline.sensitivity, lim.floor, g.exit_ratio)
+                basis = "baseline"
+            else:
+                entry, exit_ = lim.entry, lim.exit
+            over_m = x[i] > (exit_ if under_attack else entry)
+            over = over_m.any(axis=1)
             if not over.any():
                 continue
-            cats = tuple(Category(int(c)) for c in np.nonzero(over)[0])
+            cats = tuple(Category(int(c)) for c in np.flatnonzero(over))
+            row = rates[i]
             out.append(
                 Observation(
-                    target=target,
-                    group=group.name,
+                    target=lim.target,
+                    group=g.name,
                     categories=cats,
                     pps=float(row["pps"][over].sum()),
                     bps=float(row["bps"][over].sum()),
                     total_pps=float(row["pps"].sum()),
                     now=now,
+                    flows=float(row["flows"][over].sum()),
+                    basis=basis,
                 )
             )
         return out
 
-    def _floor(self) -> tuple[float, float]:
-        pps = [t.pps for g in self._config.groups for c in Category if (t := g.thresholds.for_category(c)).pps]
-        bps = [t.bps for g in self._config.groups for c in Category if (t := g.thresholds.for_category(c)).bps]
-        return (min(pps) if pps else np.inf, min(bps) if bps else np.inf)
+    def _smallest(self) -> F64:
+        """Per metric, the smallest limit any destination can be held to."""
+        lows = []
+        for g in self._config.groups:
+            t = _table(g.thresholds)
+            t[t == 0] = math.inf
+            lows.append(t.min(axis=0) * g.exit_ratio)
+            if self._config.baseline.enabled and g.baseline.sensitivity > 0:
+                f = _table(g.baseline.floor)
+                f[f == 0] = math.inf
+                lows.append(f.min(axis=0) * g.exit_ratio)
+        out: F64 = np.min(np.array(lows), axis=0)
+        return out
+
+
+def _table(t: Thresholds) -> F64:
+    """(categories, metrics) of a thresholds table."""
+    return np.array([t.for_category(c).limits() for c in Category], dtype=float)

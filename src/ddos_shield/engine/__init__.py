@@ -28,8 +28,10 @@ Example (dry run, no kernel)::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -44,9 +46,11 @@ from ddos_shield.capture.base import TelemetrySource
 from ddos_shield.config import Config
 from ddos_shield.dataplane.base import DataPlane, counter_rates
 from ddos_shield.dataplane.table import CounterTable
+from ddos_shield.detect.baseline import Baselines
 from ddos_shield.detect.carpet import CarpetDetector
 from ddos_shield.detect.classify import Classifier
 from ddos_shield.detect.connections import ConnectionDetector
+from ddos_shield.detect.flows import with_flows
 from ddos_shield.detect.lifecycle import AttackChange, AttackTracker
 from ddos_shield.detect.scan import Finding, ScanDetector
 from ddos_shield.detect.sketch import thin
@@ -78,6 +82,7 @@ from ddos_shield.records import (
     empty_rates,
     empty_traffic,
 )
+from ddos_shield.store import baseline as baseline_store
 
 if TYPE_CHECKING:
     from ddos_shield.store.packets import PacketTap
@@ -117,7 +122,10 @@ class Engine:
         tap: PacketTap | None = None,
         backends: Sequence[Backend] = (),
         state_file: Path | None = None,
+        baseline_file: Path | None = None,
     ) -> None:
+        """``state_file``: the mitigation record; ``baseline_file``: where the learned
+        baselines are kept across restarts (None: learned, never stored)."""
         self.config = config
         self.dataplane = dataplane
         self.backend = backend
@@ -145,7 +153,11 @@ class Engine:
         self._telemetry = CounterTable(config.prefix_groups(), config.shield.ipv6_prefix_len)
         self._telemetry_history: deque[tuple[float, np.ndarray]] = deque()
         self._clock = clock
-        self.detector = ThresholdDetector(config)
+        self.baselines = Baselines(config.baseline)
+        self._baseline_file = baseline_file
+        self._baseline_saved_at: float | None = None
+        self._baseline_writer: threading.Thread | None = None
+        self.detector = ThresholdDetector(config, self.baselines)
         self.carpet = CarpetDetector(config)
         self.attack_sources = AttackSources()
         self.tracker = AttackTracker(config, first_id=int(clock() * 1000) % 0x7FFFFFFF + 1)
@@ -187,6 +199,7 @@ class Engine:
             src.start()
         with self._lock:
             self._reconcile(now)
+        self._load_baselines(now)
         self._prev_counters = self.dataplane.read_counters()
         self._prev_time = now
         self.events.emit(
@@ -201,15 +214,67 @@ class Engine:
         )
 
     def close(self) -> None:
-        """Stop the telemetry sources (the data plane is the caller's)."""
+        """Stop the telemetry sources (the data plane is the caller's) and store the baselines."""
         for src in self.sources:
             src.close()
+        if self._baseline_writer is not None:
+            self._baseline_writer.join()
+        if self._baseline_file is not None and self.config.baseline.enabled:
+            with self._lock:
+                arrays = self.baselines.state()
+            try:
+                baseline_store.save(self._baseline_file, arrays)
+            except ShieldError as e:
+                log.error("%s", e)
+
+    def _load_baselines(self, now: float) -> None:
+        path = self._baseline_file
+        if path is None or not self.config.baseline.enabled or not path.exists():
+            return
+        try:
+            loaded = baseline_store.load(path, self.config.baseline)
+        except ShieldError as e:
+            # keep the refused file for a look (or a newer shield), and learn afresh
+            aside = path.with_name(path.name + ".refused")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            self.events.emit("baseline_refused", now, reason=str(e), kept_as=str(aside))
+            return
+        with self._lock:
+            self.baselines = loaded
+            self.detector = ThresholdDetector(self.config, loaded)
+        self.events.emit("baseline_loaded", now, path=str(path), **loaded.summary(now))
+
+    def _save_baselines(self, now: float) -> None:
+        """Every ``save_every_seconds``, write the baselines from a thread (a big file must
+        not stall the loop); the arrays are copied here, under the loop's lock."""
+        if self._baseline_file is None or not self.config.baseline.enabled:
+            return
+        if self._baseline_saved_at is None:
+            self._baseline_saved_at = now
+            return
+        if now - self._baseline_saved_at < self.config.baseline.save_every_seconds:
+            return
+        if self._baseline_writer is not None and self._baseline_writer.is_alive():
+            return
+        self._baseline_saved_at = now
+        arrays, path = self.baselines.state(), self._baseline_file
+
+        def write() -> None:
+            try:
+                baseline_store.save(path, arrays)
+            except ShieldError as e:
+                log.error("%s", e)
+
+        self._baseline_writer = threading.Thread(target=write, name="baseline-writer", daemon=True)
+        self._baseline_writer.start()
 
     def reload(self, config: Config) -> None:
         """Swap in a new, already validated configuration at once."""
         with self._lock:
             self.config = config
-            self.detector = ThresholdDetector(config)
+            self.baselines.reconfigure(config.baseline)
+            self.detector = ThresholdDetector(config, self.baselines)
             self.carpet = CarpetDetector(config)
             self.tracker.reconfigure(config)
             self.policy.reconfigure(config)
@@ -271,7 +336,9 @@ class Engine:
         self._window.trim(now)
         window = self._window.view()
 
-        floods = self.detector.observe(rates, now)
+        rates = with_flows(rates, window, now)
+        active = {a.target for a in self.tracker.active}
+        floods = self.detector.observe(rates, now, active)
         # carpet bombing: prefixes whose spread is over their limits, host attacks left out
         hosts = [(o.target, o.categories) for o in floods] + [(a.target, a.categories) for a in self.tracker.active]
         floods += self.carpet.observe(rates, now, hosts)
@@ -292,6 +359,10 @@ class Engine:
                 self._sources.pop(ch.attack.attack_id, None)
             extra.update(self._source_fields(ch.attack))
             self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack), **extra)
+        if self.config.baseline.enabled:
+            # after detection, so that a flood's first tick is already frozen out
+            self.baselines.learn(rates, now, frozen=[a.target for a in self.tracker.active])
+            self._save_baselines(now)
         for cmd in self.policy.step(changes, self.tracker.active, window, now, rates):
             self._execute(cmd)
         self._expire(now)
@@ -863,6 +934,7 @@ class Engine:
                 "sources": {src.name: {exp: st.__dict__ for exp, st in src.stats().items()} for src in self.sources},
                 "backend": self.backend.name,
                 "groups": _rates_by_group(rates, self.config),
+                "baseline": {"enabled": self.config.baseline.enabled, **self.baselines.summary(self._clock())},
                 "loop_seconds": {
                     "buckets": list(LOOP_BUCKETS),
                     "counts": self._loop_hist.tolist(),  # per bucket, the last one above every bound
@@ -907,6 +979,6 @@ def _sum_by_dst(rates: RateBatch) -> RateBatch:
         return rates
     out = np.zeros(len(uniq), dtype=RATE_DTYPE)
     out["dst"] = rates["dst"][first]
-    for col in ("pps", "bps", "dropped_pps"):
+    for col in ("pps", "bps", "dropped_pps", "flows"):
         np.add.at(out[col], inv, rates[col])
     return out

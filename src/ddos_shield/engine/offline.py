@@ -391,7 +391,7 @@ class _Replay:
         rules' hold runs out (None: nothing due)."""
         times = []
         for a in self.engine.tracker.active:
-            times.append(a.last_seen + self.cfg.group_for_name(a.group).end_after_seconds)
+            times.append(a.last_seen + self.engine.tracker.quiet_needed(a))
             if a.attack_id in self.refreshed:
                 times.append(self.refreshed[a.attack_id] + REFRESH_EVERY)
         for aid in set(self.open_rules.values()):

@@ -290,6 +290,11 @@ class Policy:
             return cmds
         if now - m.step_at < group.settle_seconds or now - m.last_check < group.settle_seconds:
             return cmds
+        rows = rates[addresses_in(rates["dst"], m.attack.target)] if len(rates) else rates
+        if not m.verified and (len(rows) == 0 or not rows["pps"].any()):
+            # the target is silent (the attack and its users gone, or a replayed capture
+            # ended): nothing to judge a step by; wait for traffic rather than read it as a loss
+            return cmds
         m.last_check = now
         passed, other = self._traffic(m.attack, rates)
         limit = self._limit(m.attack, group)
