@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ddos_shield.config import parse
 from ddos_shield.engine.ledger import Ledger
 from ddos_shield.records import Action, Category, Match, Rule, as_network
 from tests.engine.test_engine import CONFIG, VICTIM, Harness, legit
@@ -292,3 +293,10 @@ def test_a_notify_backend_hears_of_every_action_under_the_same_id(tmp_path: Path
     seen = [(d["event"], d["rule"]["mitigation_id"]) for d in map(json.loads, out.read_text().splitlines())]
     aid = auto["rule"]["mitigation_id"]
     assert seen == [("apply", aid), ("apply", manual.rule_id), ("withdraw", aid), ("withdraw", manual.rule_id)]
+
+
+def test_a_reload_does_not_switch_dry_run() -> None:
+    h = Harness(CONFIG.replace("interval_ms = 100", "interval_ms = 100\ndry_run = true"))
+    h.engine.reload(parse(CONFIG))
+    r = h.engine.add_mitigation(Match(proto=47), Action.DROP, 10.0, actor=OPERATOR, reason="still a dry run")
+    assert [m["state"] for m in h.engine.mitigations()] == ["dry_run"] and r.rule_id > 0

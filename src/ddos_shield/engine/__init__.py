@@ -144,6 +144,7 @@ class Engine:
             shadow.name = name
             self._shadows[name] = shadow
         self.events = events
+        self._dry_run = config.shield.dry_run
         # a dry run keeps no record: nothing it decided is enforced, so nothing may be re-applied
         self.ledger = Ledger.load(None if config.shield.dry_run else state_file)
         self._dirty_at: float | None = None
@@ -182,7 +183,9 @@ class Engine:
 
     @property
     def dry_run(self) -> bool:
-        return self.config.shield.dry_run
+        """Fixed at construction: a reload cannot turn decisions taken in a dry run
+        into enforcement (nor the reverse) half-way through."""
+        return self._dry_run
 
     def _enforcer(self, name: str) -> Backend:
         return self._shadows[name] if self.dry_run else self.backends[name]
@@ -272,6 +275,8 @@ class Engine:
     def reload(self, config: Config) -> None:
         """Swap in a new, already validated configuration at once."""
         with self._lock:
+            if config.shield.dry_run != self._dry_run:
+                log.warning("shield.dry_run changed: it takes effect at the next start, not on reload")
             self.config = config
             self.baselines.reconfigure(config.baseline)
             self.detector = ThresholdDetector(config, self.baselines)
