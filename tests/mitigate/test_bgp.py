@@ -22,7 +22,14 @@ from ddos_shield.config import Bgp, BgpPeer, parse
 from ddos_shield.errors import ConfigError, MitigationError
 from ddos_shield.lab.bgppeer import BgpPeerLab, community
 from ddos_shield.lab.netns import in_netns
-from ddos_shield.mitigate.bgp import BgpBackend, compile_rule, exabgp_config, flowspec_match
+from ddos_shield.mitigate.bgp import (
+    BgpBackend,
+    compile_rule,
+    exabgp_config,
+    flowspec_match,
+    set_speaker_bypass,
+    stop_speaker,
+)
 from ddos_shield.records import Action, Match, Range, Rule, as_network
 
 FAR = 2e9
@@ -340,8 +347,13 @@ def test_bypass_withdraws_and_restores(speakers: Speakers) -> None:
     b.set_bypass(True)
     peer.wait(lambda: peer.routes() == 0, what="nothing announced in bypass")
     assert len(b.list()) == 1  # still held
-    b.set_bypass(False)
+    # `ddos-shield bypass off` talks to the bridge itself (no shield process needed)
+    assert set_speaker_bypass(speakers.run_dir, False)
     peer.wait(lambda: peer.routes() == 1, what="announced again")
+    # what `ddos-shield stop --detach` does, from another process with only the state directory
+    assert stop_speaker(speakers.run_dir)
+    assert peer.routes() == 0 or peer.wait(lambda: peer.routes() == 0) >= 0
+    assert speakers.speaker_pid() is None and not stop_speaker(speakers.run_dir)
 
 
 # The shield side, in its own process so that it can be SIGKILLed.

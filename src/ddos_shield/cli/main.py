@@ -18,6 +18,7 @@ from ddos_shield.errors import ShieldError
 
 if TYPE_CHECKING:
     from ddos_shield.config import Config
+    from ddos_shield.mitigate.base import Backend
 
 DESCRIPTION = """\
 DDoS Shield watches the traffic of the protected prefixes on the interfaces it is
@@ -28,7 +29,8 @@ commands:
   run --config FILE        run the shield: attach the data plane, detect, mitigate,
                            write JSON events (one per line) and show a live view
   stop [--detach]          stop the running shield; protection stays in the kernel
-                           unless --detach removes it
+                           unless --detach removes it (and withdraws every BGP
+                           announcement, which otherwise go after bgp.deadman_seconds)
   status [--json]          the data plane's state and counters (no running shield needed),
                            and the running shield's own through its API when it has one
   baseline show [--json]   the learned baselines, as last stored in shield.state_dir
@@ -75,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("stop", help="stop the running shield")
     s.add_argument("--config", "-c", help="configuration file (for its state and pin directories)")
-    s.add_argument("--detach", action="store_true", help="also detach the data plane and remove its rules")
+    s.add_argument(
+        "--detach",
+        action="store_true",
+        help="also detach the data plane, remove its rules and withdraw every BGP announcement",
+    )
     s.set_defaults(func=_cmd_stop)
 
     st = sub.add_parser("status", help="the data plane's state and counters")
@@ -326,6 +332,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         engine.close()
         detached = cfg.shield.detach_on_stop
         dataplane.close(detach=detached)
+        _close_backends([b for b in engine.backends.values() if b is not dataplane.backend], detached)
         events.emit("stopped", time.time(), detached=detached)
         alerts.close()  # delivers what is queued, a bounded wait
         if store is not None:
@@ -333,6 +340,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         events.close()
         pidf.unlink(missing_ok=True)
     return 0
+
+
+def _close_backends(backends: list[Backend], detached: bool) -> None:
+    """The further backends: notify delivers what is queued; BGP stops refreshing (its
+    announcements go after bgp.deadman_seconds) or, detached, withdraws them at once."""
+    from ddos_shield.mitigate.bgp import BgpBackend
+
+    for b in backends:
+        try:
+            if detached and isinstance(b, BgpBackend):
+                b.shutdown()
+            else:
+                b.close()
+        except ShieldError as e:
+            logging.getLogger(__name__).error("closing backend %s: %s", b.name, e)
 
 
 def _refuse_second_instance(pidf: Path) -> None:
@@ -372,6 +394,10 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
         for what in detach_all(cfg):
             print(f"removed {what}")
+        from ddos_shield.mitigate.bgp import speaker_dir, stop_speaker
+
+        if stop_speaker(speaker_dir(cfg)):
+            print("withdrew every BGP announcement and stopped the speaker")
         # the record of mitigations goes with them: a next start must not re-apply them
         record = Path(cfg.shield.state_dir) / LEDGER_FILE
         if record.exists():
@@ -476,9 +502,13 @@ def _cmd_baseline_show(args: argparse.Namespace) -> int:
 
 def _cmd_bypass(args: argparse.Namespace) -> int:
     from ddos_shield.dataplane import open_control
+    from ddos_shield.mitigate.bgp import set_speaker_bypass, speaker_dir
 
     cfg = _config_or_default(args.config)
     on = args.state == "on"
+    # the BGP speaker first: its bridge answers whether or not a shield process runs
+    if set_speaker_bypass(speaker_dir(cfg), on):
+        print(f"BGP: {'every announcement withdrawn (kept for bypass off)' if on else 'announcements restored'}")
     ctl = open_control(cfg)
     try:
         # The running shield rewrites the config map (sampling rate) now and then; make

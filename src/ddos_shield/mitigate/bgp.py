@@ -56,7 +56,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -305,7 +305,7 @@ class BgpBackend(Backend):
         """The backend of a configuration's ``[bgp]`` section, run from ``<state_dir>/bgp``."""
         if config.bgp is None:
             raise ConfigError("the bgp backend needs a [bgp] section")
-        return cls(config.bgp, Path(config.shield.state_dir) / "bgp")
+        return cls(config.bgp, speaker_dir(config))
 
     # ---- the speaker ---------------------------------------------------------------
 
@@ -384,40 +384,16 @@ class BgpBackend(Backend):
         return " | ".join(line.strip() for line in lines[-5:])
 
     def _speaker_pid(self) -> int | None:
-        """The pid of this run directory's ExaBGP, if it is still running."""
-        try:
-            pid = int((self.run_dir / PID_NAME).read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        # The pid file may be stale and the pid reused: only an exabgp on our config counts.
-        conf = str(self.run_dir / CONF_NAME).encode()
-        return pid if any(conf in a for a in cmdline) else None
+        return speaker_pid(self.run_dir)
 
-    def _stop_speaker(self, timeout: float = 5.0) -> None:
+    def _stop_speaker(self) -> None:
         """Withdraw everything and stop this run directory's ExaBGP, if one runs."""
-        with contextlib.suppress(MitigationError):
-            if self._sock is not None:
-                self._send({"op": "shutdown"})  # the bridge withdraws, exits, and its guard stops ExaBGP
         self._drop_conn()
-        pid = self._speaker_pid()
-        deadline = time.monotonic() + timeout
-        for sig in (None, signal.SIGTERM, signal.SIGKILL):
-            if pid is None:
-                break
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-                deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self._speaker_pid() is not None:
-                if self._proc is not None:
-                    self._proc.poll()
-                time.sleep(0.05)
-            pid = self._speaker_pid()
-        if self._proc is not None:
+        proc, self._proc = self._proc, None
+        stop_speaker(self.run_dir, reap=proc.poll if proc is not None else None)
+        if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(1)
-            self._proc = None
+                proc.wait(1)
 
     def _drop_conn(self) -> None:
         if self._sock is not None:
@@ -586,6 +562,75 @@ def _netns(fd: int) -> Iterator[None]:
                 raise OSError(ctypes.get_errno(), "setns back to the shield's network namespace")
     finally:
         os.close(home)
+
+
+def speaker_pid(run_dir: Path) -> int | None:
+    """The pid of the ExaBGP running from ``run_dir``, if one runs."""
+    try:
+        pid = int((run_dir / PID_NAME).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    # The pid file may be stale and the pid reused: only an exabgp on our config counts.
+    conf = str(run_dir / CONF_NAME).encode()
+    return pid if any(conf in a for a in cmdline) else None
+
+
+def _ask_bridge(run_dir: Path, req: dict[str, Any]) -> dict[str, Any] | None:
+    """One request to the bridge of ``run_dir`` on a connection of its own; None when
+    no bridge answers."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(REQUEST_SECONDS)
+    buf = b""
+    try:
+        s.connect(str(run_dir / SOCKET_NAME))
+        s.sendall(json.dumps(req).encode() + b"\n")
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
+    except (OSError, ValueError):
+        return None
+    finally:
+        s.close()
+
+
+def set_speaker_bypass(run_dir: Path, on: bool) -> bool:
+    """The kill switch for the speaker running from ``run_dir``, with or without a
+    shield process: on withdraws every announcement and keeps it, off announces again.
+    Whether a bridge took it."""
+    reply = _ask_bridge(run_dir, {"op": "bypass", "on": on})
+    return bool(reply and reply.get("ok"))
+
+
+def stop_speaker(run_dir: Path, timeout: float = 5.0, reap: Callable[[], object] | None = None) -> bool:
+    """Withdraw every announcement and stop the speaker running from ``run_dir`` (what
+    ``ddos-shield stop --detach`` does); whether one was running.  The bridge is asked
+    first (it withdraws, exits, and its guard stops ExaBGP); signals follow if needed."""
+    found = _ask_bridge(run_dir, {"op": "shutdown"}) is not None
+    pid = speaker_pid(run_dir)
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if pid is None:
+            break
+        found = True
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and speaker_pid(run_dir) is not None:
+            if reap is not None:
+                reap()  # our own child: a zombie until waited for
+            time.sleep(0.05)
+        pid = speaker_pid(run_dir)
+    return found
+
+
+def speaker_dir(config: Config) -> Path:
+    """Where the speaker of a configuration keeps its socket, configuration, pid and log."""
+    return Path(config.shield.state_dir) / "bgp"
 
 
 def open_backend(config: Config) -> BgpBackend:
