@@ -72,6 +72,16 @@ def test_start_carries_target_group_types_rates_evidence_and_link() -> None:
     assert "udp_flood on 203.0.113.10/32 (group web)" in a.summary and "90.0 kpps" in a.summary
 
 
+def test_baseline_evidence_names_what_the_limit_is_made_of() -> None:
+    b = AlertBuilder(parse(CONFIG))
+    a = b.build(attack("attack_start", 100.0, basis="baseline", categories=["udp"]))
+    assert a is not None
+    [ev] = a.payload["evidence"]
+    assert ev["basis"].startswith("learned baseline of the destination: above its level by 6 spreads")
+    assert (ev["category"], ev["floor_pps"], ev["pps"]) == ("udp", 2000, 90000.0)
+    assert "limit_pps" not in ev
+
+
 def test_detector_evidence_is_passed_on_as_given() -> None:
     b = AlertBuilder(parse(CONFIG))
     ev = {"basis": "baseline", "category": "udp", "pps": 90000, "baseline_pps": 800, "factor": 112}

@@ -29,10 +29,12 @@ def render_body(alert: Alert) -> str:
             lines.append(f"dashboard: {a['url']}")
     for e in p.get("evidence") or []:
         if isinstance(e, dict):
-            lines.append(
-                f"evidence: {e.get('category')} {e.get('pps')} pps vs limit {e.get('limit_pps')} pps"
-                f" ({e.get('basis', '')})"
+            limit = (
+                f"vs limit {e['limit_pps']} pps"
+                if e.get("limit_pps") is not None
+                else f"vs floor {e.get('floor_pps')} pps"
             )
+            lines.append(f"evidence: {e.get('category')} {e.get('pps')} pps {limit} ({e.get('basis', '')})")
     m: dict[str, Any] = p.get("mitigation") or {}
     if m:
         lines += [

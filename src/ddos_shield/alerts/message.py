@@ -136,6 +136,7 @@ class AlertBuilder:
             "peak_bps": max(float(ev.get("peak_bps", 0.0)), float(old.get("peak_bps", 0.0))),
             "started": ev.get("started", old.get("started")),
             "categories": ev.get("categories", old.get("categories", [])),
+            "basis": ev.get("basis", old.get("basis", "static")),
         }
         if ev.get("evidence"):
             info["evidence"] = ev["evidence"]
@@ -159,7 +160,24 @@ class AlertBuilder:
         for cat in dict.fromkeys(cats):
             if cat not in CATEGORY_NAMES:
                 continue
-            th = getattr(group.thresholds, "syn" if cat == "tcp_syn" else cat)
+            key = "syn" if cat == "tcp_syn" else cat
+            if info.get("basis") == "baseline":
+                # the learned limit itself is not in the event: say what it is made of
+                sens = group.baseline.sensitivity
+                floor = getattr(group.baseline.floor, key)
+                out.append(
+                    {
+                        "category": cat,
+                        "basis": f"learned baseline of the destination: above its level by {sens:g} spreads "
+                        f"and above the floor of host group {group.name!r}",
+                        "pps": info.get("pps"),
+                        "floor_pps": floor.pps,
+                        "bps": info.get("bps"),
+                        "floor_bps": floor.bps,
+                    }
+                )
+                continue
+            th = getattr(group.thresholds, key)
             out.append(
                 {
                     "category": cat,

@@ -47,6 +47,14 @@ def _cef_value(v: Any) -> str:
     return s.replace("\\", "\\\\").replace("=", "\\=").replace("\r", "\\r").replace("\n", "\\n")
 
 
+def _evidence_text(e: dict[str, Any]) -> str:
+    if e.get("limit_pps") is not None:
+        return f"{e.get('category')} {e.get('pps')} pps (limit {e.get('limit_pps')})"
+    if e.get("floor_pps") is not None:
+        return f"{e.get('category')} {e.get('pps')} pps (above its learned baseline; floor {e.get('floor_pps')})"
+    return f"{e.get('category')} {e.get('pps')} pps ({e.get('basis', '')})"
+
+
 def _fields(alert: Alert) -> dict[str, Any]:
     """The flat fields both formats carry."""
     p = alert.payload
@@ -61,9 +69,7 @@ def _fields(alert: Alert) -> dict[str, Any]:
             out["rule" if k == "description" else k] = m[k]
     ev = p.get("evidence") or []
     if ev:
-        out["evidence"] = "; ".join(
-            f"{e.get('category')} {e.get('pps')} pps (limit {e.get('limit_pps')})" for e in ev if isinstance(e, dict)
-        )
+        out["evidence"] = "; ".join(_evidence_text(e) for e in ev if isinstance(e, dict))
     return out
 
 
