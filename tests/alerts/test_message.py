@@ -131,6 +131,18 @@ def test_long_attack_is_throttled_start_updates_end() -> None:
     assert b.build(attack("attack_update", 401.0, attack_id=8)) is not None
 
 
+def test_a_failed_verification_is_alerted_a_good_one_is_not() -> None:
+    b = AlertBuilder(parse(CONFIG))
+    b.build(attack("attack_start", 100.0))
+    ok = {**attack("mitigation_verified", 103.0), "ok": True, "reason": "attack cut", "mitigation_ids": [12]}
+    assert b.build(ok) is None
+    bad = {**ok, "ok": False, "reason": "traffic at the target did not fall"}
+    a = b.build(bad)
+    assert a is not None and a.severity == "error"
+    assert a.summary.startswith("Mitigation did not work and was rolled back: udp_flood on 203.0.113.10/32")
+    assert "rules 12: reason: traffic at the target did not fall" in a.summary
+
+
 def test_events_not_alerted_on() -> None:
     b = AlertBuilder(parse(CONFIG))
     assert b.build({"event": "ready", "ts": 1.0}) is None

@@ -40,6 +40,7 @@ SEVERITY = {
     "mitigation_pending": "alert",  # a drop waits for a person
     "mitigation_approved": "notice",
     "mitigation_refused": "warning",
+    "mitigation_verified": "error",  # only sent when a step failed its check and was rolled back
 }
 _TYPE_CATEGORY = {t.value: CATEGORY_NAMES[c] for c, t in CATEGORY_ATTACK.items()}
 
@@ -92,7 +93,7 @@ class AlertBuilder:
         if kind in ("ready", "stopped"):
             self._attacks.clear()  # a new process numbers its attacks afresh
             return None
-        if kind not in SEVERITY:
+        if kind not in SEVERITY or (kind == "mitigation_verified" and ev.get("ok", True)):
             return None
         aid = int(ev.get("attack_id") or (ev.get("rule") or {}).get("attack_id") or 0)
         state = self._attacks.get(aid)
@@ -238,7 +239,8 @@ class AlertBuilder:
                 + (f" (expected collateral {float(share):.2%})" if share is not None else "")
             )
         elif ev.get("reason"):
-            parts.append(f"reason: {ev['reason']}")
+            ids = ev.get("mitigation_ids")
+            parts.append((f"rules {', '.join(map(str, ids))}: " if ids else "") + f"reason: {ev['reason']}")
         title = {
             "attack_start": "DDoS attack started",
             "attack_update": "DDoS attack continues",
@@ -250,6 +252,7 @@ class AlertBuilder:
             "mitigation_pending": "Mitigation waits for approval",
             "mitigation_approved": "Mitigation approved",
             "mitigation_refused": "Mitigation refused",
+            "mitigation_verified": "Mitigation did not work and was rolled back",
         }[kind]
         summary = f"{title}: " + "; ".join(parts) if parts else title
         payload["summary"] = summary
