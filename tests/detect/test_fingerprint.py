@@ -221,3 +221,22 @@ def test_many_sources_each_small_are_one_source_set() -> None:
     w = packets(400, src=srcs, dst=VICTIM, proto=17, category=Category.UDP)
     cands = build(attack(Category.UDP), w, **KW) or []
     assert len(cands) == 4 and all(c.attack_share == 0.25 and c.set_share == 1.0 for c in cands)
+
+
+# ---- many samples: heavy sources pre-filtered with a count-min pass (detect/sketch.py) ----------
+
+
+@pytest.mark.parametrize("prefilter", [True, False])
+def test_heavy_sources_among_many_samples_with_and_without_the_prefilter(
+    prefilter: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ddos_shield.detect import fingerprint as fp
+
+    monkeypatch.setattr(fp, "HEAVY_PREFILTER_ROWS", 4096 if prefilter else 10**9)
+    heavy = packets(38_000, src=["198.51.100.66", "198.51.100.67"], dst=VICTIM, proto=17, category=Category.UDP)
+    spoofed = packets(2000, src=spoofed_v4(2000), dst=VICTIM, proto=17, category=Category.UDP)
+    cands = build(attack(Category.UDP), np.concatenate([heavy, spoofed]), **KW)
+    assert cands is not None and sorted(str(c.match.src) for c in cands) == ["198.51.100.66/32", "198.51.100.67/32"]
+    flood = packets(40_000, src=spoofed_v4(40_000), dst=VICTIM, proto=17, category=Category.UDP)
+    cands = build(attack(Category.UDP), flood, **KW)
+    assert cands is not None and [c.kind for c in cands] == ["fingerprint"]

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ddos_shield.detect.carpet import inner_mask
+from ddos_shield.detect.sketch import heavy_rows
 from ddos_shield.records import (
     Attack,
     Category,
@@ -45,6 +46,8 @@ from ddos_shield.records import (
     bytes_addr,
 )
 
+#: attack samples beyond which heavy sources are pre-filtered with a count-min pass
+HEAVY_PREFILTER_ROWS = 4096
 TCP_SYN = 0x02
 TCP_ACK = 0x10
 #: a fingerprint set matches at least this share of its category's attack samples
@@ -280,9 +283,17 @@ def _heavy_sources(atk: TrafficBatch, max_sources: int, need: float) -> list[IPN
     """The few sources that together carry ``need`` of the attack, or None."""
     if max_sources == 0:
         return None
-    keys = np.ascontiguousarray(atk["src"]).view("V16").ravel()
     weights = atk["packets"].astype(float)
     total = weights.sum()
+    if len(atk) > HEAVY_PREFILTER_ROWS:
+        # only sources that may hold their share can be chosen: one count-min pass finds
+        # their rows (all rows of a source alike), so the sort below is of those alone
+        # and a spoofed flood's sources are never sorted
+        maybe = heavy_rows(atk["src"], weights, 0.5 / max_sources)
+        atk, weights = atk[maybe], weights[maybe]
+        if len(atk) == 0:
+            return None
+    keys = np.ascontiguousarray(atk["src"]).view("V16").ravel()
     uniq, inv = np.unique(keys, return_inverse=True)
     per = np.bincount(inv, weights=weights)
     rows_per = np.bincount(inv)
