@@ -14,18 +14,27 @@ control process's resident memory before the attack and its peak over the whole 
 (``VmHWM``), and what the shield reported of the attack's sources (distinct-source
 estimate, spoofed share, source addresses its sketches hold).  The generator is pinned
 to CPU 1.  Prints Markdown (paste into bench/RESULTS.md).
+
+``--offline`` measures ``ddos-shield analyze`` instead (no lab): a capture of
+``--packets`` IPv6 SYNs at ``--pps`` from one source, and one from as many distinct
+sources, each analysed ``--runs`` times in a fresh process; printed: the process's peak
+RSS, wall time and what the report says of the sources.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ddos_shield import lab
 from ddos_shield.lab.attack import AttackSpec
@@ -77,6 +86,77 @@ def one_run(kind: str, packets: int, pps: int, workdir: Path) -> dict[str, Any]:
         shield.stop()
 
 
+# ---- offline: the same floods as captures, through `analyze` ----------------------------------
+
+
+def write_capture(path: Path, packets: int, pps: int, spoofed: bool) -> None:
+    """A pcap of IPv6 SYNs at the lab's victim, built a block at a time with numpy."""
+    frame = bytearray(74)
+    frame[12:14] = b"\x86\xdd"
+    frame[14:22] = b"\x60\x00\x00\x00\x00\x14\x06\x40"  # IPv6, 20 bytes of TCP, hop limit 64
+    frame[22:38] = lab.ATTACKER_V6.packed
+    frame[38:54] = lab.VICTIM_V6.packed
+    frame[54:74] = bytes.fromhex("9c4000500000000100000000500272100000" + "0000")  # sport 40000 -> 80, SYN
+    rec = np.dtype([("sec", "<u4"), ("usec", "<u4"), ("cap", "<u4"), ("len", "<u4"), ("data", "u1", (74,))])
+    # each source once, in random order (as spoofers draw them), all in 2001:2::/48
+    order = np.random.default_rng(1).permutation(packets).astype(np.uint64)
+    with path.open("wb") as f:
+        f.write(np.array([0xA1B2C3D4, 0x00040002, 0, 0, 65535, 1], dtype="<u4").tobytes()[:24])
+        for lo in range(0, packets, 100_000):
+            n = min(100_000, packets - lo)
+            r = np.zeros(n, dtype=rec)
+            t = 1_700_000_000 + (lo + np.arange(n)) / pps
+            r["sec"], r["usec"] = t.astype(np.uint64), ((t % 1) * 1e6).astype(np.uint32)
+            r["cap"] = r["len"] = 74
+            r["data"] = np.frombuffer(bytes(frame), dtype=np.uint8)
+            if spoofed:
+                r["data"][:, 22:38] = np.frombuffer(lab.SPOOF_V6.network_address.packed, dtype=np.uint8)
+                r["data"][:, 30:38] = order[lo : lo + n].astype(">u8").view(np.uint8).reshape(n, 8)
+            r.tofile(f)
+
+
+_ANALYZE = """
+import json, resource, sys, time
+from ddos_shield.engine.offline import analyze
+t0 = time.perf_counter()
+a = analyze([sys.argv[1]]).attacks
+wall = time.perf_counter() - t0
+print(json.dumps({"wall": wall, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "attacks": [x.to_json() for x in a]}))
+"""
+
+
+def offline(args: argparse.Namespace) -> int:
+    print(f"Machine: {platform.node()} {platform.release()}, measured {time.strftime('%Y-%m-%d')}; "
+          f"`ddos-shield analyze` of {args.packets:,} IPv6 SYNs at {args.pps:,} pps (capture time), "
+          f"{args.runs} runs each, interleaved, each in a fresh process.\n")  # fmt: skip
+    print("| capture | peak RSS MB median (runs) | wall s median | attacks | distinct sources | spoofed share | rule |")
+    print("|---|---|---:|---|---:|---:|---|")
+    with tempfile.TemporaryDirectory(prefix="ddos-shield-bench-") as tmp:
+        caps = {}
+        for spoofed in (False, True):
+            caps[spoofed] = Path(tmp) / f"{'spoofed' if spoofed else 'one'}.pcap"
+            write_capture(caps[spoofed], args.packets, args.pps, spoofed)
+        rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+        for _ in range(args.runs):
+            for spoofed in (False, True):
+                out = subprocess.run([sys.executable, "-c", _ANALYZE, str(caps[spoofed])], capture_output=True,
+                                     text=True, check=True, timeout=1200)  # fmt: skip
+                rows[spoofed].append(json.loads(out.stdout))
+        for spoofed in (False, True):
+            rs = rows[spoofed]
+            a = rs[-1]["attacks"][0] if rs[-1]["attacks"] else {}
+            rule = a.get("rules", [{}])[0].get("description", "-") if a.get("rules") else "-"
+            peaks = ", ".join(f"{r['maxrss_kb'] / 1024:.0f}" for r in rs)
+            label = f"{args.packets:,} distinct sources" if spoofed else "one source"
+            print(
+                f"| {label} | {statistics.median(r['maxrss_kb'] for r in rs) / 1024:.0f} ({peaks}) "
+                f"| {statistics.median(r['wall'] for r in rs):.1f} | {len(rs[-1]['attacks'])} "
+                f"| {a.get('distinct_sources', '-'):,} | {a.get('spoofed_share', '-')} | {rule} |"
+            )
+    return 0
+
+
 def med(rows: list[dict[str, Any]], key: str) -> str:
     vals = [r[key] for r in rows if r[key] is not None]
     return f"{statistics.median(vals):,.0f}" if vals else "-"
@@ -87,7 +167,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--packets", type=int, default=1_000_000)
     ap.add_argument("--pps", type=int, default=100_000)
+    ap.add_argument("--offline", action="store_true", help="measure `analyze` on captures instead of the lab")
     args = ap.parse_args()
+    if args.offline:
+        return offline(args)
     kinds = ("syn", "syn-spoofed")
     rows: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     with lab_session():
