@@ -82,6 +82,20 @@ def test_spoofed_syn_fingerprint_excludes_real_handshakes() -> None:
     assert c.attack_share > 0.99
 
 
+def test_open_fields_are_left_out_and_previewed_wider() -> None:
+    """For Flowspec, which has no TTL: the fingerprint leaves the TTL open, and its
+    collateral share is that of the wider rule (a client with another TTL is hit)."""
+    flood = packets(2000, src=spoofed_v4(2000), dst=VICTIM, proto=17, category=Category.UDP, dport=9, length=60, ttl=61)
+    client = packets(20, src="198.18.200.1", dst=VICTIM, proto=17, category=Category.UDP, dport=9, length=60, ttl=64)
+    client["ts"] = -10.0  # before the attack: the target's normal traffic
+    w = np.concatenate([flood, client])
+    (narrow,) = build(attack(Category.UDP), w, **KW) or []
+    (wide,) = build(attack(Category.UDP), w, open_fields=("ttl",), **KW) or []
+    assert narrow.match.ttl == Range(61, 61) and narrow.collateral_share == 0.0
+    assert wide.match.ttl is None and wide.match == Match(**{**narrow.match.__dict__, "ttl": None})
+    assert wide.collateral_share == 1.0  # the client's earlier packets match the wider rule
+
+
 def test_fragments_get_no_port_fields() -> None:
     w = packets(500, src=spoofed_v4(500), dst=VICTIM, proto=17, category=Category.FRAG, length=1000)
     w["flags"] = int(PacketFlag.FRAG | PacketFlag.FRAG_LATER)

@@ -486,3 +486,97 @@ def test_new_configuration_restarts_the_speaker(speakers: Speakers) -> None:
     assert speakers.speaker_pid() not in (None, first)
     assert b2.list() == []  # the old speaker's routes went with it
     peer.wait(lambda: peer.routes() == 0)
+
+
+# ---- the engine's ladder on a real speaker ---------------------------------------------------
+
+LADDER = """
+protected = ["203.0.113.0/24"]
+[shield]
+interfaces = ["out0"]
+interval_ms = 100
+state_dir = "{state}"
+[mitigation]
+backends = ["bgp"]
+[[groups]]
+name = "default"
+ladder = ["flowspec", "blackhole"]
+allow_blackhole = true
+settle_seconds = 1.0
+hold_seconds = 2.0
+end_after_seconds = 1.0
+[groups.thresholds]
+udp = {{ pps = 5000 }}
+[bgp]
+local_as = 64513
+router_id = "192.0.2.1"
+blackhole = true
+deadman_seconds = 3
+[[bgp.peers]]
+address = "192.0.2.2"
+peer_as = 64512
+local_address = "192.0.2.1"
+"""
+
+
+@pytest.mark.lab
+def test_engine_ladder_announces_flowspec_then_blackhole_and_withdraws_at_the_end(speakers: Speakers) -> None:
+    """Detection -> policy -> BGP: a UDP flood on the replay data plane (which drops
+    nothing: enforcement is upstream), the flowspec step announced, not enough (the
+    traffic still arrives), so the blackhole; the flood ends and the peer's table empties."""
+    import io
+
+    import numpy as np
+
+    from ddos_shield.dataplane.replay import ReplayDataPlane
+    from ddos_shield.engine import Engine
+    from ddos_shield.events import EventSink
+    from ddos_shield.records import Category
+    from tests.traffic import packets, spoofed_v4
+
+    peer = speakers.peer
+    cfg = parse(LADDER.format(state=speakers.run_dir.parent))
+    assert cfg.bgp is not None
+    with in_netns(peer.shield_ns):
+        b = BgpBackend(cfg.bgp, speakers.run_dir)
+    speakers.backends.append(b)
+    now = [time.time()]  # the bridge keeps real time: the engine's clock starts there
+    dp = ReplayDataPlane(clock=lambda: now[0])
+    out = io.StringIO()
+    engine = Engine(cfg, dp, dp.backend, EventSink(out), clock=lambda: now[0], backends=[b])
+    engine.start(now[0])
+    srcs = spoofed_v4(5000)
+
+    def flood(t: float) -> np.ndarray:
+        return packets(1000, src=srcs, dst="203.0.113.10", proto=17, category=Category.UDP, dport=9, length=60, ts=t)
+
+    def run(seconds: float, feed: list[Any]) -> None:
+        for _ in range(round(seconds / 0.1)):
+            for make in feed:
+                dp.feed(make(now[0]))
+            now[0] += 0.1
+            engine.tick(now[0])
+
+    def events(name: str) -> list[dict[str, Any]]:
+        return [e for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == name]
+
+    run(1.0, [flood])
+    peer.wait(lambda: len(peer.rib("ipv4-flowspec")) == 1, what="the flowspec step at the router")
+    (fs,) = flows(peer).values()
+    assert fs["components"][1] == {"prefix": "203.0.113.10/32"} and fs["rate"] == 0
+    assert 8 not in fs["components"]  # no TTL: Flowspec has none, the policy left it open
+    # this router ignores Flowspec: the flood still arrives, so settle_seconds later the
+    # step is rolled back and the next one taken
+    for _ in range(30):
+        run(0.1, [flood])
+        if any(e["rule"]["action"] == "blackhole" for e in events("mitigation_applied")):
+            break
+    peer.wait(lambda: peer.routes() == 1 and "203.0.113.10/32" in blackholes(peer), what="the blackhole alone")
+    assert BLACKHOLE in blackholes(peer)["203.0.113.10/32"][1]
+    # the blackhole works: nothing reaches the target any more; the attack ends and the
+    # route is withdrawn hold_seconds later
+    run(6.0, [])
+    assert events("attack_end")
+    (removed,) = [e for e in events("mitigation_removed") if e["rule"]["action"] == "blackhole"]
+    assert not removed["reason"].startswith("verify")
+    peer.wait(lambda: peer.routes() == 0, what="every announcement withdrawn after the attack")

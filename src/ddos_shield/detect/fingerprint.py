@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -121,12 +121,15 @@ def build(
     allowlist: list[IPNetwork] | None = None,
     lead: float = 0.1,
     others: Sequence[Attack] = (),
+    open_fields: Sequence[str] = (),
 ) -> list[Candidate] | None:
     """Candidates for ``attack`` from recent samples, or None while samples are too few.
 
     Only samples from ``lead`` seconds before the attack was seen on count as the
     attack's: what the target received before is its normal traffic.  ``others`` are
-    the other open attacks (see :func:`attack_samples`).
+    the other open attacks (see :func:`attack_samples`).  ``open_fields`` are left out
+    of every fingerprint, for an enforcement point that cannot match on them (Flowspec
+    has no TTL): the shares are then those of the wider rule really enforced.
     """
     if not attack.categories:
         return []  # reconnaissance (scans, sweeps): reported, never blocked by a rule
@@ -150,7 +153,11 @@ def build(
         rows = atk[atk["category"] == int(cat)]
         if len(rows) < max(3, min_samples // 4):
             continue
-        out += _as_set(fingerprints(rows, cat, attack.target), "fingerprint", rows, other)
+        fps = fingerprints(rows, cat, attack.target)
+        if open_fields:
+            # rules that differed only in an open field become one
+            fps = list(dict.fromkeys(replace(m, **dict.fromkeys(open_fields)) for m in fps))
+        out += _as_set(fps, "fingerprint", rows, other)
     return out
 
 

@@ -63,6 +63,9 @@ MIN_TTL = 5.0
 #: verification ignores the target's other traffic below this rate: a few clients'
 #: requests come and go, and their noise must not roll a good rule back
 MIN_LEGIT_PPS = 100.0
+#: fields Flowspec (RFC 8955/8956) cannot match on: the flowspec step's fingerprints
+#: leave them open (and are previewed that way) rather than being refused upstream
+FLOWSPEC_OPEN = ("ttl",)
 
 
 @dataclass(frozen=True)
@@ -404,6 +407,7 @@ class Policy:
                 allowlist=self._allow,
                 lead=lead,
                 others=self._active,
+                open_fields=FLOWSPEC_OPEN if name == "flowspec" else (),
             )
             if built is None:
                 return None
