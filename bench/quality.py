@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import platform
 import struct
 import sys
@@ -336,21 +337,21 @@ def rule_shares(path: Path, a: AttackReport, attack_mask_of: Any) -> list[dict[s
     matches = [Match.from_json(r.match) for r in a.rules]
     if matches and all(m.is_source_only() for m in matches):
         # blocked by address: everything those attackers send is the attack's
-        for m in matches:
-            atk |= to_target & m.matches(batch)
+        for src_rule in matches:
+            atk |= to_target & src_rule.matches(batch)
     legit = to_target & ~atk
     out = []
     union = np.zeros(len(batch), dtype=bool)
     for r in a.rules:
-        m = Match.from_json(r.match).matches(batch)
-        union |= m
+        hit = Match.from_json(r.match).matches(batch)
+        union |= hit
         out.append(
             {
                 "capture": path.name,
                 "types": a.types,
                 "rule": r.description,
-                "attack_matched": float(m[atk].sum() / max(atk.sum(), 1)),
-                "legit_matched": float(m[legit].sum() / max(legit.sum(), 1)),
+                "attack_matched": float(hit[atk].sum() / max(atk.sum(), 1)),
+                "legit_matched": float(hit[legit].sum() / max(legit.sum(), 1)),
                 "legit_packets": int(legit.sum()),
             }
         )
@@ -434,8 +435,8 @@ def report(score: Score, elapsed: float) -> str:
     lines = [
         "## Detection quality (`bench/quality.py`)",
         "",
-        f"Machine: {platform.node() and 'this VM'} ({platform.machine()}, Python {platform.python_version()}), "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}; {elapsed:.0f} s.",
+        f"Machine: Linux {platform.release()}, {_cpu()} ({os.cpu_count()} vCPUs), Python "
+        f"{platform.python_version()}, measured {time.strftime('%Y-%m-%d', time.gmtime())}; the run took {elapsed:.0f} s.",
         "",
         "| type | true pos. | false pos. | false neg. | precision | recall |",
         "|---|---:|---:|---:|---:|---:|",
@@ -465,6 +466,16 @@ def report(score: Score, elapsed: float) -> str:
     if score.misses:
         lines += ["", "Misses and false alerts:", ""] + [f"* {m}" for m in score.misses]
     return "\n".join(lines)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f'CPU "{line.split(":", 1)[1].strip()}"'
+    except OSError:
+        pass
+    return "CPU unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

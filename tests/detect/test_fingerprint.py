@@ -254,3 +254,19 @@ def test_heavy_sources_among_many_samples_with_and_without_the_prefilter(
     flood = packets(40_000, src=spoofed_v4(40_000), dst=VICTIM, proto=17, category=Category.UDP)
     cands = build(attack(Category.UDP), flood, **KW)
     assert cands is not None and [c.kind for c in cands] == ["fingerprint"]
+
+
+def test_clients_heard_before_the_attack_shape_no_rule() -> None:
+    # an ACK flood at port 80 while the target's web clients keep sending ACKs to 443 (5 %)
+    clients = [f"198.51.100.{i}" for i in range(100, 140)]
+    w = np.concatenate(
+        [
+            packets(200, src=clients, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x10, dport=443, length=54, ttl=57, ts=-1.5),
+            packets(100, src=clients, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x10, dport=443, length=54, ttl=57, ts=0.5),
+            packets(2000, src=spoofed_v4(2000, 9), dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x10, dport=80, length=54, ttl=50, ts=0.5),
+        ]
+    )  # fmt: skip
+    (c,) = build(attack(Category.TCP), w, **KW) or []
+    assert c.match.dport == Range(80, 80) and c.match.tcp_flags == (0xFF, 0x10)
+    assert c.match.src is not None and c.match.src.subnet_of(ipaddress.ip_network("198.18.0.0/15"))  # type: ignore[arg-type]
+    assert c.collateral_share == 0.0

@@ -148,6 +148,15 @@ def build(
     sources = _heavy_sources(atk, max_sources, source_share)
     if sources is not None:
         return _as_set([Match(src=net) for net in sources], "source", atk, other)
+    # Rows from sources the target already heard from before the attack are its clients'
+    # traffic caught among the attack's (spoofed sources and reflectors are new): they
+    # neither shape the fingerprint nor count in what it must cover.
+    before = window[other_mask & (window["ts"] < attack.started - lead - RAMP)]
+    if len(before):
+        known = np.unique(np.ascontiguousarray(before["src"]).view("V16").ravel())
+        new = ~np.isin(np.ascontiguousarray(atk["src"]).view("V16").ravel(), known)
+        if new.sum() >= min_samples:
+            atk = atk[new]
     out = []
     for cat in attack.categories:
         rows = atk[atk["category"] == int(cat)]
