@@ -153,10 +153,13 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
 
     app.state.tokens = tokens
 
+    # /healthz and /status are coroutines: they never wait for the engine (the snapshot of
+    # the tick before when one runs), and a coroutine answers without a hop through the
+    # thread pool, where a busy engine thread would make each hop wait for the GIL
     @app.get("/healthz", tags=["status"])
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:
         """Liveness without a token: 200 while the control loop ticks, 503 when it stalled."""
-        snap, _ = view.quick_snapshot()
+        snap, _ = view.quick_snapshot(wait=0.0)
         ticked = snap.get("ticked_at")
         limit = 2.0 + 5 * view.config.shield.interval_ms / 1000
         age = time.time() - ticked if ticked else None
@@ -183,11 +186,11 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
     # ---- status and traffic -------------------------------------------------------
 
     @r.get("/status", tags=["status"])
-    def status(p: Viewer) -> dict[str, Any]:
+    async def status(p: Viewer) -> dict[str, Any]:
         """The shield at a glance: data plane, loop, attacks and rules in force.  It answers
         at once even while a long tick runs, with the figures of the tick before
         (``as_of`` says when they were taken)."""
-        snap, as_of = view.quick_snapshot()
+        snap, as_of = view.quick_snapshot(wait=0.0)
         cfg = view.config
         return {
             "as_of": round(as_of, 3),

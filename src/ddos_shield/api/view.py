@@ -125,6 +125,7 @@ class ShieldView:
         self.attacks = AttackLog()
         self._quick: tuple[dict[str, Any], float] | None = None
         self._quick_lock = threading.Lock()
+        self.quick_snapshot()  # so that a quick reader never finds none
         self._unsubscribe = events.subscribe(self.attacks)
 
     def close(self) -> None:
@@ -139,10 +140,10 @@ class ShieldView:
     def snapshot(self) -> dict[str, Any]:
         return self._engine.snapshot()
 
-    def quick_snapshot(self) -> tuple[dict[str, Any], float]:
-        """A snapshot and the time it was taken, within about :data:`QUICK_WAIT`: when a
+    def quick_snapshot(self, wait: float = QUICK_WAIT) -> tuple[dict[str, Any], float]:
+        """A snapshot and the time it was taken, within about ``wait`` seconds: when a
         tick holds the engine longer (a flood makes ticks long), the last one taken."""
-        snap = self._engine.try_snapshot(QUICK_WAIT)
+        snap = self._engine.try_snapshot(wait)
         with self._quick_lock:
             if snap is not None:
                 self._quick = (snap, time.time())
