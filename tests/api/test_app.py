@@ -88,6 +88,12 @@ def test_revoked_token_is_refused_at_the_next_request(shield: Shield) -> None:
     assert shield.get(f"{API}/status").status_code == 401
 
 
+def test_a_damaged_token_file_lets_nobody_in_and_says_why(shield: Shield) -> None:
+    (shield.path / "state" / "api-tokens.json").write_text("{damaged")
+    r = shield.get(f"{API}/status", "admin")
+    assert r.status_code == 503 and "api-tokens.json: unreadable token file" in r.json()["detail"]
+
+
 def test_openapi_document_is_published_and_lists_the_routes(shield: Shield) -> None:
     doc = shield.get(f"{API}/openapi.json").json()
     paths = set(doc["paths"])
@@ -356,7 +362,9 @@ def test_a_bad_listen_names_the_field(listen: str) -> None:
     from ddos_shield.config import parse
     from ddos_shield.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"cfg:3: api.listen: expected 'address:port' or a port, e\.g\. '127\.0\.0\.1:8470', got '"):
+    with pytest.raises(
+        ConfigError, match=r"cfg:3: api.listen: expected 'address:port' or a port, e\.g\. '127\.0\.0\.1:8470', got '"
+    ):
         parse(f'protected = []\n[api]\nlisten = "{listen}"\n', "cfg")
 
 

@@ -31,6 +31,7 @@ from ddos_shield.api.metrics import render
 from ddos_shield.api.tokens import LOCAL_NAME, Role, TokenStore
 from ddos_shield.api.view import ReloadRefused, ShieldView
 from ddos_shield.engine import MAX_MANUAL_TTL
+from ddos_shield.errors import ShieldError
 from ddos_shield.records import Action, Match
 from ddos_shield.store.history import History
 
@@ -106,7 +107,10 @@ async def principal(
     if cred is None or cred.scheme.lower() != "bearer":
         raise HTTPException(401, "a token is needed: Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
     tokens: TokenStore = request.app.state.tokens
-    tok = tokens.verify(cred.credentials)
+    try:
+        tok = tokens.verify(cred.credentials)
+    except ShieldError as e:  # a damaged token file: nobody is let in, and the answer says why
+        raise HTTPException(503, str(e)) from e
     if tok is None:
         raise HTTPException(401, "unknown or revoked token", {"WWW-Authenticate": "Bearer"})
     actor = f"token:{tok.name}"
