@@ -987,6 +987,28 @@ def example() -> str:
         "sensitivity = 8.0",
         "",
     ]
+    # upstream enforcement and hooks need peers and programs of the site: shown commented out
+    bg, bp, nt = Bgp.model_fields, BgpPeer.model_fields, Notify.model_fields
+    extra = ["# " + (Bgp.__doc__ or "").strip() + ' Needs mitigation.backends = ["bgp"].', "[bgp]"]
+    extra += [
+        c(bg["local_as"].description),
+        "local_as = 64513",
+        c(bg["router_id"].description),
+        'router_id = "192.0.2.1"',
+    ]
+    for key in ("flowspec", "blackhole", "next_hop", "communities", "deadman_seconds"):
+        extra += [c(bg[key].description), f"{key} = {_toml(bg[key].get_default(call_default_factory=True))}"]
+    extra += ["[[bgp.peers]]", c(bp["address"].description), 'address = "192.0.2.2"']
+    extra += [c(bp["peer_as"].description), "peer_as = 64512", c(bp["local_address"].description)]
+    extra += ['local_address = "192.0.2.1"', ""]
+    extra += ["# " + (Notify.__doc__ or "").strip() + ' Needs "notify" in mitigation.backends.', "[notify]"]
+    extra += [c(nt["script"].description), 'script = ["/usr/local/bin/ddos-hook"]']
+    extra += [
+        c(nt["script_timeout_seconds"].description),
+        f"script_timeout_seconds = {nt['script_timeout_seconds'].default!r}",
+    ]
+    lines += [x if x.startswith("#") or not x else "# " + x for x in extra]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -192,6 +192,22 @@ def test_config_mistakes_are_named(text: str, want: str) -> None:
     assert want in str(e.value)
 
 
+def test_example_bgp_and_notify_sections_are_valid_uncommented() -> None:
+    import re
+
+    from ddos_shield.config import example
+
+    lines = example().splitlines()
+    kept = ['protected = ["203.0.113.0/24"]', "[mitigation]", 'backends = ["bgp", "notify"]']
+    for line in lines[lines.index("# [bgp]") :]:
+        text = line.removeprefix("# ")
+        if re.match(r"^(\[|[a-z_]+ = )", text):
+            kept.append(text)
+    cfg = parse("\n".join(kept) + "\n")
+    assert cfg.bgp is not None and not cfg.bgp.blackhole and cfg.bgp.peers[0].peer_as == 64512
+    assert cfg.notify is not None and cfg.notify.script
+
+
 def test_from_config_needs_a_section() -> None:
     with pytest.raises(ConfigError, match=r"\[bgp\]"):
         BgpBackend.from_config(parse('protected = ["203.0.113.0/24"]\n'))
