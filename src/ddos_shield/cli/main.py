@@ -27,7 +27,8 @@ given, detects floods within a fraction of a second and blocks them in the kerne
 
 commands:
   run --config FILE        run the shield: attach the data plane, detect, mitigate,
-                           write JSON events (one per line) and show a live view
+                           write JSON events (one per line), keep the history ([store]),
+                           send alerts ([alerts]) and show a live view
   stop [--detach]          stop the running shield; protection stays in the kernel
                            unless --detach removes it (and withdraws every BGP
                            announcement, which otherwise go after bgp.deadman_seconds)
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         "escalation ladder (observe, rate_limit, drop, drop_sources, flowspec, blackhole), one step at a "
         "time while the traffic reaching the target stays above its thresholds; drops on critical assets "
         "wait for an operator's approval; nothing covers the never-block list. At start the backends are "
-        "reconciled with the record of mitigations in shield.state_dir.",
+        "reconciled with the record of mitigations in shield.state_dir. The history (attacks, mitigations, "
+        "audit log, attack captures) goes to an SQLite database ([store]); alerts go to webhooks, syslog and "
+        "e-mail ([alerts]).",
     )
     r.add_argument("--config", "-c", required=True, help="configuration file (TOML)")
     r.add_argument(
