@@ -16,7 +16,8 @@ frame (a NetFlow/IPFIX or sFlow record, a mirror port's sample) gets headers syn
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +25,8 @@ import numpy.typing as npt
 from ddos_shield.records import TRAFFIC_DTYPE, IPNetwork, TrafficBatch, addresses_in
 from ddos_shield.store.history import Packet
 from ddos_shield.store.pcap import synthesize
+
+K = TypeVar("K")
 
 #: (frames: uint8 (n, snaplen), captured length of each: int (n,)), aligned with a batch
 Frames = tuple[npt.NDArray[np.uint8], npt.NDArray[Any]]
@@ -70,20 +73,30 @@ class PacketTap:
 
     def take(self, target: IPNetwork, since: float, limit: int) -> list[Packet]:
         """Up to ``limit`` packets to ``target`` newer than ``since``, oldest first."""
+        return self.take_many({0: (target, since, limit)})[0]
+
+    def take_many(self, wants: Mapping[K, tuple[IPNetwork, float, int]]) -> dict[K, list[Packet]]:
+        """:meth:`take` for several targets at once, from one copy of the ring (the
+        writer asks for every attack under way each round)."""
+        out: dict[K, list[Packet]] = {k: [] for k in wants}
+        if not wants:
+            return out
         with self._lock:
             rows = self._rows[: self._filled].copy()
             data = self._data[: self._filled].copy()
             caplen = self._caplen[: self._filled].copy()
-        if not len(rows) or limit <= 0:
-            return []
-        sel = np.flatnonzero(addresses_in(rows["dst"], target) & (rows["ts"] > since))
-        sel = sel[np.argsort(rows["ts"][sel], kind="stable")][:limit]
-        out = []
-        for i in sel:
-            row = rows[i]
-            if caplen[i]:
-                out.append(Packet(float(row["ts"]), int(row["length"]), bytes(data[i, : caplen[i]]), False))
-            else:
-                frame, wire = synthesize(row, self.snaplen)
-                out.append(Packet(float(row["ts"]), wire, frame, True))
+        if not len(rows):
+            return out
+        for key, (target, since, limit) in wants.items():
+            if limit <= 0:
+                continue
+            sel = np.flatnonzero(addresses_in(rows["dst"], target) & (rows["ts"] > since))
+            sel = sel[np.argsort(rows["ts"][sel], kind="stable")][:limit]
+            for i in sel:
+                row = rows[i]
+                if caplen[i]:
+                    out[key].append(Packet(float(row["ts"]), int(row["length"]), bytes(data[i, : caplen[i]]), False))
+                else:
+                    frame, wire = synthesize(row, self.snaplen)
+                    out[key].append(Packet(float(row["ts"]), wire, frame, True))
         return out

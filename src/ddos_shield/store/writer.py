@@ -175,12 +175,14 @@ class StoreWriter:
         out: dict[int, list[Packet]] = {}
         if self.tap is None:
             return out
-        for aid, (target, taken, since) in list(self._capturing.items()):
-            room = self.packets_per_attack - taken
-            if room <= 0:
-                continue
-            pkts = self.tap.take(as_network(target), since, room)
+        wants = {
+            aid: (as_network(target), since, self.packets_per_attack - taken)
+            for aid, (target, taken, since) in self._capturing.items()
+            if taken < self.packets_per_attack
+        }
+        for aid, pkts in self.tap.take_many(wants).items():
             if pkts:
+                target, taken, _ = self._capturing[aid]
                 out[aid] = pkts
                 self._capturing[aid] = (target, taken + len(pkts), max(p.ts for p in pkts))
         return out
