@@ -156,10 +156,10 @@ def test_daily_profile_knows_the_morning_peak_after_a_day() -> None:
         return float(rng.normal(5000 if hour == 9 else 1000, 100))
 
     # first day: no profile yet, the current level (chasing) only
-    t = feed(b, T0, 9 * 3600 - 60, day, dt=20.0)
+    t = feed(b, T0, 9 * 3600 - 120, day, dt=60.0)
     _, level, _ = level_spread(b, t)
     assert level < 1500
-    t = feed(b, t, 2 * 86400 - (t - T0) - 120, day, dt=20.0)  # to 23:58 on day two
+    t = feed(b, t, 2 * 86400 - (t - T0) - 120, day, dt=60.0)  # to 23:58 on day two
     assert b.summary(t)["daily_profile"] == 1
     eight_fifty = T0 + 2 * 86400 + 8 * 3600 + 50 * 60
     _, level, _ = level_spread(b, eight_fifty)

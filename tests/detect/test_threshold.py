@@ -8,7 +8,7 @@ import pytest
 
 from ddos_shield.config import parse
 from ddos_shield.detect.baseline import Baselines
-from ddos_shield.detect.threshold import ThresholdDetector
+from ddos_shield.detect.threshold import BASELINE_TICKS, ThresholdDetector
 from ddos_shield.errors import ConfigError
 from ddos_shield.records import Category, RateBatch, addr_bytes, as_network, empty_rates
 
@@ -155,5 +155,16 @@ JUDGED = [
 
 @pytest.mark.parametrize(("dst", "pps", "over", "basis"), JUDGED)
 def test_learned_limits(dst: str, pps: float, over: bool, basis: str | None) -> None:
-    obs = learned_detector().observe(rates([(dst, pps)]), now=1_700_000_041.0)
-    assert [o.basis for o in obs] == ([basis] if over else [])
+    det = learned_detector()
+    obs = [det.observe(rates([(dst, pps)]), now=1_700_000_041.0 + 0.1 * i) for i in range(BASELINE_TICKS)]
+    assert [o.basis for o in obs[-1]] == ([basis] if over else [])
+    if basis == "baseline":  # a learned limit needs a few ticks in a row; a static one, one
+        assert obs[0] == []
+
+
+def test_a_lone_burst_over_a_learned_limit_is_not_an_attack() -> None:
+    det = learned_detector()
+    t = 1_700_000_041.0
+    for i in range(10):  # over, over, under, ...
+        pps = 2000 if i % 3 != 2 else 20
+        assert det.observe(rates([(SMALL, pps)]), now=t + 0.1 * i) == []

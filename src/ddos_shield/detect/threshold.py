@@ -8,7 +8,9 @@ decided once per destination by the configuration (most specific prefix wins).
 The limits of a destination are its group's static thresholds (packets, bits and new
 flows per second), or, once its baseline has learned (:mod:`~ddos_shield.detect.baseline`)
 and its group has a sensitivity, the learned limits: above the baseline by the
-sensitivity and above the group's floor.  Destinations under attack (``active``) are
+sensitivity and above the group's floor, for :data:`BASELINE_TICKS` ticks in a row (a
+learned limit is statistical: one tick over it is a burst, a few in a row a flood;
+static thresholds act on the first tick).  Destinations under attack (``active``) are
 held to the lower exit limits (``exit_ratio``), so an attack that dips a little below
 its entry threshold goes on: the hysteresis of the lifecycle.
 
@@ -38,6 +40,9 @@ from ddos_shield.detect.baseline import Baselines, entry_exit
 from ddos_shield.records import RATE_METRICS, AttackType, Category, IPNetwork, RateBatch, bytes_addr
 
 F64 = npt.NDArray[np.float64]
+
+#: ticks in a row a rate must be over a learned (baseline) entry limit to start an attack
+BASELINE_TICKS = 3
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class ThresholdDetector:
         self.baselines = baselines
         self._cache: dict[bytes, _Limits] = {}
         self._min = self._smallest()
+        self._streak: dict[bytes, int] = {}  # ticks in a row over a learned entry limit
 
     def _limits(self, raw: bytes) -> _Limits:
         hit = self._cache.get(raw)
@@ -96,19 +102,23 @@ class ThresholdDetector:
         """Destinations over their limits; those in ``active`` (under attack) over their exit limits."""
         out: list[Observation] = []
         if len(rates) == 0:
+            self._streak = {}
             return out
         x = np.stack([rates[m] for m in RATE_METRICS], axis=-1)  # (n, categories, metrics)
         # Cheap prefilter: rows below the smallest limit of any group cannot fire.
         busy = np.flatnonzero((x >= self._min).any(axis=(1, 2)))
         if len(busy) == 0:
+            self._streak = {}
             return out
         use_base = self.baselines is not None and self._config.baseline.enabled
         learned = np.zeros(len(busy), dtype=bool)
         level = spread = np.zeros(0)
         if use_base and self.baselines is not None:
             learned, level, spread = self.baselines.lookup(rates["dst"][busy], now)
+        streak: dict[bytes, int] = {}
         for j, i in enumerate(busy):
-            lim = self._limits(rates["dst"][i].tobytes())
+            raw = rates["dst"][i].tobytes()
+            lim = self._limits(raw)
             g = lim.group
             under_attack = lim.target in active
             basis: Literal["static", "baseline"] = "static"
@@ -121,6 +131,12 @@ class ThresholdDetector:
             over = over_m.any(axis=1)
             if not over.any():
                 continue
+            if basis == "baseline" and not under_attack:
+                # a learned limit is a statistical one: a lone tick over it is a burst,
+                # BASELINE_TICKS in a row a flood
+                streak[raw] = self._streak.get(raw, 0) + 1
+                if streak[raw] < BASELINE_TICKS:
+                    continue
             cats = tuple(Category(int(c)) for c in np.flatnonzero(over))
             row = rates[i]
             out.append(
@@ -136,6 +152,7 @@ class ThresholdDetector:
                     basis=basis,
                 )
             )
+        self._streak = streak
         return out
 
     def _smallest(self) -> F64:

@@ -99,6 +99,8 @@ LOOP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 MAX_MANUAL_TTL = 7 * 86400.0
 #: the record on disk is rewritten at least this often while only expiries change
 SAVE_REFRESH_EVERY = 5.0
+#: busy destinations the baselines learn from each tick; with more, they learn every few ticks
+LEARN_ROWS_PER_TICK = 4096
 #: backends that enforce upstream of the network (the allow-list is not checked there)
 UPSTREAM_BACKENDS = ("bgp",)
 #: rows the sample window holds at most (~100 bytes each): past it, new samples are
@@ -158,6 +160,7 @@ class Engine:
         self._baseline_file = baseline_file
         self._baseline_saved_at: float | None = None
         self._baseline_writer: threading.Thread | None = None
+        self._learn_wait = 0
         self.detector = ThresholdDetector(config, self.baselines)
         self.carpet = CarpetDetector(config)
         self.attack_sources = AttackSources()
@@ -365,8 +368,14 @@ class Engine:
             extra.update(self._source_fields(ch.attack))
             self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack), **extra)
         if self.config.baseline.enabled:
-            # after detection, so that a flood's first tick is already frozen out
-            self.baselines.learn(rates, now, frozen=[a.target for a in self.tracker.active])
+            # after detection, so that a flood's first tick is already frozen out; with
+            # many busy destinations, every few ticks only (a tick's rates then stand for
+            # the ticks since: a sample, and the loop keeps its pace)
+            self._learn_wait -= 1
+            if self._learn_wait <= 0:
+                self.baselines.learn(rates, now, frozen=[a.target for a in self.tracker.active])
+                busy = int(np.count_nonzero(rates["pps"].any(axis=1))) if len(rates) else 0
+                self._learn_wait = math.ceil(busy / LEARN_ROWS_PER_TICK)
             self._save_baselines(now)
         for cmd in self.policy.step(changes, self.tracker.active, window, now, rates):
             self._execute(cmd)

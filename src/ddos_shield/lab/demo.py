@@ -35,7 +35,12 @@ DEFAULT_ATTACKS = ("syn/4", "udp-spoofed/4", "icmp/6", "frag/4", "udp-spoofed/6"
 
 
 def lab_config(
-    events_file: str, *, dataplane: str = "auto", hold_seconds: float = 3.0, allowlist: Sequence[str] = ()
+    events_file: str,
+    *,
+    dataplane: str = "auto",
+    hold_seconds: float = 3.0,
+    allowlist: Sequence[str] = (),
+    end_after_seconds: float = 1.5,
 ) -> str:
     """The shield's configuration for the lab (thresholds suit its 10 Mbit/s link)."""
     return f"""
@@ -56,7 +61,7 @@ file = "{events_file}"
 [[groups]]
 name = "default"
 hold_seconds = {hold_seconds}
-end_after_seconds = 1.5
+end_after_seconds = {end_after_seconds}
 [groups.thresholds]
 syn = {{ pps = 3000 }}
 tcp = {{ pps = 20000 }}
@@ -116,12 +121,19 @@ class LabShield:
         hold_seconds: float = 3.0,
         allowlist: Sequence[str] = (),
         extra_config: str = "",
+        end_after_seconds: float = 1.5,
     ) -> None:
         """``extra_config`` is TOML appended to the lab configuration (e.g. ``[[sources]]``)."""
         self.workdir = workdir
         self.events = EventLog(workdir / "events.jsonl")
         self.config_path = workdir / "shield.toml"
-        text = lab_config(str(self.events.path), dataplane=dataplane, hold_seconds=hold_seconds, allowlist=allowlist)
+        text = lab_config(
+            str(self.events.path),
+            dataplane=dataplane,
+            hold_seconds=hold_seconds,
+            allowlist=allowlist,
+            end_after_seconds=end_after_seconds,
+        )
         self.config_path.write_text(text + extra_config)
         self.stderr_path = workdir / "shield.stderr"
         self.proc: subprocess.Popen[bytes] | None = None
