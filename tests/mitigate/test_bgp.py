@@ -596,3 +596,67 @@ def test_engine_ladder_announces_flowspec_then_blackhole_and_withdraws_at_the_en
     (removed,) = [e for e in events("mitigation_removed") if e["rule"]["action"] == "blackhole"]
     assert not removed["reason"].startswith("verify")
     peer.wait(lambda: peer.routes() == 0, what="every announcement withdrawn after the attack")
+
+
+@pytest.mark.lab
+def test_engine_restart_reconciles_what_is_announced(speakers: Speakers, tmp_path: Path) -> None:
+    """The shield's record against the speaker after a crash: back within the dead-man's
+    time, the rule is still announced and kept; back after it, the rule is re-applied;
+    a rule announced but not in the record is withdrawn as orphaned."""
+    import io
+
+    from ddos_shield.dataplane.replay import ReplayDataPlane
+    from ddos_shield.engine import Engine
+    from ddos_shield.events import EventSink
+
+    peer = speakers.peer
+    cfg = parse(LADDER.format(state=speakers.run_dir.parent).replace('["flowspec", "blackhole"]', '["flowspec"]'))
+    assert cfg.bgp is not None
+    record = tmp_path / "mitigations.json"
+
+    def start_engine() -> tuple[Engine, io.StringIO, BgpBackend]:
+        assert cfg.bgp is not None
+        with in_netns(peer.shield_ns):
+            b = BgpBackend(cfg.bgp, speakers.run_dir)
+        speakers.backends.append(b)
+        dp = ReplayDataPlane()
+        out = io.StringIO()
+        engine = Engine(cfg, dp, dp.backend, EventSink(out), backends=[b], state_file=record)
+        engine.start(time.time())
+        return engine, out, b
+
+    def reconciled(out: io.StringIO) -> dict[str, list[int]]:
+        (ev,) = [e for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == "mitigations_reconciled"]
+        return {k: ev[k] for k in ("kept", "reapplied", "orphaned")}
+
+    engine, _, b = start_engine()
+    rule = engine.add_mitigation(
+        Match(proto=17, dst=net("203.0.113.20/32"), dport=Range(53, 53)),
+        Action.DROP,
+        600.0,
+        backend="bgp",
+        actor="test",
+        reason="test",
+    )
+    peer.wait(lambda: peer.routes() == 1, what="the operator's rule at the router")
+    b.close()  # a crash: no more heartbeats, the record stays on disk
+
+    # back at once: still announced, kept
+    engine, out, b = start_engine()
+    assert reconciled(out) == {"kept": [rule.rule_id], "reapplied": [], "orphaned": []}
+    # a rule announced behind the shield's back is withdrawn as orphaned at the next start
+    stray = b.apply(Rule(Match(proto=6, dst=net("203.0.113.21/32")), Action.DROP, time.time() + 600))
+    peer.wait(lambda: peer.routes() == 2)
+    b.close()
+    engine, out, b = start_engine()
+    assert reconciled(out) == {"kept": [rule.rule_id], "reapplied": [], "orphaned": [stray.rule_id]}
+    peer.wait(lambda: peer.routes() == 1, what="the orphan withdrawn")
+
+    b.close()
+    time.sleep(DEADMAN + 0.5)  # down for longer than the dead-man's time: everything withdrawn
+    peer.wait(lambda: peer.routes() == 0, what="the dead-man's switch")
+    engine, out, b = start_engine()
+    assert reconciled(out) == {"kept": [], "reapplied": [rule.rule_id], "orphaned": []}
+    peer.wait(lambda: peer.routes() == 1, what="the rule re-applied")
+    (back,) = flows(peer).values()
+    assert back["components"][1] == {"prefix": "203.0.113.20/32"}
