@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ddos_shield.config import Baseline as Settings
-from ddos_shield.detect.baseline import FORMAT_VERSION, Baselines, entry_exit
+from ddos_shield.detect.baseline import FORMAT_VERSION, STEP_SECONDS, Baselines, entry_exit
 from ddos_shield.records import Category, RateBatch, addr_bytes, as_network, empty_rates
 
 UDP, PPS, BPS = int(Category.UDP), 0, 1
@@ -217,3 +217,20 @@ def test_state_round_trip_and_version_refusal() -> None:
     bad["level"] = bad["level"][:, :3]
     with pytest.raises(ValueError, match="'level'"):
         Baselines.from_state(SETTINGS, bad)
+
+
+def test_frozen_targets_hosts_and_prefixes() -> None:
+    b = Baselines(SETTINGS)
+    dsts = {"203.0.113.10": 100.0, "203.0.113.20": 100.0, "198.51.100.7": 100.0, "2001:db8:113::": 100.0}
+    t = T0
+    for _ in range(100):
+        t += 0.1
+        b.learn(batch(dsts), t)
+    before = b.learned[: len(b)].copy()
+    # a host attack, a carpet over a /24, an IPv6 /64 target
+    frozen = [as_network("198.51.100.7/32"), as_network("203.0.113.0/24"), as_network("2001:db8:113::/64")]
+    for _ in range(100):
+        t += 0.1
+        b.learn(batch(dsts), t, frozen=frozen)
+    # 10 s frozen: nothing learned but the rest of the step begun before (under 5 s)
+    assert (b.learned[: len(b)] - before < STEP_SECONDS).all()

@@ -265,6 +265,14 @@ def test_baselines_detect_under_the_static_limit_and_outlive_a_restart(tmp_path:
     h.run(2, [legit, syn_flood])
     [start] = h.events("attack_start")
     assert start["basis"] == "baseline" and start["attack_types"] == ["syn_flood"]
+    # the live view's footer counts them
+    from rich.console import Console
+
+    from ddos_shield.cli.live import render
+
+    console = Console(width=200, record=True)
+    console.print(render(h.engine.snapshot(), now=h.now))
+    assert "baselines 1 learned 0 learning" in console.export_text()
     h.engine.close()  # stores the baselines
     h2 = Harness(BASELINE_CONFIG, baseline_file=f)
     [loaded] = h2.events("baseline_loaded")

@@ -67,10 +67,18 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
     dp = snap["dataplane"]
     footer = (
         f"destinations {snap['destinations']}  sample 1/{snap['sample_every']}  "
-        f"loop p50 {snap['loop_ms_p50']:.1f} ms max {snap['loop_ms_max']:.1f} ms  "
+        + _baseline(snap)
+        + f"loop p50 {snap['loop_ms_p50']:.1f} ms max {snap['loop_ms_max']:.1f} ms  "
         + "  ".join(f"{k} {v}" for k, v in dp.items() if v)
     )
     return Group(traffic, attacks, rules, footer)
+
+
+def _baseline(snap: dict[str, Any]) -> str:
+    b = snap.get("baseline")
+    if not b or not b.get("enabled"):
+        return ""
+    return f"baselines {b['learned']} learned {b['learning']} learning  "
 
 
 class LiveView:

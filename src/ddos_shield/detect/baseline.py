@@ -68,7 +68,7 @@ import numpy.typing as npt
 
 from ddos_shield.config import Baseline as Settings
 from ddos_shield.dataplane.table import find_keys, key_words, sort_keys
-from ddos_shield.records import RATE_METRICS, Category, IPNetwork, RateBatch, addresses_in, bytes_addr
+from ddos_shield.records import RATE_METRICS, Category, IPNetwork, RateBatch, addr_bytes, addresses_in, bytes_addr
 
 #: format version of :meth:`Baselines.state` (the stored file); a different one is refused
 FORMAT_VERSION = 1
@@ -216,10 +216,20 @@ class Baselines:
         self._reindex()
 
     def _slots_in(self, nets: Iterable[IPNetwork]) -> npt.NDArray[np.int64]:
+        """Slots of the destinations inside ``nets``: host targets (an IPv4 address, an
+        IPv6 prefix of /64 or longer, as the rate rows key them) by one vectorised lookup,
+        wider ones (carpet bombing) by a scan of the keys."""
         keys = self.keys[: self._n]
         mask = np.zeros(self._n, dtype=bool)
+        hosts = []
         for net in nets:
-            mask |= addresses_in(keys, net)
+            if net.prefixlen == 32 if net.version == 4 else net.prefixlen >= 64:
+                hosts.append(addr_bytes(net.network_address))
+            else:
+                mask |= addresses_in(keys, net)
+        if hosts:
+            found = self._find(np.frombuffer(b"".join(hosts), dtype=np.uint8).reshape(-1, 16))
+            mask[found[found >= 0]] = True
         return np.flatnonzero(mask).astype(np.int64)
 
     # ---- learning ----------------------------------------------------------------------
