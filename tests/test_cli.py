@@ -64,3 +64,47 @@ def test_baseline_show_reads_the_stored_file(tmp_path: Path) -> None:
     assert row["destination"] == "203.0.113.10" and row["categories"]["udp"]["pps"]["level"] == 100.0
     text = cli("baseline", "show", "--config", str(cfg))
     assert text.returncode == 0 and "203.0.113.10" in text.stdout
+
+
+def test_run_keeps_a_history_and_protects_on_without_one(tmp_path: Path) -> None:
+    """`run` (detection only: no interfaces) writes its history; a history it cannot open
+    is an event, and the shield runs on."""
+    import signal
+    import sqlite3
+    import time
+
+    def run_once(extra: str) -> list[dict[str, object]]:
+        events = tmp_path / "events.jsonl"
+        events.unlink(missing_ok=True)
+        cfg = tmp_path / "run.toml"
+        cfg.write_text(
+            f'protected = ["203.0.113.0/24"]\n[shield]\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[events]\nfile = "{events}"\n{extra}'
+        )
+        with subprocess.Popen(
+            [sys.executable, "-m", "ddos_shield.cli.main", "run", "--config", str(cfg), "--no-live"],
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as p:
+            try:
+                assert p.stderr is not None
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and "ready" not in p.stderr.readline():
+                    pass
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(30) == 0
+            finally:
+                p.kill()
+        return [json.loads(line) for line in events.read_text().splitlines()]
+
+    kinds = [e["event"] for e in run_once("")]
+    assert "store_failed" not in kinds and kinds[-1] == "stopped"
+    db = sqlite3.connect(tmp_path / "state" / "history.sqlite3")
+    assert db.execute("SELECT version FROM schema_version").fetchone() == (2,)
+    db.close()
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"not a database" * 100)
+    evs = run_once(f'[store]\npath = "{junk}"\n')
+    failed = [e for e in evs if e["event"] == "store_failed"]
+    assert len(failed) == 1 and "junk.sqlite3" in str(failed[0]["reason"])
+    assert [e["event"] for e in evs][-1] == "stopped"

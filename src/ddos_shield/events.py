@@ -18,6 +18,7 @@ Names and fields (later capabilities add names, never change these):
 ``mitigation_approved`` an operator approved a pending drop (``actor``)
 ``mitigation_refused``  a rule the protected-asset lists or validation forbid (``reason``)
 ``mitigations_reconciled``  at start: record vs backends (``kept``, ``reapplied``, ``orphaned``, ``expired``, ``adopted`` ids)
+``store_failed``     the history database could not be opened (``reason``): the shield runs on without it
 ``stopped``          the loop ended (``detached``)
 ``config_reloaded``  a new configuration is in force (``actor``, ``source``: posted or file, ``saved``)
 ``config_refused``   a reload was refused, the running configuration stays (``actor``, ``errors``)

@@ -256,7 +256,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ddos_shield.engine.ledger import FILE_NAME as LEDGER_FILE
     from ddos_shield.events import EventSink
     from ddos_shield.mitigate.registry import open_backends
-    from ddos_shield.store import PacketTap, open_store
+    from ddos_shield.store import PacketTap, StoreError, open_store
     from ddos_shield.store.baseline import FILE_NAME as BASELINE_FILE
 
     cfg = configmod.load(args.config)
@@ -269,7 +269,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     events = EventSink.open(cfg.events.file)
     # the history: a writer thread fed by the event bus, attack captures from the tap
     tap = PacketTap() if cfg.store.enabled and cfg.store.pcap_packets_per_attack else None
-    store = open_store(cfg, tap)
+    try:
+        store = open_store(cfg, tap)
+    except StoreError as e:
+        # protection comes first: the shield runs on without its history
+        logging.getLogger(__name__).error("%s; running without the history", e)
+        events.emit("store_failed", time.time(), reason=str(e))
+        store, tap = None, None
     if store is not None:
         events.subscribe(store)
     # webhooks, syslog, e-mail: each on its own thread (kept with none, so that a reload may add some)
