@@ -285,6 +285,10 @@ def test_killed_during_an_attack_and_restarted_nothing_lost_or_orphaned(the_lab:
         )
         assert removed is not None and removed["actor"] == "shield"
         assert [e for e in s2.events.events if e["event"] == "mitigation_applied"] == []
+        # the record is written at the end of the tick that withdrew it
+        deadline = time.monotonic() + 3
+        while json.loads((STATE_DIR / FILE_NAME).read_text())["mitigations"] and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert json.loads((STATE_DIR / FILE_NAME).read_text())["mitigations"] == []
         s2.stop()
         s2 = None
