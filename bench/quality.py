@@ -13,7 +13,8 @@ Two sources of ground truth, both replayed through ``analyze`` (engine/offline.p
 * **classification fixtures** written here as pcaps: each attack type of the vocabulary
   (every reflector of detect/classify.REFLECTORS, the TCP flag floods, UDP, ICMP,
   fragments, GRE, connection floods, slow attacks, scans, sweeps, several at once) at
-  8 kpps for 3 s (or the slow types at their own pace) from 198.18.0.0/15, over a
+  each of ``--rates`` (default 6 and 20 kpps, limits at 2-5 kpps) for 3 s (the slow
+  types once, at their own pace) from 198.18.0.0/15, over a
   victim's ordinary traffic (web clients, its DNS and NTP answers) from 198.51.100.0/24,
   which also runs alone as a benign fixture.  Packets are labelled by source.
 
@@ -262,35 +263,41 @@ def udp_scan(rng: np.random.Generator) -> list[tuple[float, bytes]]:
     return [(T0 + 2 + p * 0.005, _eth(_ipv4(src, VICTIM, 17, _udp(45000, p, 0), 64))) for p in range(1, 1001)]
 
 
-def fixtures() -> dict[str, tuple[set[str], str, Any]]:
-    """name -> (expected types, target, generator of attack records)."""
+def fixtures(rate: int = RATE, slow_kinds: bool = True) -> dict[str, tuple[set[str], str, Any]]:
+    """name -> (expected types, target, generator of attack records); floods at ``rate``
+    pps, and (with ``slow_kinds``) the types that do not depend on it."""
     host = VICTIM + "/32"
+
+    def fl(r: np.random.Generator, make: Any) -> list[tuple[float, bytes]]:
+        return flood(r, make, rate=rate)
+
     fx: dict[str, tuple[set[str], str, Any]] = {
-        "syn_flood": ({"syn_flood"}, host, lambda r: flood(r, tcp_flood(0x02))),
-        "ack_flood": ({"ack_flood"}, host, lambda r: flood(r, tcp_flood(0x10))),
-        "rst_flood": ({"rst_flood"}, host, lambda r: flood(r, tcp_flood(0x04))),
-        "synack_flood": ({"synack_flood"}, host, lambda r: flood(r, tcp_flood(0x12, sport=443))),
-        "tcp_flood (FIN)": ({"tcp_flood"}, host, lambda r: flood(r, tcp_flood(0x01))),
-        "udp_flood": ({"udp_flood"}, host, lambda r: flood(r, udp_flood(None, 60))),
-        "icmp_flood": ({"icmp_flood"}, host, lambda r: flood(r, other_flood(1, 56))),
-        "fragment_flood": ({"fragment_flood"}, host, lambda r: flood(r, other_flood(17, 600, frag=185))),
-        "gre_flood": ({"gre_flood"}, host, lambda r: flood(r, other_flood(47, 500))),
+        "syn_flood": ({"syn_flood"}, host, lambda r: fl(r, tcp_flood(0x02))),
+        "ack_flood": ({"ack_flood"}, host, lambda r: fl(r, tcp_flood(0x10))),
+        "rst_flood": ({"rst_flood"}, host, lambda r: fl(r, tcp_flood(0x04))),
+        "synack_flood": ({"synack_flood"}, host, lambda r: fl(r, tcp_flood(0x12, sport=443))),
+        "tcp_flood (FIN)": ({"tcp_flood"}, host, lambda r: fl(r, tcp_flood(0x01))),
+        "udp_flood": ({"udp_flood"}, host, lambda r: fl(r, udp_flood(None, 60))),
+        "icmp_flood": ({"icmp_flood"}, host, lambda r: fl(r, other_flood(1, 56))),
+        "fragment_flood": ({"fragment_flood"}, host, lambda r: fl(r, other_flood(17, 600, frag=185))),
+        "gre_flood": ({"gre_flood"}, host, lambda r: fl(r, other_flood(47, 500))),
         "several at once (SYN + NTP)": (
             {"syn_flood", "ntp_amplification"},
             host,
-            lambda r: flood(r, tcp_flood(0x02)) + flood(r, udp_flood(123, 440, dport=80)),
+            lambda r: fl(r, tcp_flood(0x02)) + fl(r, udp_flood(123, 440, dport=80)),
         ),
-        "connection_flood": ({"connection_flood"}, host, connection_flood),
-        "slow_attack": ({"slow_attack"}, host, slow_attack),
-        "host_sweep": ({"host_sweep"}, "203.0.113.0/24", host_sweep),
-        "port_scan (UDP)": ({"port_scan"}, host, udp_scan),
     }
+    if slow_kinds:
+        fx["connection_flood"] = ({"connection_flood"}, host, connection_flood)
+        fx["slow_attack"] = ({"slow_attack"}, host, slow_attack)
+        fx["host_sweep"] = ({"host_sweep"}, "203.0.113.0/24", host_sweep)
+        fx["port_scan (UDP)"] = ({"port_scan"}, host, udp_scan)
     for ref in REFLECTORS:
         port, size = ref.ports[0], ref.min_length + 150
         fx[ref.type.value] = (
             {ref.type.value},
             host,
-            lambda r, p=port, s=size: flood(r, udp_flood(p, s - 42, dport=int(r.integers(1024, 65536)))),
+            lambda r, p=port, s=size: fl(r, udp_flood(p, s - 42, dport=int(r.integers(1024, 65536)))),
         )
     return fx
 
@@ -411,7 +418,10 @@ def run_captures(root: Path, score: Score) -> None:
                     score.fp[t] = score.fp.get(t, 0) + 1
 
 
-def run_fixtures(score: Score, seed: int = 1) -> None:
+SLOW_KINDS = {"connection_flood", "slow_attack", "host_sweep", "port_scan (UDP)"}
+
+
+def run_fixtures(score: Score, rates: list[int], seed: int = 1) -> None:
     cfg = parse(FIXTURE_CONFIG)
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         rng = np.random.default_rng(seed)
@@ -421,7 +431,11 @@ def run_fixtures(score: Score, seed: int = 1) -> None:
         score.benign_seconds += active_seconds(benign)
         score.false_alerts += len(attacks)
         score.misses += [f"fixture benign: {a.types} at {a.target}" for a in attacks]
-        for name, (truth, target, gen) in fixtures().items():
+        todo = [(f"{name} @{rate // 1000}k" if fx_rate_dependent else name, truth, target, gen)
+                for k, rate in enumerate(rates)
+                for name, (truth, target, gen) in fixtures(rate, slow_kinds=k == 0).items()
+                for fx_rate_dependent in [name not in SLOW_KINDS]]  # fmt: skip
+        for name, truth, target, gen in todo:
             p = Path(tmp) / f"fixture {name}.pcap"
             p.write_bytes(_pcap(background(rng) + gen(rng)))
             found = analyze([p], cfg).attacks
@@ -482,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--captures", type=Path, default=SHARED)
     ap.add_argument("--only", default="captures,fixtures")
+    ap.add_argument("--rates", default="6000,20000", help="packets per second of the fixtures' floods")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
@@ -493,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"(no captures at {args.captures}: skipped)", file=sys.stderr)
     if "fixtures" in only:
-        run_fixtures(score)
+        run_fixtures(score, [int(x) for x in args.rates.split(",")])
     print(report(score, time.perf_counter() - t0))
     if args.json:
         args.json.write_text(json.dumps(score.__dict__, indent=1))

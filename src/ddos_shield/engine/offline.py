@@ -118,7 +118,9 @@ class AttackReport:
     over the limit, ``ended`` when the shield would have declared it over.  Packets,
     bytes and sources count the attack's categories at its target in the intervals
     over the limit.  ``spoofed_share`` is the share of those packets whose source sent
-    only that one packet: near 1 for randomly spoofed floods.
+    only that one packet: near 1 for randomly spoofed floods.  Scans, sweeps, connection
+    floods and slow attacks count no packets (no category of theirs is over a limit);
+    their ``top_sources`` are the sources the detectors named, with 0 packets.
     """
 
     capture: str
@@ -542,7 +544,7 @@ class _AttackState:
             peak_bps=self.peak_bps,
             packets=self.packets,
             bytes=self.bytes,
-            distinct_sources=distinct,
+            distinct_sources=distinct or len(self.named_sources),
             spoofed_share=round(once / total, 4),
             top_sources=[SourceShare(addr, n, round(n / total, 4)) for addr, n in top]
             or [SourceShare(addr, 0, 0.0) for addr in self.named_sources],
