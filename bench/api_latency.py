@@ -60,7 +60,7 @@ with httpx.Client(base_url=url, headers=h, timeout=10) as c:
         t1 = time.perf_counter()
         # the cheapest request the server answers, just after: what the machine and the
         # server's own scheduling cost, beside what status adds
-        h = c.get("/healthz")
+        c.get("/healthz")
         loop = r.json().get("loop_ms_max", 0.0) if r.status_code == 200 else 0.0
         out.append([time.time(), (t1 - t0) * 1000, r.status_code, (time.perf_counter() - t1) * 1000, loop])
         t_next += 1 / rps

@@ -21,6 +21,7 @@ import pytest
 
 from ddos_shield import lab
 from ddos_shield.api.tokens import TokenStore
+from ddos_shield.config import load
 from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.demo import LabShield
 from ddos_shield.lab.topology import Lab, lab_session
@@ -59,7 +60,7 @@ def test_operator_withdraws_the_attacks_rule_and_a_viewer_sees_no_button(the_lab
     from playwright.sync_api import expect, sync_playwright
 
     shield = LabShield(tmp_path, hold_seconds=60.0, extra_config=f'\n[api]\nlisten = "{URL[7:]}"\n')
-    tokens = TokenStore("/run/ddos-shield-lab/state")  # the lab configuration's state_dir
+    tokens = TokenStore(load(shield.config_path).shield.state_dir)
     names = [f"dash-op-{os.getpid()}", f"dash-view-{os.getpid()}"]
     wrapper = tmp_path / "chromium-in-lab"
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.NS_SHIELD} {CHROMIUM} "$@"\n')
