@@ -210,3 +210,13 @@ def test_carpet_attack_is_tracked_and_mitigated_on_the_prefix() -> None:
     (apply,) = cmds
     assert isinstance(apply, Apply) and apply.rule.action == Action.DROP
     assert apply.rule.match.dst == as_network("203.0.113.0/24")
+
+
+def test_the_layout_follows_the_destinations_tick_after_tick() -> None:
+    det = CarpetDetector(parse(CONFIG))
+    a, b = spread(200, 300.0), spread(200, 300.0, net="198.51.100")
+    assert [str(o.target) for o in det.observe(a, now=1.0)] == ["203.0.113.0/24"]
+    assert [str(o.target) for o in det.observe(a, now=1.1)] == ["203.0.113.0/24"]  # the same rows again
+    assert [str(o.target) for o in det.observe(b, now=1.2)] == ["198.51.100.0/24"]  # as many rows, others
+    a["pps"][:, Category.UDP] = 100.0  # same destinations, new rates
+    assert det.observe(a, now=1.3) == []

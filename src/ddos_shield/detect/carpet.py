@@ -30,6 +30,7 @@ rule's ``dst`` is then the prefix).  No I/O, no clock.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -43,7 +44,6 @@ from ddos_shield.records import (
     IPNetwork,
     RateBatch,
     TrafficBatch,
-    addresses_in,
     key_net,
     net_key,
 )
@@ -56,6 +56,17 @@ def _limits(values: list[int]) -> npt.NDArray[np.float64]:
     a = np.array(values, dtype=np.float64)
     a[a == 0] = np.inf  # 0 means "no limit"
     return a
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Rate rows in prefix order, and each prefix's group, length and address."""
+
+    rows: npt.NDArray[np.intp]  # indexes into the rate batch, prefix by prefix
+    starts: npt.NDArray[np.intp]  # first position of each prefix's run in ``rows``
+    group: npt.NDArray[np.int64]
+    length: npt.NDArray[np.int64]  # in the 16-byte space
+    masked: npt.NDArray[np.uint8]  # (prefixes, 16) network addresses
 
 
 class CarpetDetector:
@@ -79,8 +90,13 @@ class CarpetDetector:
         # protected prefixes only bound how wide a sum may reach
         entries: list[tuple[IPNetwork, int | None]] = [(p, None) for p in config.protected_networks()]
         entries += [(net, i) for i, g in enumerate(groups) for net in g.networks()]
-        self._entries = sorted(entries, key=lambda e: (net_key(e[0])[0], e[1] is not None))
+        self._entry_words: list[tuple[int, tuple[np.uint64, np.uint64], int | None]] = []
+        for net, gi in sorted(entries, key=lambda e: (net_key(e[0])[0], e[1] is not None)):
+            plen, raw = net_key(net)
+            hi, lo = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+            self._entry_words.append((plen, (hi, lo), gi))
         self._default = default
+        self._last: tuple[npt.NDArray[np.uint8], _Layout | None] | None = None
 
     def observe(
         self,
@@ -96,45 +112,20 @@ class CarpetDetector:
         if len(rates) == 0 or not self._enabled.any():
             return []
         dst = np.ascontiguousarray(rates["dst"])
-        pps = rates["pps"].astype(np.float64, copy=True)
-        bps = rates["bps"].astype(np.float64, copy=True)
-        self._leave_out(dst, pps, bps, hosts)
-
-        n = len(dst)
-        group = np.full(n, self._default, dtype=np.int64)
-        cover = np.zeros(n, dtype=np.int64)  # prefix length (16-byte space) of the narrowest holder
-        for net, gi in self._entries:
-            m = addresses_in(dst, net)
-            cover[m] = net_key(net)[0]
-            if gi is not None:
-                group[m] = gi
-        v4 = np.all(dst[:, :12] == _V4_MAPPED, axis=1)
-        length = np.maximum(cover, np.where(v4, self._len_v4[group], self._len_v6[group]))
-        host = np.where(v4, 128, self._host_v6)
-        keep = (cover > 0) & (length < host) & self._enabled[group] & (pps.sum(axis=1) > 0)
-        if not keep.any():
+        lay = self._layout(dst)
+        if lay is None:
             return []
-        dst, pps, bps, group, length = dst[keep], pps[keep], bps[keep], group[keep], length[keep]
+        # this tick's rates in prefix order, categories as rows (reduceat runs along memory)
+        pps = np.ascontiguousarray(rates["pps"][lay.rows].T, dtype=np.float64)
+        bps = np.ascontiguousarray(rates["bps"][lay.rows].T, dtype=np.float64)
+        self._leave_out(dst, lay.rows, pps, bps, hosts)
+        starts = lay.starts
+        sum_pps = np.add.reduceat(pps, starts, axis=1).T
+        sum_bps = np.add.reduceat(bps, starts, axis=1).T
+        ndst = np.add.reduceat((pps > 0).astype(np.float64), starts, axis=1).T
+        top = np.maximum.reduceat(pps, starts, axis=1).T
+        g, length, masked = lay.group, lay.length, lay.masked
 
-        # each destination masked to its prefix, keyed with its group and the length
-        bits = np.clip(length[:, None] - 8 * np.arange(16)[None, :], 0, 8)
-        masked = dst & ((0xFF << (8 - bits)) & 0xFF).astype(np.uint8)
-        key = np.concatenate(
-            [masked, group.astype(">u2").view(np.uint8).reshape(-1, 2), length.astype(np.uint8)[:, None]], axis=1
-        )
-        _, first, inv = np.unique(np.ascontiguousarray(key).view("V19").ravel(), return_index=True, return_inverse=True)
-        inv = inv.ravel()
-        k = len(first)
-        sum_pps = np.zeros((k, _NCAT))
-        sum_bps = np.zeros((k, _NCAT))
-        ndst = np.zeros((k, _NCAT))
-        top = np.zeros((k, _NCAT))
-        np.add.at(sum_pps, inv, pps)
-        np.add.at(sum_bps, inv, bps)
-        np.add.at(ndst, inv, (pps > 0).astype(np.float64))
-        np.maximum.at(top, inv, pps)
-
-        g = group[first]
         over = (sum_pps > self._pps[g]) | (sum_bps > self._bps[g])
         spread = (ndst >= self._min_dst[g][:, None]) & (top <= self._share[g][:, None] * sum_pps)
         hit = over & spread
@@ -144,7 +135,7 @@ class CarpetDetector:
             sel = hit[i]
             out.append(
                 Observation(
-                    target=key_net(int(length[first[i]]), masked[first[i]].tobytes()),
+                    target=key_net(int(length[i]), masked[i].tobytes()),
                     group=self._names[int(g[i])],
                     categories=cats,
                     pps=float(sum_pps[i][sel].sum()),
@@ -156,9 +147,56 @@ class CarpetDetector:
             )
         return out
 
+    def _layout(self, dst: npt.NDArray[np.uint8]) -> _Layout | None:
+        """Which rows sum into which prefix: it depends on the destinations alone, which
+        stay the same tick after tick (the counter table keeps its order), so it is
+        computed again only when they change."""
+        if self._last is not None and np.array_equal(self._last[0], dst):
+            return self._last[1]
+        # addresses as two native 64-bit words: masking, matching and sorting on words is
+        # several times faster than on 16 bytes
+        w = dst.view(">u8").astype(np.uint64)
+        n = len(w)
+        group = np.full(n, self._default, dtype=np.int64)
+        cover = np.zeros(n, dtype=np.int64)  # prefix length (16-byte space) of the narrowest holder
+        for plen, want, gi in self._entry_words:
+            m0, m1 = _masks(np.full(1, plen))
+            m = ((w[:, 0] & m0) == want[0]) & ((w[:, 1] & m1) == want[1])
+            cover[m] = plen
+            if gi is not None:
+                group[m] = gi
+        v4 = (w[:, 0] == 0) & ((w[:, 1] >> np.uint64(32)) == 0xFFFF)
+        length = np.maximum(cover, np.where(v4, self._len_v4[group], self._len_v6[group]))
+        host = np.where(v4, 128, self._host_v6)
+        kept = np.flatnonzero((cover > 0) & (length < host) & self._enabled[group])
+        lay: _Layout | None = None
+        if len(kept):
+            w, group, length = w[kept], group[kept], length[kept]
+            # each destination masked to its prefix, keyed by (group and length, two address
+            # words): sorted once, so that each prefix's rows are one run
+            m0, m1 = _masks(length)
+            w0, w1 = w[:, 0] & m0, w[:, 1] & m1
+            meta = (group.astype(np.uint64) << np.uint64(8)) | length.astype(np.uint64)
+            order = np.lexsort((w1, w0, meta))
+            w0, w1, meta = w0[order], w1[order], meta[order]
+            new = np.ones(len(order), dtype=bool)
+            new[1:] = (w0[1:] != w0[:-1]) | (w1[1:] != w1[:-1]) | (meta[1:] != meta[:-1])
+            starts = np.flatnonzero(new)
+            first = order[starts]
+            lay = _Layout(
+                rows=kept[order],
+                starts=starts,
+                group=group[first],
+                length=length[first],
+                masked=np.stack([w0[starts], w1[starts]], axis=1).astype(">u8").view(np.uint8),
+            )
+        self._last = (dst.copy(), lay)
+        return lay
+
     def _leave_out(
         self,
         dst: npt.NDArray[np.uint8],
+        rows: npt.NDArray[np.intp],
         pps: npt.NDArray[np.float64],
         bps: npt.NDArray[np.float64],
         hosts: Iterable[tuple[IPNetwork, tuple[Category, ...]]],
@@ -175,12 +213,25 @@ class CarpetDetector:
                 per_cat[int(c)].append(raw)
         if not any(per_cat):
             return
-        keys = dst.view("V16").ravel()
+        keys = np.ascontiguousarray(dst[rows]).view("V16").ravel()
         for ci, raws in enumerate(per_cat):
             if raws:
                 m = np.isin(keys, np.frombuffer(b"".join(raws), dtype="V16"))
-                pps[m, ci] = 0.0
-                bps[m, ci] = 0.0
+                pps[ci, m] = 0.0  # categories are rows here
+                bps[ci, m] = 0.0
+
+
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _masks(length: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
+    """The two 64-bit words of the netmask of each prefix length (0..128)."""
+    out = []
+    for bits in (np.clip(length, 0, 64), np.clip(length - 64, 0, 64)):
+        # ~(ALL >> b) keeps the top b bits for b in 0..63; b = 64 is all of them
+        m = ~(_ALL >> np.minimum(bits, 63).astype(np.uint64))
+        out.append(np.where(bits >= 64, _ALL, m).astype(np.uint64))
+    return out[0], out[1]
 
 
 def inner_mask(window: TrafficBatch, attack: Attack, others: Iterable[Attack]) -> npt.NDArray[np.bool_]:
