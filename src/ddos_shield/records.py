@@ -300,6 +300,7 @@ class Attack:
     last_seen: float  # last time it was above threshold
     basis: str = "static"  # what its rates were judged against: "static" thresholds or the learned "baseline"
     longest_gap: float = 0.0  # longest quiet spell (seconds) between two observations: pulses
+    limit_pps: float = 0.0  # the packet limit its categories were judged against at its latest observation (0: none)
 
 
 # ---- rules -------------------------------------------------------------------------

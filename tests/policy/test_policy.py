@@ -194,3 +194,27 @@ def test_an_operator_rule_upstream_is_checked_against_the_allow_list() -> None:
         reason="spoofed range",
     )
     assert [m["backend"] for m in h.engine.mitigations()] == ["bgp"] and r.rule_id > 0
+
+
+def test_a_busy_host_judged_by_its_baseline_is_not_escalated_for_its_normal_traffic() -> None:
+    """4,800 UDP/s is this host's normal, near the static 5,000: learned, its limit is
+    ~6,240. A 5,000/s flood rate-limited to 1,000 leaves 5,800 through: over the static
+    threshold, under the learned one, so the rate limit suffices."""
+    cfg = ladder('["rate_limit", "drop"]', rate_limit_pps=1000) + "\n[baseline]\nlearning_seconds = 5\n"
+    h = Harness(cfg)
+    clients = [f"198.51.100.{i}" for i in range(100, 200)]
+
+    def normal(now: float) -> np.ndarray:
+        return packets(480, src=clients, dst=VICTIM, proto=17, category=Category.UDP, sport=53, dport=5353, ts=now)
+
+    def flood(now: float) -> np.ndarray:
+        return packets(500, src=ATTACKER, dst=VICTIM, proto=17, category=Category.UDP, dport=80, ts=now)
+
+    h.run(8.0, [normal])
+    assert h.events("attack_start") == []
+    h.run(4.0, [normal, flood])
+    (start,) = h.events("attack_start")
+    assert start["basis"] == "baseline"
+    assert steps_applied(h) == [("rate_limit", "rate_limit")]
+    (v,) = h.events("mitigation_verified")
+    assert v["ok"] and 5000 < v["after_pps"] < v["threshold_pps"]

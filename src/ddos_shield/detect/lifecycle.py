@@ -88,6 +88,7 @@ class AttackTracker:
                     peak_bps=o.bps,
                     last_seen=now,
                     basis=o.basis,
+                    limit_pps=o.limit_pps,
                 )
                 self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
                 self._active[o.target] = attack
@@ -106,6 +107,7 @@ class AttackTracker:
                 last_seen=now,
                 basis=o.basis,
                 longest_gap=max(cur.longest_gap, now - cur.last_seen),
+                limit_pps=o.limit_pps or cur.limit_pps,
             )
             self._active[o.target] = attack
             if cats != cur.categories or now - self._last_update[o.target] >= self._update_every:

@@ -60,6 +60,7 @@ class Observation:
     extra_types: tuple[AttackType, ...] = ()
     flows: float = 0.0  # new flows per second, summed over those categories
     basis: Literal["static", "baseline"] = "static"  # what the rates were judged against
+    limit_pps: float = 0.0  # the entry packet limits of those categories, summed (0: none)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,7 @@ class ThresholdDetector:
                     now=now,
                     flows=float(row["flows"][over].sum()),
                     basis=basis,
+                    limit_pps=float(np.where(np.isfinite(entry[over, 0]), entry[over, 0], 0.0).sum()),
                 )
             )
         self._streak = streak

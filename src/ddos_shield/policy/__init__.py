@@ -519,6 +519,10 @@ class Policy:
         return max(0.0, atk - dropped), max(0.0, other - max(0.0, dropped - atk))
 
     def _limit(self, attack: Attack, group: Group) -> float:
+        if attack.basis == "baseline" and attack.limit_pps > 0:
+            # judged against its learned limit: a busy host's normal traffic may be above
+            # the static thresholds, and must not make the ladder climb
+            return attack.limit_pps
         lim = [group.thresholds.for_category(c).pps for c in attack.categories]
         return float(sum(x for x in lim if x)) or float("inf")
 
