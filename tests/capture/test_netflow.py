@@ -949,3 +949,76 @@ def test_mutated_real_datagrams_never_raise_and_keep_records_before_the_mutation
     assert isinstance(out, Decoded)
     assert len(out.batch) >= kept
     assert (out.batch[:kept] == full[:kept]).all()
+
+
+# ---- many datagrams at once ------------------------------------------------------------------------
+
+
+def _same(one: list[Decoded], many: list[Decoded]) -> None:
+    assert len(one) == len(many)
+    for a, b in zip(one, many, strict=True):
+        assert a.error == b.error
+        assert a.batch.tobytes() == b.batch.tobytes()
+
+
+def _both(datagrams: list[tuple[bytes, float]]) -> None:
+    """Decode one by one and all at once (in chunks of every size); both must agree,
+    counters and learnt state too."""
+    one = NetflowDecoder(default_rate=3)
+    want = [one.decode(d, EXPORTER, t) for d, t in datagrams]
+    for size in sorted({1, 2, 5, max(len(datagrams), 1)}):
+        many = NetflowDecoder(default_rate=3)
+        got = [
+            out for i in range(0, len(datagrams), size) for out in many.decode_many(datagrams[i : i + size], EXPORTER)
+        ]
+        _same(want, got)
+        assert many.counters() == one.counters()
+        assert many.sampling_rate(10, 0) == one.sampling_rate(10, 0)
+
+
+def test_decode_many_equals_one_by_one_on_real_datagrams() -> None:
+    good = [d for case in CASES for d in case_datagrams(case)]
+    bad = [d[:cut] for d in good[::5] for cut in (3, 21, len(d) // 2, len(d) - 1)]
+    mixed = [d for pair in zip(good, bad * 2, strict=False) for d in pair]  # good and bad interleaved
+    datagrams = [(d, NOW + i * 0.5) for i, d in enumerate(mixed)]
+    _both(datagrams)
+    out = NetflowDecoder().decode_many(datagrams, EXPORTER)
+    for (_, t), o in zip(datagrams, out, strict=True):  # each record carries its own datagram's time
+        assert (o.batch["ts"] == t).all()
+
+
+def test_a_sampling_rate_learnt_between_datagrams_applies_from_there_on() -> None:
+    opt = v9(flowset(1, v9_options_template(300, [(1, 4)], [(48, 1), (34, 4)])))
+    tmpl = v9(flowset(0, template(256, [*V4_FIELDS, (48, 1)])))
+    data = v9(flowset(256, v4_rec("198.18.0.1", "203.0.113.10", 1, 80, 6, SYN, 2, 80) + b"\x05"))
+    rate_10 = v9(flowset(300, struct.pack(">IBI", 0, 5, 10)))
+    rate_50 = v9(flowset(300, struct.pack(">IBI", 0, 5, 50)))
+    datagrams = [(d, NOW) for d in (opt, tmpl, data, rate_10, data, data, rate_50, data)]
+    _both(datagrams)
+    out = NetflowDecoder().decode_many(datagrams, EXPORTER)
+    assert [int(o.batch["packets"][0]) for o in out if len(o.batch)] == [2, 20, 20, 100]
+
+
+def test_decode_many_of_nothing() -> None:
+    assert NetflowDecoder().decode_many([], EXPORTER) == []
+    out = NetflowDecoder().decode_many([(b"", NOW), (v9(), NOW)], EXPORTER)
+    assert [len(o.batch) for o in out] == [0, 0]
+    assert out[0].error and out[1].error is None
+
+
+_MANY_SEEDS = [d for case in ("nfv5", "nfv9_options", "pmacct_nfv9", "pmacct_ipfix_huawei") for d in case_datagrams(case)]
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(range(len(_MANY_SEEDS))), st.integers(0, 2000), st.binary(max_size=6)), max_size=16
+    )
+)
+def test_decode_many_of_mutated_datagrams(picks: list[tuple[int, int, bytes]]) -> None:
+    datagrams = []
+    for i, (seed, pos, junk) in enumerate(picks):
+        d = _MANY_SEEDS[seed]
+        pos %= len(d) + 1
+        datagrams.append((d[:pos] + junk + d[pos + len(junk) :], NOW + i))
+    _both(datagrams)

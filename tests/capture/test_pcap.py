@@ -575,5 +575,11 @@ def test_mutated_captures_never_raise_after_open(
         return
     got = sum(len(b) for b in r.batches())
     s = r.stats
-    assert got == s.decoded <= s.packets <= 6
+    content = bytes(data[: max(cut, 1)])
+    # a mutated length can turn the bytes of other records into one more record: the
+    # walk must find exactly the records the header-to-header walk finds
+    most = len(_walk_by_hand(content, r._order)) if kind == "pcap" else len(content) // 16
+    assert got == s.decoded <= s.packets <= most
     assert s.decoded + s.not_ip + s.malformed + s.unsupported == s.packets
+    if kind == "pcap":
+        assert s.packets == most

@@ -148,27 +148,38 @@ class FrameChunk:
         hold its link header counts as malformed.
         """
         n = len(self)
-        batch = empty_traffic(n)
+        batch: TrafficBatch | None = None
         valid = np.zeros(n, dtype=bool)
         for raw in (False, True):
             rows = np.nonzero((self.raw == raw) & self.usable)[0]
             if len(rows) == n:  # the usual case: one form for the whole chunk
                 batch, valid = decode_frames_valid(self.frames, self.caplen, self.wirelen, "raw" if raw else "ethernet")
             elif len(rows):
+                if batch is None:
+                    batch = empty_traffic(n)
                 b, v = decode_frames_valid(
                     self.frames[rows], self.caplen[rows], self.wirelen[rows], "raw" if raw else "ethernet"
                 )
                 batch[rows] = b
                 valid[rows] = v
+        if batch is None:
+            batch = empty_traffic(n)
         batch["ts"] = self.ts
         batch["packets"] = 1
         batch["bytes"] = self.wirelen
         batch["sample_rate"] = 1
         batch["source"] = int(Source.PCAP)
-        return batch, valid, self._is_ip()
+        # a valid row is an IP packet: the (dearer) test is needed for the others only
+        is_ip = valid.copy()
+        bad = np.flatnonzero(~valid)
+        if len(bad):
+            is_ip[bad] = self._is_ip(bad)
+        return batch, valid, is_ip
 
-    def _is_ip(self) -> npt.NDArray[np.bool_]:
-        f = self.frames
+    def _is_ip(self, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
+        """Which of these rows hold an IP packet (of an unsupported link type: none)."""
+        f = self.frames[rows]
+        caplen, raw, usable = self.caplen[rows], self.raw[rows], self.usable[rows]
 
         def u16(at: int) -> npt.NDArray[np.uint16]:  # one typed column: no per-row gather
             col: npt.NDArray[np.uint16] = f[:, at : at + 2].view(">u2")[:, 0]
@@ -185,10 +196,10 @@ class FrameChunk:
             inner = u16(16)
             twice = tagged & is_tag(inner)
             etype = np.where(twice, u16(20), np.where(tagged, inner, etype))
-        eth_ip = ((etype == ETH_P_IP) | (etype == ETH_P_IPV6)) | (self.caplen < 14)
+        eth_ip = ((etype == ETH_P_IP) | (etype == ETH_P_IPV6)) | (caplen < 14)
         version = f[:, 0] >> 4
-        raw_ip = (version == 4) | (version == 6) | (self.caplen < 1)
-        ok: npt.NDArray[np.bool_] = self.usable & np.where(self.raw, raw_ip, eth_ip)
+        raw_ip = (version == 4) | (version == 6) | (caplen < 1)
+        ok: npt.NDArray[np.bool_] = usable & np.where(raw, raw_ip, eth_ip)
         return ok
 
 
@@ -287,13 +298,16 @@ class CaptureReader:
     def _pcap_chunk(
         self, data: npt.NDArray[np.uint8], offs: npt.NDArray[np.int64], hdr_dtype: np.dtype[Any]
     ) -> FrameChunk:
-        hdr = _rows(data, offs, 16).view(hdr_dtype).ravel()
-        ts = hdr["sec"].astype(np.float64) + hdr["frac"].astype(np.float64) * self._tick
-        incl = hdr["incl"].astype(np.int64)
-        orig = np.maximum(hdr["orig"].astype(np.int64), incl)
-        n = len(offs)
-        link = np.full(n, self._linktype, dtype=np.int64)
-        return self._frames(data, offs + 16, incl, orig, ts, link)
+        # the record header and the frame prefix past the link pseudo-header, in one gather
+        skip = LINKTYPES[self._linktype][1]
+        rows = _rows(data, offs, 16 + skip + SNAPLEN)
+        word = hdr_dtype["sec"]
+        sec, frac, incl, orig = (rows[:, 4 * i : 4 * i + 4].view(word)[:, 0] for i in range(4))
+        ts = sec.astype(np.float64) + frac.astype(np.float64) * self._tick
+        incl = incl.astype(np.int64)
+        orig = np.maximum(orig.astype(np.int64), incl)
+        link = np.full(len(offs), self._linktype, dtype=np.int64)
+        return self._frames(data, offs + 16, incl, orig, ts, link, rows[:, 16 + skip :])
 
     # ---- pcapng ------------------------------------------------------------------
 
@@ -417,8 +431,10 @@ class CaptureReader:
         orig: npt.NDArray[np.int64],
         ts: npt.NDArray[np.float64],
         linktype: npt.NDArray[np.int64],
+        frames: npt.NDArray[np.uint8] | None = None,
     ) -> FrameChunk:
-        """Gather each record's frame prefix, past its link pseudo-header, in one go."""
+        """Gather each record's frame prefix, past its link pseudo-header, in one go
+        (unless the caller has: ``frames``)."""
         n = len(start)
         skip: Any
         if n and linktype[0] == linktype[-1] and bool((linktype == linktype[0]).all()):  # one link type (pcap)
@@ -437,7 +453,8 @@ class CaptureReader:
                 supported |= rows
         caplen = np.maximum(incl - skip, 0)
         wirelen = np.maximum(orig - skip, 0)
-        frames = _rows(data, start + skip, SNAPLEN)
+        if frames is None:
+            frames = _rows(data, start + skip, SNAPLEN)
         frames *= _KEEP[np.minimum(caplen, SNAPLEN)]  # bytes of the next record are not this one's
         sll2 = np.nonzero(linktype == LINKTYPE_LINUX_SLL2)[0]
         if len(sll2):

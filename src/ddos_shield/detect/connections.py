@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ddos_shield.config import Config
-from ddos_shield.detect.distinct import AddressIds, DistinctWindow, address_words, group_hash, unique_addresses
+from ddos_shield.detect.distinct import DistinctWindow, address_words, group_hash, unique_addresses
 from ddos_shield.detect.scan import EVALUATE_EVERY, Finding
 from ddos_shield.detect.threshold import Observation
 from ddos_shield.records import AttackType, IPNetwork, PacketFlag, TrafficBatch, bytes_addr
@@ -64,7 +64,6 @@ class ConnectionDetector:
         # connections per (source, host) counted as samples arrive: an upper bound that
         # skips the exact count while no pair can reach connection_min_flows
         self._flows = DistinctWindow()
-        self._hosts = AddressIds()
         self._exact_until: float | None = -np.inf  # None: from the next sample on, for a window
 
     def reconfigure(self, config: Config) -> None:
@@ -106,11 +105,7 @@ class ConnectionDetector:
         est = rows[((f & TCP_ACK) != 0) & ((f & (TCP_SYN | TCP_RST)) == 0)]
         if not len(est):
             return
-        generation = self._hosts.generation
-        host = self._hosts.ids(est["dst"])
-        if self._hosts.generation != generation:  # numbers restarted: the bound holds again after a window
-            self._exact_until = now + self._config.classification.connection_window_seconds
-        pair = group_hash(*address_words(est["src"]), host.astype(np.uint64))
+        pair = group_hash(*address_words(est["src"]), *address_words(est["dst"]))
         keys = (pair >> np.uint64(16) << np.uint64(16)) | est["sport"].astype(np.uint64)
         self._flows.add(keys, est["ts"])
 

@@ -97,8 +97,10 @@ class ScanDetector:
         # arrive: upper bounds that skip the exact count while nothing can reach its
         # threshold (see detect/distinct.py)
         self._ports = DistinctWindow()
-        self._hosts = DistinctWindow()
+        self._hosts = DistinctWindow()  # IPv4 hosts, by address
+        self._hosts6 = DistinctWindow()  # IPv6 hosts, by number
         self._host_ids = AddressIds()
+        self._held = 0
         self._exact_until: float | None = -np.inf  # None: from the next probe on, for a window
 
     def reconfigure(self, config: Config) -> None:
@@ -118,10 +120,11 @@ class ScanDetector:
                 # ICMP echo: the type/code word says nothing about ports
                 rows["dport"][(rows["proto"] == 1) | (rows["proto"] == 58)] = 0
                 self._buf.append(rows)
+                self._held += len(rows)
                 self._count(rows, now)
         horizon = now - c.scan_window_seconds
-        while self._buf and (self._buf[0]["ts"].max() < horizon or sum(len(b) for b in self._buf) > MAX_PROBES):
-            self._buf.popleft()
+        while self._buf and (self._buf[0]["ts"].max() < horizon or self._held > MAX_PROBES):
+            self._held -= len(self._buf.popleft())
         if now - self._last_eval < EVALUATE_EVERY:
             return [f.at(now) for f in self._found]
         self._last_eval = now
@@ -137,25 +140,32 @@ class ScanDetector:
 
     def _count(self, rows: npt.NDArray[np.void], now: float) -> None:
         """Log (source, host, port) of each probe for the bounds."""
-        generation = self._host_ids.generation
-        host = self._host_ids.ids(rows["dst"]).astype(np.uint64)
-        if self._host_ids.generation != generation:  # numbers restarted: the bounds hold again after a window
-            self._exact_until = now + self._config.classification.scan_window_seconds
         src = address_words(rows["src"])
+        dst = address_words(rows["dst"])
         port = (rows["proto"].astype(np.uint64) << np.uint64(16)) | rows["dport"].astype(np.uint64)
         tcpudp = (rows["proto"] == 6) | (rows["proto"] == 17)
         if tcpudp.any():  # port scans: (proto, port) items per (source, host)
-            pair = group_hash(src[0][tcpudp], src[1][tcpudp], host[tcpudp])
+            pair = group_hash(src[0][tcpudp], src[1][tcpudp], dst[0][tcpudp], dst[1][tcpudp])
             self._ports.add((pair >> np.uint64(24) << np.uint64(24)) | port[tcpudp], rows["ts"][tcpudp])
-        # host sweeps: host items (numbered below 2**32) per (source, proto, port)
-        key = group_hash(src[0], src[1], port)
-        self._hosts.add((key >> np.uint64(32) << np.uint64(32)) | host, rows["ts"])
+        # host sweeps: host items per (source, proto, port), exact: an IPv4 host is its
+        # address (the last 4 bytes of the IPv4-mapped form), an IPv6 host a number
+        key = group_hash(src[0], src[1], port) >> np.uint64(32) << np.uint64(32)
+        v4 = (dst[0] == 0) & ((dst[1] & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFF0000))
+        self._hosts.add(key[v4] | (dst[1][v4] >> np.uint64(32)), rows["ts"][v4])
+        if not v4.all():
+            v6 = ~v4
+            generation = self._host_ids.generation
+            host = self._host_ids.ids(rows["dst"][v6]).astype(np.uint64)
+            if self._host_ids.generation != generation:  # numbers restarted: the bounds hold again after a window
+                self._exact_until = now + self._config.classification.scan_window_seconds
+            self._hosts6.add(key[v6] | host, rows["ts"][v6])
 
     def _may_find(self, horizon: float) -> bool:
         """Whether any source may have probed enough ports or hosts since ``horizon``."""
         c = self._config.classification
         ports = self._ports.max_per_group(horizon, 24)
-        hosts = self._hosts.max_per_group(horizon, 32)
+        # a group's IPv4 and IPv6 hosts are counted apart: the two largest add up to a bound
+        hosts = self._hosts.max_per_group(horizon, 32) + self._hosts6.max_per_group(horizon, 32)
         return bool(
             (c.scan_min_ports and ports >= c.scan_min_ports) or (c.sweep_min_hosts and hosts >= c.sweep_min_hosts)
         )

@@ -702,7 +702,13 @@ class _TimelineCounter:
         else:
             uniq, inv = np.unique(b, return_inverse=True)
         n, ncat = len(uniq), self._ncat
-        per = np.bincount(inv * ncat + batch["category"], weights=batch["packets"], minlength=n * ncat)
+        cell = inv * ncat + batch["category"]
+        pk = batch["packets"]
+        per: npt.NDArray[np.float64]
+        if len(pk) and pk[0] == 1 and bool((pk == 1).all()):  # a capture's rows: one packet each
+            per = np.bincount(cell, minlength=n * ncat).astype(np.float64)
+        else:
+            per = np.bincount(cell, weights=pk, minlength=n * ncat).astype(np.float64, copy=False)
         per = per.reshape(n, ncat)
         byt = np.bincount(inv, weights=batch["bytes"], minlength=n)
         for i, key in enumerate(uniq.tolist()):
