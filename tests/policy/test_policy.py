@@ -9,8 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ddos_shield.config import parse
+from ddos_shield.detect.lifecycle import AttackChange
 from ddos_shield.mitigate.memory import MemoryBackend
-from ddos_shield.records import Action, Category, Match, as_network
+from ddos_shield.policy import Apply, Policy, Verified, Withdraw
+from ddos_shield.records import Action, Attack, AttackType, Category, Match, addr_bytes, as_network, empty_rates
 from tests.engine.test_engine import CONFIG, VICTIM, Harness
 from tests.traffic import packets, spoofed_v4
 
@@ -218,3 +221,64 @@ def test_a_busy_host_judged_by_its_baseline_is_not_escalated_for_its_normal_traf
     assert steps_applied(h) == [("rate_limit", "rate_limit")]
     (v,) = h.events("mitigation_verified")
     assert v["ok"] and 5000 < v["after_pps"] < v["threshold_pps"]
+
+
+# ---- verification on its own: the Policy with hand-made records ---------------------
+
+ATTACK = Attack(
+    attack_id=9,
+    target=as_network(f"{VICTIM}/32"),
+    group="default",
+    types=(AttackType.SYN_FLOOD,),
+    categories=(Category.TCP_SYN,),
+    started=100.0,
+    pps=4000.0,
+    bps=0.0,
+    peak_pps=4000.0,
+    peak_bps=0.0,
+    last_seen=100.0,
+)
+
+
+def rates(syn: float, other: float, dropped: float) -> np.ndarray:
+    r = empty_rates(1)
+    r["dst"][0] = list(addr_bytes(VICTIM))
+    r["pps"][0, Category.TCP_SYN] = syn
+    r["pps"][0, Category.TCP] = other
+    r["dropped_pps"][0] = dropped
+    return r
+
+
+VERIFY = [
+    # (after the rate limit: SYN received, other received, dropped) -> (ok, rolled back, next step taken)
+    # 6,000 pps of SYN got through before; the threshold is 2,000, verify_min_reduction one half
+    # below the threshold: holds
+    ((6000, 500, 4500), True, False, False),
+    # halved but still above: kept, and the drop is added
+    ((6000, 500, 3500), True, False, True),
+    # barely dented: rolled back, the drop instead
+    ((6000, 500, 600), False, True, True),
+    # the attack held but the target's other traffic went with it: rolled back
+    ((6000, 500, 6000 + 400), False, True, True),
+]
+
+
+@pytest.mark.parametrize(("after", "ok", "rolled_back", "climbed"), VERIFY)
+def test_verification_decides_from_the_rates_at_the_target(
+    after: tuple[float, float, float], ok: bool, rolled_back: bool, climbed: bool
+) -> None:
+    cfg = parse(ladder('["rate_limit", "drop"]', rate_limit_pps=1000))
+    p = Policy(cfg, local="xdp")
+    window = syn_flood(100.0)
+    cmds = p.step([AttackChange("start", ATTACK)], [ATTACK], window, 100.1, rates(6000, 500, 0))
+    (first,) = [c for c in cmds if isinstance(c, Apply)]
+    assert first.step == "rate_limit" and first.backend == "xdp"
+    p.confirm(first.rule.with_id(1), "xdp")
+    cmds = p.step([], [ATTACK], window, 101.2, rates(*after))
+    (v,) = [c for c in cmds if isinstance(c, Verified)]
+    assert (v.ok, v.step, v.rule_ids) == (ok, "rate_limit", (1,))
+    assert v.figures["before_pps"] == 6000 and v.figures["threshold_pps"] == 2000
+    # (a drop of the same match replaces the rate limit either way; a roll-back says "verify")
+    withdrawn = [c.rule.rule_id for c in cmds if isinstance(c, Withdraw) and c.reason.startswith("verify")]
+    assert (withdrawn == [1]) == rolled_back
+    assert any(isinstance(c, Apply) and c.step == "drop" for c in cmds) == climbed
