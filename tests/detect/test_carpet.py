@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -220,3 +221,13 @@ def test_the_layout_follows_the_destinations_tick_after_tick() -> None:
     assert [str(o.target) for o in det.observe(b, now=1.2)] == ["198.51.100.0/24"]  # as many rows, others
     a["pps"][:, Category.UDP] = 100.0  # same destinations, new rates
     assert det.observe(a, now=1.3) == []
+
+
+def test_a_carpet_is_verified_against_the_prefix_limits() -> None:
+    cfg = parse(CONFIG)
+    group = cfg.group_for_name("default")
+    (start,) = AttackTracker(cfg).update(observe(spread(200, 300.0)), now=5.0)
+    carpet = replace(start.attack, types=(AttackType.UDP_FLOOD, AttackType.CARPET_BOMBING))
+    host = replace(start.attack, target=as_network("203.0.113.10/32"), types=(AttackType.UDP_FLOOD,))
+    assert Policy(cfg)._limit(carpet, group) == 40000  # [groups.carpet.thresholds] udp
+    assert Policy(cfg)._limit(host, group) == 20000  # [groups.thresholds] udp

@@ -46,6 +46,7 @@ from ddos_shield.policy.protect import Refused, check_allowlist, is_critical, na
 from ddos_shield.records import (
     Action,
     Attack,
+    AttackType,
     IPNetwork,
     Match,
     RateBatch,
@@ -523,7 +524,9 @@ class Policy:
             # judged against its learned limit: a busy host's normal traffic may be above
             # the static thresholds, and must not make the ladder climb
             return attack.limit_pps
-        lim = [group.thresholds.for_category(c).pps for c in attack.categories]
+        # a carpet bomb's target is a prefix: what gets through is judged by the prefix's limits
+        limits = group.carpet.thresholds if AttackType.CARPET_BOMBING in attack.types else group.thresholds
+        lim = [limits.for_category(c).pps for c in attack.categories]
         return float(sum(x for x in lim if x)) or float("inf")
 
 
