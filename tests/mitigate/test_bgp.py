@@ -240,7 +240,13 @@ class Speakers:
         with in_netns(self.peer.shield_ns):
             b = BgpBackend(self.peer.shield_settings(**kw), self.run_dir)
         self.backends.append(b)
+        self.established()
         return b
+
+    def established(self) -> None:
+        # A router that has just seen a session reset (the previous test's speaker) holds
+        # the next one idle for some seconds, and ExaBGP backs off between attempts.
+        self.peer.wait(self.peer.established, timeout=40, what="the BGP session established")
 
     def speaker_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
@@ -413,7 +419,9 @@ def crashing_shield(speakers: Speakers, rules: list[Rule], **kw: Any) -> tuple[s
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     assert ready, "the shield process did not apply its rules"
-    return proc, json.loads(proc.stdout.readline())
+    ids = json.loads(proc.stdout.readline())
+    speakers.established()
+    return proc, ids
 
 
 @pytest.mark.lab
@@ -488,6 +496,7 @@ def test_speaker_stops_with_its_bridge_and_comes_back(speakers: Speakers) -> Non
     peer.wait(lambda: peer.routes() == 0, timeout=5, what="routes gone with the bridge")
     peer.wait(lambda: speakers.speaker_pid() is None, timeout=5, what="exabgp stopped")
     b.apply(RULES[3])  # the next request starts a new speaker, in the shield's namespace
+    speakers.established()
     peer.wait(lambda: peer.routes() == 1, what="announced by the new speaker")
 
 
@@ -556,6 +565,7 @@ def test_engine_ladder_announces_flowspec_then_blackhole_and_withdraws_at_the_en
     with in_netns(peer.shield_ns):
         b = BgpBackend(cfg.bgp, speakers.run_dir)
     speakers.backends.append(b)
+    speakers.established()
     now = [time.time()]  # the bridge keeps real time: the engine's clock starts there
     dp = ReplayDataPlane(clock=lambda: now[0])
     out = io.StringIO()
@@ -619,6 +629,7 @@ def test_engine_restart_reconciles_what_is_announced(speakers: Speakers, tmp_pat
         with in_netns(peer.shield_ns):
             b = BgpBackend(cfg.bgp, speakers.run_dir)
         speakers.backends.append(b)
+        speakers.established()
         dp = ReplayDataPlane()
         out = io.StringIO()
         engine = Engine(cfg, dp, dp.backend, EventSink(out), backends=[b], state_file=record)
