@@ -9,7 +9,7 @@ cd "$(dirname "$(readlink -f "$0")")"
 
 APT_PACKAGES=(python3-venv python3-dev clang llvm libbpf-dev libbpf1 bpftool libelf-dev
               nftables iproute2 hping3 netsniff-ng xdp-tools ethtool curl procps pmacct tshark softflowd
-              exabgp gobgpd chromium)
+              exabgp gobgpd chromium postgresql)
 VENV=.venv
 
 setup() {
@@ -20,9 +20,10 @@ setup() {
         echo "dev.sh: installing ${missing[*]}"
         apt-get update -q
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-        # pmacct's and softflowd's own services would hold the flow ports the tests use
+        # pmacct's and softflowd's own services would hold the flow ports the tests use; the
+        # PostgreSQL tests start a private server of their own, the system one is not needed
         if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-            systemctl disable --now pmacctd nfacctd sfacctd uacctd softflowd exabgp gobgpd >/dev/null 2>&1 || true
+            systemctl disable --now pmacctd nfacctd sfacctd uacctd softflowd exabgp gobgpd postgresql >/dev/null 2>&1 || true
         fi
     fi
     mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf

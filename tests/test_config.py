@@ -47,6 +47,16 @@ BAD = [
         ":4: groups[0].ladder[1].step:",
     ),
     ('protected = ["203.0.113.0/24"]\ncritical = ["plc"]\n', ":2: critical:"),
+    # the history on PostgreSQL: a connection string, and never a password in it
+    ('protected = ["203.0.113.0/24"]\n[store]\nbackend = "postgresql"\n', "store: dsn: backend = 'postgresql' needs"),
+    (
+        'protected = ["203.0.113.0/24"]\n[store]\nbackend = "postgresql"\ndsn = "postgresql://s:pw@db/h"\n',
+        "dsn: holds a password",
+    ),
+    (
+        'protected = ["203.0.113.0/24"]\n[store]\nbackend = "postgresql"\ndsn = "db h"\n',
+        "dsn: not a libpq connection string",
+    ),
 ]
 
 

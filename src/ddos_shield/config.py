@@ -449,7 +449,16 @@ class Store(_Model):
     """History: attacks, mitigations, the audit log and attack packet samples."""
 
     enabled: bool = Field(True, description="keep the history (off: nothing is written to disk)")
+    backend: Literal["sqlite", "postgresql"] = Field(
+        "sqlite", description="the database: an embedded SQLite file, or a PostgreSQL server (then `dsn`)"
+    )
     path: str = Field("", description="SQLite database file (default: history.sqlite3 in shield.state_dir); WAL mode")
+    dsn: str = Field(
+        "",
+        description="PostgreSQL: libpq connection string, 'host=db.example dbname=shield user=shield' or "
+        "'postgresql://shield@db.example/shield'; no password here: libpq takes it from PGPASSWORD or the "
+        "PGPASSFILE (~/.pgpass) file",
+    )
     retention_days: float = Field(
         90.0, gt=0, description="attacks, mitigations and audit entries older than this are deleted"
     )
@@ -466,6 +475,22 @@ class Store(_Model):
     queue_size: PositiveInt = Field(
         100000, description="events waiting for the writer thread; beyond this they are counted and dropped"
     )
+
+    @model_validator(mode="after")
+    def _check_dsn(self) -> Store:
+        if self.backend == "postgresql" and not self.dsn:
+            raise ValueError("dsn: backend = 'postgresql' needs a connection string")
+        if self.dsn:
+            from psycopg.conninfo import conninfo_to_dict
+
+            try:
+                parts = conninfo_to_dict(self.dsn)
+            except Exception as e:  # psycopg's ProgrammingError; its text does not echo the string
+                raise ValueError(f"dsn: not a libpq connection string: {e}") from None
+            if "password" in parts:
+                # the configuration is shown through the API and in logs: the secret stays outside it
+                raise ValueError("dsn: holds a password; give it in PGPASSWORD or a PGPASSFILE (~/.pgpass) instead")
+        return self
 
 
 class Webhook(_Model):
@@ -1081,8 +1106,9 @@ def reference() -> str:
         "[store]",
         Store,
         "The history of attacks, mitigations and the audit log, with a sample of each attack's packets "
-        "(downloadable as pcap), in an embedded SQLite database written by its own thread. PostgreSQL is not "
-        "supported yet.",
+        "(downloadable as pcap), written by its own thread: in an embedded SQLite database by default, or in a "
+        'PostgreSQL database with `backend = "postgresql"` and `dsn` (the password from PGPASSWORD or a '
+        "PGPASSFILE, never here).",
     )
     table(
         "[alerts]",

@@ -118,10 +118,15 @@ def flood(now: float) -> np.ndarray:
 
 
 @pytest.fixture
-def shield(tmp_path: Path) -> Iterator[Shield]:
+def shield(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shield]:
+    """The history is in SQLite, or on PostgreSQL with ``@pytest.mark.parametrize("shield",
+    ["postgresql"], indirect=True)``."""
     state = tmp_path / "state"
     cfg_path = tmp_path / "shield.toml"
-    cfg_path.write_text(config_text(state))
+    store = ""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        store = f'[store]\nbackend = "postgresql"\ndsn = "{request.getfixturevalue("pg_dsn")}"\n'
+    cfg_path.write_text(config_text(state) + store)
     cfg = parse(cfg_path.read_text(), str(cfg_path))
     box = {"now": time.time()}
     dp = ReplayDataPlane(clock=lambda: box["now"])

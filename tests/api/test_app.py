@@ -174,6 +174,7 @@ def test_attacks_live_and_past_with_timeline_and_rules(shield: Shield) -> None:
     assert {"ready", "attack_start", "attack_end", "mitigation_applied"} <= {e["event"] for e in evs}
 
 
+@pytest.mark.parametrize("shield", ["sqlite", "postgresql"], indirect=True)
 def test_history_from_the_store_and_the_audit_log(shield: Shield) -> None:
     shield.run(0.5, legit)
     shield.run(2.0, legit, flood)

@@ -1,13 +1,15 @@
-"""The history database: events folded into attacks, mitigations and the audit log; retention."""
+"""The history database: events folded into attacks, mitigations and the audit log; retention.
+Each test runs on SQLite and on PostgreSQL (the ``where`` fixture)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ddos_shield.store import History, Retention
+from ddos_shield.store import History, Retention, StoreError
+from tests.store.conftest import Where
 
 T = "203.0.113.10/32"
 
@@ -37,8 +39,10 @@ def mitigation(kind: str, ts: float, **kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> History:
-    return History(tmp_path / "h.sqlite3")
+def h(where: Where) -> Iterator[History]:
+    history = where.open()
+    yield history
+    history.close()
 
 
 def test_an_attack_with_its_timeline_peaks_types_and_actions(h: History) -> None:
@@ -151,3 +155,37 @@ def test_retention_by_age_and_by_count(h: History) -> None:
     assert counts["attack_timeline"] == 3 * 4 + 1
     assert sorted(m["mitigation_id"] for m in h.mitigations()) == [5, 6, 7, 8, 9, 10]
     assert len(h.audit(limit=1000)) == 4
+
+
+def test_large_counters_and_exact_times_survive(h: History) -> None:
+    # PostgreSQL's INTEGER is 32 bits and its REAL 4 bytes: the schema asks for 64 and 8
+    ts = 1795658314.123456
+    h.record([attack("attack_start", ts, aid=2**40), mitigation("mitigation_applied", ts, attack_id=2**40)])
+    h.record([mitigation("mitigation_removed", ts + 1, hits={"packets": 2**40 + 1, "dropped": 2**33})])
+    [a] = h.attacks()
+    assert (a["attack_id"], a["last_seen"]) == (2**40, ts)
+    [m] = h.mitigations()
+    assert (m["hits_packets"], m["hits_dropped"]) == (2**40 + 1, 2**33)
+
+
+def test_a_lost_postgresql_connection_is_replaced(pg_dsn: str) -> None:
+    import psycopg
+
+    h = History(dsn=pg_dsn)
+    h.record([attack("attack_start", 100.0)])
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:  # as a server restart would
+        admin.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(psycopg.OperationalError):
+        h.attacks()  # the call that meets the dead connection fails (the writer counts it) ...
+    h.record([attack("attack_update", 101.0)])  # ... and the next one opens another
+    assert [a["last_seen"] for a in h.attacks()] == [101.0]
+    h.close()
+
+
+def test_an_unreachable_server_is_named_without_its_password() -> None:
+    with pytest.raises(StoreError, match=r"postgresql:host=/nonexistent dbname=history: cannot open") as e:
+        History(dsn="host=/nonexistent dbname=history password=hunter2 connect_timeout=2")
+    assert "hunter2" not in str(e.value)

@@ -1,20 +1,22 @@
-"""The history schema: an old database is carried forward step by step, never rebuilt."""
+"""The history schema: an old database is carried forward step by step, never rebuilt,
+by the same steps on SQLite and on PostgreSQL (the ``where`` fixture)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 
 from ddos_shield.store import History, StoreError
+from ddos_shield.store import sql as sqlmod
 from ddos_shield.store.history import Packet
 from ddos_shield.store.schema import VERSION, migrate, version_of
+from tests.store.conftest import Where
 
 
-def _v1_database(path: Path) -> None:
+def _v1_database(where: Where) -> None:
     """A database as version 1 of the shield left it, with an attack in it."""
-    db = sqlite3.connect(path, isolation_level=None)
+    db = where.connect()
     assert migrate(db, target=1) == 0
     db.execute(
         "INSERT INTO attacks (attack_id, target, grp, started, ended, last_ts, types, peak_pps, peak_bps)"
@@ -26,10 +28,9 @@ def _v1_database(path: Path) -> None:
     db.close()
 
 
-def test_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
-    _v1_database(path)
-    h = History(path)
+def test_version_1_database_is_migrated_and_keeps_its_rows(where: Where) -> None:
+    _v1_database(where)
+    h = where.open()
     assert h.migrated_from == 1
     assert h.schema_version() == VERSION == 2
     a = h.attack(5)
@@ -49,40 +50,42 @@ def test_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     assert h.packets_kept(5) == 1
     h.close()
     # opening again migrates nothing
-    h2 = History(path)
+    h2 = where.open()
     assert h2.migrated_from == VERSION
     h2.close()
 
 
-def test_fresh_database_starts_at_the_current_version(tmp_path: Path) -> None:
-    h = History(tmp_path / "new.sqlite3")
+def test_fresh_database_starts_at_the_current_version(where: Where) -> None:
+    h = where.open()
     assert (h.migrated_from, h.schema_version()) == (0, VERSION)
-    assert h._db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     h.close()
+    if where.engine == "sqlite":
+        db = sqlmod.connect(where.path)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
 
 
-def test_failed_step_leaves_the_previous_version_whole(tmp_path: Path) -> None:
-    path = tmp_path / "odd.sqlite3"
-    _v1_database(path)
-    db = sqlite3.connect(path, isolation_level=None)
+def test_failed_step_leaves_the_previous_version_whole(where: Where) -> None:
+    _v1_database(where)
+    db = where.connect()
     db.execute("CREATE TABLE attack_packets (x INTEGER)")  # in the way of step 2
     db.close()
     with pytest.raises(StoreError, match="migration from schema version 1 to 2 failed"):
-        History(path)
-    db = sqlite3.connect(path, isolation_level=None)
+        where.open()
+    db = where.connect()
     assert version_of(db) == 1
-    assert "packets_kept" not in [r[1] for r in db.execute("PRAGMA table_info(attacks)")]
+    with pytest.raises(db.errors, match="packets_kept"):  # step 2's other change was rolled back with it
+        db.execute("SELECT packets_kept FROM attacks")
     db.close()
 
 
-def test_newer_database_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "future.sqlite3"
-    History(path).close()
-    db = sqlite3.connect(path, isolation_level=None)
+def test_newer_database_is_refused(where: Where) -> None:
+    where.open().close()
+    db = where.connect()
     db.execute("UPDATE schema_version SET version = ?", (VERSION + 1,))
     db.close()
     with pytest.raises(StoreError, match=f"schema version {VERSION + 1} is newer"):
-        History(path)
+        where.open()
 
 
 def test_not_a_database_is_named(tmp_path: Path) -> None:

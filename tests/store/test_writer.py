@@ -16,6 +16,7 @@ from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
 from ddos_shield.records import Category
 from ddos_shield.store import History, PacketTap, StoreWriter, open_store, store_path
+from tests.store.conftest import Where
 from tests.traffic import packets, spoofed_v4
 
 CONFIG = """
@@ -32,16 +33,16 @@ udp = { pps = 5000 }
 VICTIM = "203.0.113.10"
 
 
-def test_engine_events_and_packets_reach_the_history(tmp_path: Path) -> None:
+def test_engine_events_and_packets_reach_the_history(where: Where, tmp_path: Path) -> None:
     # the engine runs on a clock of its own, 1000 s after 1970: retention_days keeps it from the age limit
-    cfg = parse(
-        CONFIG + f'[store]\npath = "{tmp_path}/h.sqlite3"\npcap_packets_per_attack = 300\nretention_days = 1e6\n'
-    )
+    cfg = parse(CONFIG + where.toml() + "pcap_packets_per_attack = 300\nretention_days = 1e6\n")
     now = 1000.0
     dp = ReplayDataPlane(clock=lambda: now)
     tap = PacketTap()
     writer = open_store(cfg, tap)
-    assert writer is not None and store_path(cfg) == tmp_path / "h.sqlite3"
+    assert writer is not None and writer.history.engine == where.engine
+    if where.engine == "sqlite":
+        assert store_path(cfg) == where.path
     sink = EventSink(io.StringIO())
     sink.subscribe(writer)
     engine = Engine(cfg, dp, dp.backend, sink, clock=lambda: now, tap=tap)

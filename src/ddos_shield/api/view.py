@@ -44,7 +44,9 @@ RESTART_ONLY = (
     "api",
     # the history database is opened once; its retention and capture size follow a reload
     "store.enabled",
+    "store.backend",
     "store.path",
+    "store.dsn",
     "store.queue_size",
 )
 

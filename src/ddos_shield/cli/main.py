@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "time while the traffic reaching the target stays above its thresholds; drops on critical assets "
         "wait for an operator's approval; nothing covers the never-block list. At start the backends are "
         "reconciled with the record of mitigations in shield.state_dir. The history (attacks, mitigations, "
-        "audit log, attack captures) goes to an SQLite database ([store]); alerts go to webhooks, syslog and "
-        "e-mail ([alerts]).",
+        "audit log, attack captures) goes to an SQLite file, or PostgreSQL when configured ([store]); alerts go to "
+        "webhooks, syslog and e-mail ([alerts]).",
     )
     r.add_argument("--config", "-c", required=True, help="configuration file (TOML)")
     r.add_argument(

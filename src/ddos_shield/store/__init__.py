@@ -1,16 +1,16 @@
 """History: attacks, mitigations, the audit log and attack packet samples.
 
 * :mod:`~ddos_shield.store.schema` -- the versioned schema and its step-by-step migrations;
-* :mod:`~ddos_shield.store.history` -- :class:`History`, the SQLite database (WAL): what
-  is written and the read interface the API serves;
+* :mod:`~ddos_shield.store.history` -- :class:`History`, the database (SQLite in WAL mode
+  by default, PostgreSQL when configured): what is written and the read interface the
+  API serves;
+* :mod:`~ddos_shield.store.sql` -- the two engines behind one connection interface: every
+  difference between their dialects is handled there;
 * :mod:`~ddos_shield.store.writer` -- :class:`StoreWriter`, the event subscriber and its
   writer thread (the engine never waits on the disk), with periodic retention;
 * :mod:`~ddos_shield.store.packets` -- :class:`PacketTap`, the bounded ring of recent
   sampled packets each attack's capture is taken from;
 * :mod:`~ddos_shield.store.pcap` -- an attack's packets as a pcapng file.
-
-PostgreSQL is not supported: the project has no PostgreSQL driver among its
-dependencies, and a backend that cannot be tested for real is left out.
 
 ::
 
@@ -40,11 +40,12 @@ def store_path(config: Config) -> Path:
 
 def open_store(config: Config, tap: PacketTap | None = None) -> StoreWriter | None:
     """The history database and its writer thread as the configuration says, or
-    None when the store is disabled.  Raises :class:`StoreError` naming the file."""
+    None when the store is disabled.  Raises :class:`StoreError` naming the database
+    (the file, or the PostgreSQL server without its password)."""
     s = config.store
     if not s.enabled:
         return None
-    history = History(store_path(config))
+    history = History(dsn=s.dsn) if s.backend == "postgresql" else History(store_path(config))
     return StoreWriter(
         history,
         Retention(days=s.retention_days, max_attacks=s.max_attacks, max_audit_rows=s.max_audit_rows),

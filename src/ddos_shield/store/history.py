@@ -1,10 +1,14 @@
-"""The history database (SQLite, WAL): what the writer records and what the API reads.
+"""The history database (SQLite, or PostgreSQL when configured): what the writer records
+and what the API reads.
 
 :meth:`History.record` takes events as :class:`~ddos_shield.events.EventSink` emits them
 and folds them into rows; the read methods (:meth:`History.attacks`,
 :meth:`History.attack`, :meth:`History.mitigations`, :meth:`History.audit`,
-:meth:`History.pcap`) return plain JSON-serialisable dicts.  Each thread gets its own
-connection; in WAL mode readers never wait for the writer nor block it.
+:meth:`History.pcap`) return plain JSON-serialisable dicts.  Each call takes a connection
+from a small pool (as many as there were calls at once, reused; one that lost its server
+is dropped and the next call opens another); SQLite runs in WAL mode, so readers never
+wait for the writer nor block it.  The queries are written once for both engines
+(:mod:`~ddos_shield.store.sql` renders them).
 
 >>> h = History(":memory:")
 >>> h.record([{"event": "attack_start", "ts": 10.0, "attack_id": 7, "target": "203.0.113.10/32",
@@ -16,16 +20,17 @@ connection; in WAL mode readers never wait for the writer nor block it.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddos_shield.store import schema
+from ddos_shield.store import schema, sql
 from ddos_shield.store.schema import StoreError
+from ddos_shield.store.sql import Db
 
 #: events that are actions: recorded in the audit log even when they name no actor
 #: (the engine's automatic path before ``actor`` was added: the shield itself)
@@ -75,74 +80,101 @@ class Packet:
 
 
 class History:
-    """See the module docstring.  ``path`` is a file, or ``":memory:"`` for tests
-    (then one connection is shared, guarded by a lock)."""
+    """See the module docstring.  ``path`` is an SQLite file, or ``":memory:"`` for tests
+    (then one connection is shared, guarded by a lock); with ``dsn`` (a libpq connection
+    string) the history is in that PostgreSQL database instead and ``path`` is unused."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._memory = self.path == ":memory:"
-        if not self._memory:
+    def __init__(self, path: str | Path = ":memory:", *, dsn: str | None = None) -> None:
+        self.dsn = dsn
+        self.path = "" if dsn else str(path)
+        #: what messages call the database: the file, or the server without a password
+        self.name = sql.display_name(dsn) if dsn else self.path
+        self.engine: sql.Engine = "postgresql" if dsn else "sqlite"
+        self._lock = threading.RLock()
+        self._idle: list[Db] = []
+        self._closed = False
+        self._memory = dsn is None and self.path == ":memory:"
+        if dsn is None and not self._memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = self._db()
+        db = self._open()
+        self._shared = db if self._memory else None
         try:
-            if not self._memory:
-                db.execute("PRAGMA journal_mode=WAL")
-            self.migrated_from = schema.migrate(db, name=self.path)
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: cannot open the history database: {e}") from e
+            self.migrated_from = schema.migrate(db)
+        except StoreError:
+            db.close()
+            raise
+        except db.errors as e:
+            db.close()
+            raise StoreError(f"{self.name}: cannot open the history database: {e}") from e
+        if not self._memory:
+            self._idle.append(db)
 
     # ---- connections ----------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        if self._memory and self._all:
-            return self._all[0]
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            try:
-                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-                db.row_factory = sqlite3.Row
-                db.execute("PRAGMA foreign_keys=ON")
-                # WAL with synchronous=NORMAL: a power cut may lose the last transactions,
-                # never corrupt the file; the history is not worth an fsync per batch
-                db.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.Error as e:
-                raise StoreError(f"{self.path}: cannot open the history database: {e}") from e
-            self._local.db = db
+    def _open(self) -> Db:
+        try:
+            return sql.connect_postgresql(self.dsn) if self.dsn else sql.connect(self.path)
+        except Exception as e:  # either driver's error, with the database named
+            raise StoreError(f"{self.name}: cannot open the history database: {e}") from e
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[Db]:
+        if self._shared is not None:
             with self._lock:
-                self._all.append(db)
-        return db
+                yield self._shared
+            return
+        with self._lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._open()
+        try:
+            yield db
+        finally:
+            with self._lock:
+                keep = not self._closed and not db.broken
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                with contextlib.suppress(Exception):
+                    db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Db]:
+        with self._conn() as db:
+            db.begin()
+            try:
+                yield db
+                db.commit()
+            except BaseException:
+                if not db.broken:
+                    db.rollback()
+                raise
 
     def close(self) -> None:
         with self._lock:
-            for db in self._all:
+            self._closed = True
+            dbs = [*self._idle, *([self._shared] if self._shared is not None else [])]
+            self._idle.clear()
+            self._shared = None
+        for db in dbs:
+            with contextlib.suppress(Exception):
                 db.close()
-            self._all.clear()
-        self._local = threading.local()
 
     def schema_version(self) -> int:
-        return schema.version_of(self._db())
+        with self._conn() as db:
+            return schema.version_of(db)
 
     # ---- writing --------------------------------------------------------------------
 
     def record(self, events: Iterable[dict[str, Any]], packets: Mapping[int, Sequence[Packet]] | None = None) -> None:
         """Fold events (and sampled packets per attack id) into the database, in one transaction."""
-        db = self._db()
-        with self._lock if self._memory else _nolock:
-            db.execute("BEGIN")
-            try:
-                for ev in events:
-                    self._record_one(db, ev)
-                for attack_id, pkts in (packets or {}).items():
-                    self._add_packets(db, attack_id, pkts)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            for ev in events:
+                self._record_one(db, ev)
+            for attack_id, pkts in (packets or {}).items():
+                self._add_packets(db, attack_id, pkts)
 
-    def _record_one(self, db: sqlite3.Connection, ev: dict[str, Any]) -> None:
+    def _record_one(self, db: Db, ev: dict[str, Any]) -> None:
         kind = str(ev.get("event", ""))
         ts = float(ev.get("ts", 0.0))
         if kind.startswith("attack_") and "attack_id" in ev:
@@ -187,10 +219,10 @@ class History:
         elif kind in ("ready", "stopped"):
             # the engine does not end its attacks when it stops, and a new process
             # numbers its attacks afresh: whatever is still open ends here
-            for (aid,) in db.execute("SELECT attack_id FROM attacks WHERE ended IS NULL").fetchall():
+            for r in db.execute("SELECT attack_id FROM attacks WHERE ended IS NULL").fetchall():
                 db.execute(
                     "INSERT INTO attack_timeline (attack_id, ts, event, detail) VALUES (?, ?, 'attack_end', ?)",
-                    (aid, ts, json.dumps({"reason": f"shield {kind}"})),
+                    (r["attack_id"], ts, json.dumps({"reason": f"shield {kind}"})),
                 )
             db.execute("UPDATE attacks SET ended = ? WHERE ended IS NULL", (ts,))
         if kind in ACTION_EVENTS or "actor" in ev:
@@ -210,11 +242,13 @@ class History:
                 ),
             )
 
-    def _attack_event(self, db: sqlite3.Connection, kind: str, ts: float, ev: dict[str, Any]) -> None:
+    def _attack_event(self, db: Db, kind: str, ts: float, ev: dict[str, Any]) -> None:
         aid = int(ev["attack_id"])
         types = [str(t) for t in ev.get("attack_types", [])]
         detail = {k: v for k, v in ev.items() if k not in _ATTACK_KEYS and k not in ("event", "ts")}
-        row = db.execute("SELECT types, detail FROM attacks WHERE attack_id = ?", (aid,)).fetchone()
+        pps = float(ev.get("peak_pps", ev.get("pps", 0.0)))
+        bps = float(ev.get("peak_bps", ev.get("bps", 0.0)))
+        row = db.execute("SELECT types, detail, peak_pps, peak_bps FROM attacks WHERE attack_id = ?", (aid,)).fetchone()
         if row is None:
             db.execute(
                 "INSERT INTO attacks (attack_id, target, grp, started, last_ts, types, peak_pps, peak_bps, detail)"
@@ -226,8 +260,8 @@ class History:
                     float(ev.get("started", ts)),
                     ts,
                     json.dumps(types),
-                    float(ev.get("peak_pps", ev.get("pps", 0.0))),
-                    float(ev.get("peak_bps", ev.get("bps", 0.0))),
+                    pps,
+                    bps,
                     json.dumps(detail),
                 ),
             )
@@ -235,14 +269,14 @@ class History:
             seen = json.loads(row["types"])
             merged = seen + [t for t in types if t not in seen]
             old_detail = json.loads(row["detail"])
+            # the peaks are taken here, not with SQL's max(a, b) (PostgreSQL spells it greatest)
             db.execute(
-                "UPDATE attacks SET last_ts = ?, types = ?, peak_pps = max(peak_pps, ?), peak_bps = max(peak_bps, ?),"
-                " detail = ? WHERE attack_id = ?",
+                "UPDATE attacks SET last_ts = ?, types = ?, peak_pps = ?, peak_bps = ?, detail = ? WHERE attack_id = ?",
                 (
                     ts,
                     json.dumps(merged),
-                    float(ev.get("peak_pps", ev.get("pps", 0.0))),
-                    float(ev.get("peak_bps", ev.get("bps", 0.0))),
+                    max(float(row["peak_pps"]), pps),
+                    max(float(row["peak_bps"]), bps),
                     json.dumps({**old_detail, **detail}),
                     aid,
                 ),
@@ -254,7 +288,7 @@ class History:
             (aid, ts, kind, ev.get("pps"), ev.get("bps"), json.dumps(types), json.dumps(detail)),
         )
 
-    def _timeline_action(self, db: sqlite3.Connection, kind: str, ts: float, ev: dict[str, Any]) -> None:
+    def _timeline_action(self, db: Db, kind: str, ts: float, ev: dict[str, Any]) -> None:
         """Actions on an attack also go into its timeline (when the attack is known)."""
         rule = ev.get("rule") or {}
         aid = _opt_int(ev.get("attack_id") or (rule.get("attack_id") if isinstance(rule, dict) else None))
@@ -266,7 +300,7 @@ class History:
             (aid, ts, kind, json.dumps(detail)),
         )
 
-    def _add_packets(self, db: sqlite3.Connection, attack_id: int, pkts: Sequence[Packet]) -> None:
+    def _add_packets(self, db: Db, attack_id: int, pkts: Sequence[Packet]) -> None:
         if not pkts or db.execute("SELECT 1 FROM attacks WHERE attack_id = ?", (attack_id,)).fetchone() is None:
             return
         db.executemany(
@@ -276,8 +310,9 @@ class History:
         db.execute("UPDATE attacks SET packets_kept = packets_kept + ? WHERE attack_id = ?", (len(pkts), attack_id))
 
     def packets_kept(self, attack_id: int) -> int:
-        row = self._db().execute("SELECT packets_kept FROM attacks WHERE attack_id = ?", (attack_id,)).fetchone()
-        return int(row[0]) if row else 0
+        with self._conn() as db:
+            row = db.execute("SELECT packets_kept FROM attacks WHERE attack_id = ?", (attack_id,)).fetchone()
+        return int(row["packets_kept"]) if row else 0
 
     # ---- retention ------------------------------------------------------------------
 
@@ -286,30 +321,24 @@ class History:
         first; an attack goes with its timeline and packets).  Attacks still under way
         are kept whatever their age.  Returns the rows deleted per table."""
         cutoff = now - retention.days * 86400.0
-        db = self._db()
         out: dict[str, int] = {}
-        with self._lock if self._memory else _nolock:
-            db.execute("BEGIN")
-            try:
-                n = db.execute("DELETE FROM attacks WHERE ended IS NOT NULL AND ended < ?", (cutoff,)).rowcount
-                n += db.execute(
-                    "DELETE FROM attacks WHERE attack_id IN (SELECT attack_id FROM attacks WHERE ended IS NOT NULL"
-                    " ORDER BY started DESC LIMIT -1 OFFSET ?)",
-                    (retention.max_attacks,),
-                ).rowcount
-                out["attacks"] = n
-                out["mitigations"] = db.execute(
-                    "DELETE FROM mitigations WHERE removed_at IS NOT NULL AND removed_at < ?", (cutoff,)
-                ).rowcount
-                n = db.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount
-                n += db.execute(
-                    "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?", (retention.max_audit_rows,)
-                ).rowcount
-                out["audit"] = n
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            n = db.execute("DELETE FROM attacks WHERE ended IS NOT NULL AND ended < ?", (cutoff,)).rowcount
+            # "all but the newest N" as NOT IN (the newest N): SQLite's LIMIT -1 OFFSET N is not PostgreSQL's
+            n += db.execute(
+                "DELETE FROM attacks WHERE ended IS NOT NULL AND attack_id NOT IN (SELECT attack_id FROM attacks"
+                " WHERE ended IS NOT NULL ORDER BY started DESC, attack_id DESC LIMIT ?)",
+                (retention.max_attacks,),
+            ).rowcount
+            out["attacks"] = n
+            out["mitigations"] = db.execute(
+                "DELETE FROM mitigations WHERE removed_at IS NOT NULL AND removed_at < ?", (cutoff,)
+            ).rowcount
+            n = db.execute("DELETE FROM audit WHERE ts < ?", (cutoff,)).rowcount
+            n += db.execute(
+                "DELETE FROM audit WHERE id <= (SELECT max(id) FROM audit) - ?", (retention.max_audit_rows,)
+            ).rowcount
+            out["audit"] = n
         return out
 
     # ---- reading (the API's interface) ------------------------------------------------
@@ -326,7 +355,7 @@ class History:
     ) -> list[dict[str, Any]]:
         """Attacks, newest first.  ``since``/``until`` bound the start time; ``target``
         is the exact CIDR; ``active`` selects attacks under way (True) or ended (False)."""
-        where, args = ["1"], list[Any]()
+        where, args = ["1 = 1"], list[Any]()
         if since is not None:
             where.append("started >= ?")
             args.append(since)
@@ -338,19 +367,20 @@ class History:
             args.append(target)
         if active is not None:
             where.append("ended IS NULL" if active else "ended IS NOT NULL")
-        rows = self._db().execute(
-            f"SELECT * FROM attacks WHERE {' AND '.join(where)} ORDER BY started DESC, attack_id DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
-        return [_attack_row(r) for r in rows]
+        q = f"SELECT * FROM attacks WHERE {' AND '.join(where)} ORDER BY started DESC, attack_id DESC LIMIT ? OFFSET ?"
+        with self._conn() as db:
+            return [_attack_row(r) for r in db.execute(q, (*args, limit, offset)).fetchall()]
 
     def attack(self, attack_id: int) -> dict[str, Any] | None:
         """One attack with its timeline (every start/update/end and action, oldest first),
         its mitigations, and the fingerprints (matches) of the rules taken against it."""
-        db = self._db()
-        row = db.execute("SELECT * FROM attacks WHERE attack_id = ?", (attack_id,)).fetchone()
-        if row is None:
-            return None
+        with self._conn() as db:
+            row = db.execute("SELECT * FROM attacks WHERE attack_id = ?", (attack_id,)).fetchone()
+            if row is None:
+                return None
+            timeline = db.execute(
+                "SELECT * FROM attack_timeline WHERE attack_id = ? ORDER BY ts, id", (attack_id,)
+            ).fetchall()
         out = _attack_row(row)
         out["timeline"] = [
             {
@@ -360,7 +390,7 @@ class History:
                 **({"attack_types": json.loads(t["types"])} if t["types"] is not None else {}),
                 **json.loads(t["detail"]),
             }
-            for t in db.execute("SELECT * FROM attack_timeline WHERE attack_id = ? ORDER BY ts, id", (attack_id,))
+            for t in timeline
         ]
         out["mitigations"] = self.mitigations(attack_id=attack_id, limit=10000)
         out["fingerprints"] = [m["match"] for m in out["mitigations"]]
@@ -370,16 +400,15 @@ class History:
         self, *, limit: int = 100, offset: int = 0, attack_id: int | None = None, active: bool | None = None
     ) -> list[dict[str, Any]]:
         """Mitigations, newest first (``active``: not yet withdrawn)."""
-        where, args = ["1"], list[Any]()
+        where, args = ["1 = 1"], list[Any]()
         if attack_id is not None:
             where.append("attack_id = ?")
             args.append(attack_id)
         if active is not None:
             where.append("removed_at IS NULL" if active else "removed_at IS NOT NULL")
-        rows = self._db().execute(
-            f"SELECT * FROM mitigations WHERE {' AND '.join(where)} ORDER BY applied_at DESC, id DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
+        q = f"SELECT * FROM mitigations WHERE {' AND '.join(where)} ORDER BY applied_at DESC, id DESC LIMIT ? OFFSET ?"
+        with self._conn() as db:
+            rows = db.execute(q, (*args, limit, offset)).fetchall()
         return [
             {
                 "mitigation_id": r["mitigation_id"],
@@ -413,7 +442,7 @@ class History:
         """Audit-log entries, newest first: every action (automatic or manual) with its
         actor and reason, and every change made through the API; ``event`` holds the
         whole event as it was emitted."""
-        where, args = ["1"], list[Any]()
+        where, args = ["1 = 1"], list[Any]()
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
@@ -423,10 +452,9 @@ class History:
         if event is not None:
             where.append("event = ?")
             args.append(event)
-        rows = self._db().execute(
-            f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        )
+        q = f"SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ? OFFSET ?"
+        with self._conn() as db:
+            rows = db.execute(q, (*args, limit, offset)).fetchall()
         return [
             {
                 "ts": r["ts"],
@@ -442,18 +470,20 @@ class History:
 
     def packets(self, attack_id: int) -> list[Packet]:
         """The sampled frames kept for an attack, oldest first."""
-        rows = self._db().execute(
-            "SELECT ts, wire_len, data, synthesized FROM attack_packets WHERE attack_id = ? ORDER BY ts, id",
-            (attack_id,),
-        )
-        return [Packet(float(r[0]), int(r[1]), bytes(r[2]), bool(r[3])) for r in rows]
+        with self._conn() as db:
+            rows = db.execute(
+                "SELECT ts, wire_len, data, synthesized FROM attack_packets WHERE attack_id = ? ORDER BY ts, id",
+                (attack_id,),
+            ).fetchall()
+        return [Packet(float(r["ts"]), int(r["wire_len"]), bytes(r["data"]), bool(r["synthesized"])) for r in rows]
 
     def pcap(self, attack_id: int) -> bytes | None:
         """The attack's sampled packets as a pcapng file (None for an unknown attack;
         an attack with no packets kept gives a valid file with none)."""
         from ddos_shield.store.pcap import write_pcapng
 
-        a = self._db().execute("SELECT target, started FROM attacks WHERE attack_id = ?", (attack_id,)).fetchone()
+        with self._conn() as db:
+            a = db.execute("SELECT target, started FROM attacks WHERE attack_id = ?", (attack_id,)).fetchone()
         if a is None:
             return None
         pkts = self.packets(attack_id)
@@ -466,22 +496,11 @@ class History:
         return write_pcapng(pkts, comment)
 
     def counts(self) -> dict[str, int]:
-        db = self._db()
-        return {
-            t: int(db.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-            for t in ("attacks", "attack_timeline", "mitigations", "audit", "attack_packets")
-        }
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-_nolock = _NoLock()
+        with self._conn() as db:
+            return {
+                t: int(db.execute(f"SELECT count(*) AS n FROM {t}").fetchone()["n"])
+                for t in ("attacks", "attack_timeline", "mitigations", "audit", "attack_packets")
+            }
 
 
 def _actor(ev: dict[str, Any]) -> str:
@@ -497,7 +516,7 @@ def _opt_int(v: Any) -> int | None:
         return None
 
 
-def _attack_row(r: sqlite3.Row) -> dict[str, Any]:
+def _attack_row(r: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "attack_id": r["attack_id"],
         "target": r["target"],

@@ -11,62 +11,56 @@ Version history:
 1. attacks (one row each, with peaks, types and the last event's details), their
    timeline, mitigations, the audit log.
 2. attack packet samples (for the pcap download) and ``attacks.packets_kept``.
+
+The steps are written once for both engines (SQLite and PostgreSQL): column types as
+``$int``/``$real``/``$blob``/``$id``, which :mod:`~ddos_shield.store.sql` renders for each.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 from ddos_shield.errors import ShieldError
+from ddos_shield.store.sql import Db
 
 
 class StoreError(ShieldError):
     """The history database cannot be opened or is of an unknown version."""
 
 
-def _script(db: sqlite3.Connection, sql: str) -> None:
-    # executescript() would COMMIT first and break the step's transaction: run the
-    # statements one by one instead (none of them holds a ';' in a literal)
-    for stmt in sql.split(";"):
-        if stmt.strip():
-            db.execute(stmt)
-
-
-def _to_1(db: sqlite3.Connection) -> None:
-    _script(
-        db,
+def _to_1(db: Db) -> None:
+    db.script(
         """
         CREATE TABLE attacks (
-            attack_id  INTEGER PRIMARY KEY,
+            attack_id  $int PRIMARY KEY,
             target     TEXT NOT NULL,
             grp        TEXT NOT NULL,
-            started    REAL NOT NULL,
-            ended      REAL,
-            last_ts    REAL NOT NULL,
+            started    $real NOT NULL,
+            ended      $real,
+            last_ts    $real NOT NULL,
             types      TEXT NOT NULL,              -- JSON list: every type seen during the attack
-            peak_pps   REAL NOT NULL DEFAULT 0,
-            peak_bps   REAL NOT NULL DEFAULT 0,
+            peak_pps   $real NOT NULL DEFAULT 0,
+            peak_bps   $real NOT NULL DEFAULT 0,
             detail     TEXT NOT NULL DEFAULT '{}'  -- the latest event's other fields (evidence, fingerprint...)
         );
         CREATE INDEX attacks_started ON attacks(started);
         CREATE TABLE attack_timeline (
-            id         INTEGER PRIMARY KEY,
-            attack_id  INTEGER NOT NULL REFERENCES attacks(attack_id) ON DELETE CASCADE,
-            ts         REAL NOT NULL,
+            id         $id,
+            attack_id  $int NOT NULL REFERENCES attacks(attack_id) ON DELETE CASCADE,
+            ts         $real NOT NULL,
             event      TEXT NOT NULL,
-            pps        REAL,
-            bps        REAL,
+            pps        $real,
+            bps        $real,
             types      TEXT,
             detail     TEXT NOT NULL DEFAULT '{}'
         );
         CREATE INDEX attack_timeline_attack ON attack_timeline(attack_id, ts);
         CREATE TABLE mitigations (
-            id              INTEGER PRIMARY KEY,
-            mitigation_id   INTEGER NOT NULL,
-            attack_id       INTEGER,
-            applied_at      REAL NOT NULL,
-            removed_at      REAL,
+            id              $id,
+            mitigation_id   $int NOT NULL,
+            attack_id       $int,
+            applied_at      $real NOT NULL,
+            removed_at      $real,
             backend         TEXT,
             action          TEXT,
             match           TEXT,                  -- JSON
@@ -75,19 +69,19 @@ def _to_1(db: sqlite3.Connection) -> None:
             reason          TEXT NOT NULL DEFAULT '',
             removed_by      TEXT,
             removed_reason  TEXT,
-            hits_packets    INTEGER,
-            hits_dropped    INTEGER
+            hits_packets    $int,
+            hits_dropped    $int
         );
         CREATE INDEX mitigations_mid ON mitigations(mitigation_id, removed_at);
         CREATE INDEX mitigations_attack ON mitigations(attack_id);
         CREATE INDEX mitigations_applied ON mitigations(applied_at);
         CREATE TABLE audit (
-            id             INTEGER PRIMARY KEY,
-            ts             REAL NOT NULL,
+            id             $id,
+            ts             $real NOT NULL,
             actor          TEXT NOT NULL,
             event          TEXT NOT NULL,
-            attack_id      INTEGER,
-            mitigation_id  INTEGER,
+            attack_id      $int,
+            mitigation_id  $int,
             reason         TEXT NOT NULL DEFAULT '',
             detail         TEXT NOT NULL           -- the whole event, JSON
         );
@@ -96,57 +90,54 @@ def _to_1(db: sqlite3.Connection) -> None:
     )
 
 
-def _to_2(db: sqlite3.Connection) -> None:
-    _script(
-        db,
+def _to_2(db: Db) -> None:
+    db.script(
         """
         CREATE TABLE attack_packets (
-            id           INTEGER PRIMARY KEY,
-            attack_id    INTEGER NOT NULL REFERENCES attacks(attack_id) ON DELETE CASCADE,
-            ts           REAL NOT NULL,
-            wire_len     INTEGER NOT NULL,
-            synthesized  INTEGER NOT NULL,         -- 1: headers built from a flow record, not captured
-            data         BLOB NOT NULL             -- the frame's first bytes (Ethernet)
+            id           $id,
+            attack_id    $int NOT NULL REFERENCES attacks(attack_id) ON DELETE CASCADE,
+            ts           $real NOT NULL,
+            wire_len     $int NOT NULL,
+            synthesized  $int NOT NULL,           -- 1: headers built from a flow record, not captured
+            data         $blob NOT NULL           -- the frame's first bytes (Ethernet)
         );
         CREATE INDEX attack_packets_attack ON attack_packets(attack_id, ts);
-        ALTER TABLE attacks ADD COLUMN packets_kept INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE attacks ADD COLUMN packets_kept $int NOT NULL DEFAULT 0;
         """,
     )
 
 
 #: MIGRATIONS[n] takes a database at version n to n + 1 (0 is an empty file).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_1, _to_2]
+MIGRATIONS: list[Callable[[Db], None]] = [_to_1, _to_2]
 VERSION = len(MIGRATIONS)
 
 
-def version_of(db: sqlite3.Connection) -> int:
-    has = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone()
-    if not has:
+def version_of(db: Db) -> int:
+    if not db.has_table("schema_version"):
         return 0
     row = db.execute("SELECT version FROM schema_version").fetchone()
-    return int(row[0]) if row else 0
+    return int(row["version"]) if row else 0
 
 
-def migrate(db: sqlite3.Connection, target: int = VERSION, *, name: str = "history") -> int:
+def migrate(db: Db, target: int = VERSION) -> int:
     """Bring ``db`` to ``target`` one step at a time; returns the version it was at.
 
-    ``db`` must be in autocommit mode (``isolation_level=None``): each step runs in
-    its own explicit transaction with its version bump, so a failed step leaves the
-    database at the previous version, whole.
+    Each step runs in its own transaction with its version bump (DDL is transactional
+    on both engines), so a failed step leaves the database at the previous version, whole.
     """
     start = version_of(db)
     if start > VERSION:
-        raise StoreError(f"{name}: schema version {start} is newer than this shield knows ({VERSION}); upgrade it")
+        raise StoreError(f"{db.name}: schema version {start} is newer than this shield knows ({VERSION}); upgrade it")
     for v in range(start, target):
         try:
-            db.execute("BEGIN IMMEDIATE")
+            db.begin()
             if v == 0:
-                db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                db.script("CREATE TABLE IF NOT EXISTS schema_version (version $int NOT NULL)")
             MIGRATIONS[v](db)
             db.execute("DELETE FROM schema_version")
             db.execute("INSERT INTO schema_version (version) VALUES (?)", (v + 1,))
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            db.execute("ROLLBACK")
-            raise StoreError(f"{name}: migration from schema version {v} to {v + 1} failed: {e}") from e
+            db.commit()
+        except db.errors as e:
+            db.rollback()
+            raise StoreError(f"{db.name}: migration from schema version {v} to {v + 1} failed: {e}") from e
     return start
