@@ -66,6 +66,7 @@ def test_thin_spread_over_a_24_is_one_prefix_attack() -> None:
         ("203.0.113.0/24", (Category.UDP,), (AttackType.CARPET_BOMBING,))
     ]
     assert obs[0].pps == pytest.approx(60000) and obs[0].group == "default" and obs[0].now == 5.0
+    assert obs[0].limit_pps == 40000  # the prefix's limit, the evidence alerts show
     # the per-destination detector sees nothing at all
     assert ThresholdDetector(parse(CONFIG)).observe(spread(200, 300.0), now=5.0) == []
 

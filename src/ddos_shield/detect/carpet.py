@@ -133,6 +133,7 @@ class CarpetDetector:
         for i in np.flatnonzero(hit.any(axis=1)).tolist():
             cats = tuple(Category(int(c)) for c in np.flatnonzero(hit[i]))
             sel = hit[i]
+            lim = self._pps[g[i]][sel]
             out.append(
                 Observation(
                     target=key_net(int(length[i]), masked[i].tobytes()),
@@ -143,6 +144,7 @@ class CarpetDetector:
                     total_pps=float(sum_pps[i].sum()),
                     now=now,
                     extra_types=(AttackType.CARPET_BOMBING,),
+                    limit_pps=float(lim[np.isfinite(lim)].sum()),  # the prefix's limits, as evidence
                 )
             )
         return out
