@@ -312,17 +312,25 @@ class Action(enum.IntEnum):
     ``BLACKHOLE`` is user-space only (it has no kernel twin): the target's whole traffic is
     dropped upstream by a BGP blackhole route (RFC 7999).  Only the BGP backend enforces
     it; the kernel and nftables backends refuse it.
+
+    ``SYN_PROXY`` is user-space only too: the TCP handshakes to the rule's destination
+    and ports are answered by the kernel's SYN proxy (nftables ``synproxy``, with SYN
+    cookies), so only clients that complete the handshake reach the service.  It needs
+    connection tracking, which the XDP program does not do: only the nftables backend
+    enforces it.  Members from 100 on have no kernel twin, and the ABI check
+    (``dataplane/abi.py``) compares only those below.
     """
 
     DROP = 1
     RATE_LIMIT = 2
     OBSERVE = 3
     BLACKHOLE = 100
+    SYN_PROXY = 101
 
     @property
     def in_kernel(self) -> bool:
         """Whether the kernel's ``enum shield_action`` has this action."""
-        return self is not Action.BLACKHOLE
+        return self.value < 100
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from scapy.packet import Raw
 from ddos_shield.dataplane.xdp import XdpDataPlane, detach
 from ddos_shield.errors import DataPlaneError
 from ddos_shield.lab.netns import in_netns
-from ddos_shield.records import Action, Category, IPNetwork, Match, Rule, as_network, bytes_addr
+from ddos_shield.records import Action, Category, IPNetwork, Match, Range, Rule, as_network, bytes_addr
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lab]
 
@@ -195,11 +195,15 @@ def test_source_rule_drops_real_packets(net: Net, pin_dir: str) -> None:
 
 
 def test_blackhole_is_refused(net: Net, pin_dir: str) -> None:
-    """BLACKHOLE is a BGP route (user space only): the kernel has no such action."""
+    """BLACKHOLE is a BGP route and SYN_PROXY needs connection tracking (user space
+    only): the XDP program has no such actions."""
     dp = open_plane(net, pin_dir)
     try:
         with pytest.raises(DataPlaneError, match="not enforced in the kernel"):
             dp.backend.apply(Rule(Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, time.time() + 60))
+        synproxy = Match(proto=6, dst=as_network("203.0.113.10/32"), dport=Range(80, 80))
+        with pytest.raises(DataPlaneError, match="the nftables backend enforces it"):
+            dp.backend.apply(Rule(synproxy, Action.SYN_PROXY, time.time() + 60))
         assert dp.backend.list() == []
     finally:
         dp.close(detach=True)

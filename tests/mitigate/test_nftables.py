@@ -3,7 +3,13 @@ table in a private namespace pair (dsn-mt-tx -> dsn-mt-rx)."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
+import json
 import os
+import socket
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,9 +17,11 @@ from typing import Any
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, fragment6
+from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from ddos_shield.errors import DataPlaneError
+from ddos_shield.lab.netns import in_netns
 from ddos_shield.mitigate.nftables import (
     NftablesBackend,
     check_rule,
@@ -21,6 +29,7 @@ from ddos_shield.mitigate.nftables import (
     encode_comment,
     families,
     remove_table,
+    table_exists,
 )
 from ddos_shield.records import Action, Match, Range, Rule, as_network
 from tests.vethpair import Observer, VethPair, frame
@@ -417,3 +426,162 @@ def test_close_keeps_the_table_and_remove_deletes_it(pair: VethPair, backend: Nf
         assert not remove_table(TABLE)
         with pytest.raises(DataPlaneError):
             backend.list()
+
+
+# ---- SYN proxy: a real HTTP server behind it, real clients, a spoofed SYN flood -------------------
+#
+#   dsn-i3-cl  cl0 203.0.113.1 ──veth── sv0 203.0.113.10:8080  dsn-i3-sv  (HTTP server, SYN proxy)
+#
+# The flood's sources (198.18.0.0/15) route back to dsn-i3-cl, which drops the proxy's
+# SYN-ACKs (it forwards nothing): every packet stays inside the two namespaces.
+
+SP_CL, SP_SV, SP_PORT = "dsn-i3-cl", "dsn-i3-sv", 8080
+SP_TABLE = "dsn_i3"
+
+
+def _ns_run(ns: str, *cmd: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *cmd], check=True, capture_output=True, text=True, timeout=10
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[str]:
+    """An HTTP server on 203.0.113.10:8080 in its own namespace; yields its MAC."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    for ns in (SP_CL, SP_SV):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "add", ns], check=True, timeout=10)
+    server = None
+    try:
+        run = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True, timeout=10)  # noqa: E731
+        run("-n", SP_CL, "link", "add", "cl0", "type", "veth", "peer", "name", "sv0", "netns", SP_SV)
+        run("-n", SP_CL, "addr", "add", "203.0.113.1/24", "dev", "cl0")
+        run("-n", SP_SV, "addr", "add", "203.0.113.10/24", "dev", "sv0")
+        for ns, dev in ((SP_CL, "cl0"), (SP_SV, "sv0")):
+            run("-n", ns, "link", "set", dev, "up")
+            run("-n", ns, "link", "set", "lo", "up")
+        run("-n", SP_SV, "route", "add", "198.18.0.0/15", "via", "203.0.113.1")
+        with in_netns(SP_SV):
+            server = http.server.ThreadingHTTPServer(("203.0.113.10", SP_PORT), _Hello)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        mac = json.loads(_ns_run(SP_SV, "ip", "-j", "link", "show", "sv0"))[0]["address"]
+        yield mac
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        for ns in (SP_CL, SP_SV):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"hello\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _get(n: int) -> list[int]:
+    """``n`` HTTP requests from the client namespace, each on a new connection."""
+    statuses = []
+    with in_netns(SP_CL):
+        for _ in range(n):
+            conn = http.client.HTTPConnection("203.0.113.10", SP_PORT, timeout=5)
+            try:
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                resp.read()
+                statuses.append(resp.status)
+            finally:
+                conn.close()
+    return statuses
+
+
+def _synproxy_stats() -> dict[str, int]:
+    """The SYN proxy's own counters in the server namespace, summed over CPUs."""
+    lines = _ns_run(SP_SV, "cat", "/proc/net/stat/synproxy").split("\n")
+    names = lines[0].split()
+    total = dict.fromkeys(names, 0)
+    for line in lines[1:]:
+        for k, v in zip(names, line.split(), strict=False):
+            total[k] += int(v, 16)
+    return total
+
+
+def _half_open() -> int:
+    return len(_ns_run(SP_SV, "ss", "-Htn", "state", "syn-recv").splitlines())
+
+
+@pytest.mark.kernel
+def test_syn_proxy_keeps_a_service_up_under_a_spoofed_syn_flood(web: str) -> None:
+    flood = 4000
+    with in_netns(SP_SV):
+        b = NftablesBackend(["sv0"], table=SP_TABLE)
+    try:
+        rule = Rule(
+            Match(proto=6, dst=as_network("203.0.113.10/32"), dport=Range(SP_PORT, SP_PORT)),
+            Action.SYN_PROXY,
+            expires_at=time.time() + 120,
+            attack_id=7,
+        )
+        with in_netns(SP_SV):
+            applied = b.apply(rule)
+            assert [(r.rule_id, r.action, r.match) for r in b.list()] == [
+                (applied.rule_id, Action.SYN_PROXY, rule.match)
+            ]
+        assert _get(3) == [200, 200, 200]  # through the proxy, before the flood
+        before = _synproxy_stats()
+        # spoofed SYNs, bounded in number and time, on a packet socket in the client namespace
+        with in_netns(SP_CL):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        sock.bind(("cl0", 0))
+        frames = [
+            bytes(
+                Ether(dst=web, src="02:00:00:00:0d:01")
+                / IP(src=f"198.18.{i // 250}.{i % 250 + 1}", dst="203.0.113.10")
+                / TCP(sport=1024 + i, dport=SP_PORT, flags="S", seq=i)
+            )
+            for i in range(flood)
+        ]
+        sender = threading.Thread(target=lambda: [sock.send(f) for f in frames])
+        sender.start()
+        statuses = _get(20)  # real clients while the flood runs
+        sender.join(timeout=30)
+        sock.close()
+        after = _synproxy_stats()
+        with in_netns(SP_SV):
+            hits = b.stats()[applied.rule_id]
+        assert statuses == [200] * 20
+        # the proxy answered every SYN itself; the flood left no half-open connection at the server
+        assert after["syn_received"] - before["syn_received"] >= flood
+        assert after["cookie_valid"] - before["cookie_valid"] >= 20
+        assert _half_open() == 0
+        assert hits.packets >= flood
+        with in_netns(SP_SV):
+            b.withdraw(applied.rule_id)
+            assert b.list() == []
+        assert _get(2) == [200, 200]  # and without it
+    finally:
+        with in_netns(SP_SV):
+            remove_table(SP_TABLE)
+            assert not table_exists(SP_TABLE)
+
+
+def test_syn_proxy_rules_are_checked() -> None:
+    ok = Rule(Match(proto=6, dst=as_network("203.0.113.10/32"), dport=Range(80, 80)), Action.SYN_PROXY, FAR)
+    check_rule(ok)
+    for m in (
+        Match(proto=6, dport=Range(80, 80)),  # no destination
+        Match(proto=6, dst=as_network("203.0.113.10/32")),  # no port
+        Match(proto=17, dst=as_network("203.0.113.10/32"), dport=Range(53, 53)),  # not TCP
+        Match(proto=6, src=as_network("198.18.0.0/15"), dst=as_network("203.0.113.10/32"), dport=Range(80, 80)),
+    ):
+        with pytest.raises(ValueError, match="SYN proxy"):
+            check_rule(Rule(m, Action.SYN_PROXY, FAR))

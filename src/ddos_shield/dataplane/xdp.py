@@ -755,7 +755,13 @@ class XdpBackend(Backend):
             rec["attack_id"] = rule.attack_id
             if not Action(rule.action).in_kernel:
                 raise ValueError(
-                    f"action {rule.action.name.lower()} is not enforced in the kernel (the bgp backend announces it)"
+                    f"action {rule.action.name.lower()} is not enforced in the kernel by the XDP program ("
+                    + (
+                        "the nftables backend enforces it"
+                        if rule.action == Action.SYN_PROXY
+                        else "the bgp backend announces it"
+                    )
+                    + ")"
                 )
             rec["action"] = int(Action(rule.action))
             if m.proto is not None:

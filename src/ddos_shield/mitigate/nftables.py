@@ -96,12 +96,23 @@ MIN_BURST = 5
 #: Longest comment libnftables accepts through JSON (its kernel user data is 256 bytes).
 MAX_COMMENT = 250
 
+#: SYN proxy: an ``inet`` table beside the ``netdev`` one (see the module docstring)
+SYNPROXY_FAMILY = "inet"
+SYNPROXY_SUFFIX = "_synproxy"
+#: (hook, priority) of its chains: notrack before conntrack, the proxy at the filter stage
+SYNPROXY_CHAINS = {"sp_raw": ("prerouting", -300), "sp_input": ("input", 0), "sp_forward": ("forward", 0)}
+#: what the proxy answers the client's SYN with (the nftables wiki's values)
+SYNPROXY_STMT = {"mss": 1460, "wscale": 7, "flags": ["timestamp", "sack-perm"]}
+#: per-namespace sysctls the SYN proxy needs: SYN cookies on, and conntrack must call the
+#: client's ACK to a proxied handshake invalid instead of picking it up as established
+SYNPROXY_SYSCTLS = {"net/ipv4/tcp_syncookies": "1", "net/netfilter/nf_conntrack_tcp_loose": "0"}
 GLOBAL_COUNTERS = ("rx", "allowed", "bypass", "dropped", "rate_limited", "observed")
 HOOK_CHAINS = ("count_in", "count_drop")  # left empty here, filled by the data plane
 RULE_CHAINS = ("rules4", "rules4_l4", "rules6", "rules6_l4")
 #: A batch of nftables JSON commands, or a listing's objects.
 Cmds = list[dict[str, Any]]
 _RULE_SET = re.compile(r"^r(\d+)_([46])$")
+_SP_SET = re.compile(r"^sp(\d+)_([46])$")
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
 
@@ -239,6 +250,9 @@ def families(m: Match) -> tuple[int, ...]:
 def check_rule(rule: Rule) -> None:
     """Reject what the nftables compiler cannot express faithfully."""
     m = rule.match
+    if rule.action == Action.SYN_PROXY:
+        check_synproxy(rule)
+        return
     if not rule.action.in_kernel:
         # raised as DataPlaneError, not ValueError, so the engine reports it as a refused rule
         raise DataPlaneError(
@@ -253,6 +267,30 @@ def check_rule(rule: Rule) -> None:
         raise ValueError(f"ports only match TCP or UDP, not protocol {m.proto}")
     if m.tcp_flags is not None and not (0 <= m.tcp_flags[0] <= 0xFF and 0 <= m.tcp_flags[1] <= 0xFF):
         raise ValueError(f"tcp_flags out of range: {m.tcp_flags}")
+
+
+def check_synproxy(rule: Rule) -> None:
+    """A SYN proxy rule protects TCP ports of a destination prefix: nothing else."""
+    m = rule.match
+    if m.dst is None or m.dport is None:
+        raise ValueError(f"a SYN proxy rule needs a destination prefix and TCP port(s), got {m.describe()}")
+    if m.proto not in (None, 6):
+        raise ValueError(f"a SYN proxy rule protects TCP services, not protocol {m.proto}")
+    extra = [f for f in ("src", "sport", "tcp_flags", "length", "ttl") if getattr(m, f) is not None]
+    if extra:
+        raise ValueError(f"a SYN proxy rule matches destination and ports only, not {', '.join(extra)}")
+
+
+def synproxy_exprs(m: Match, fam: int, dst_set: str) -> Cmds:
+    """The service a SYN proxy rule protects: destination (its set) and TCP ports."""
+    assert m.dport is not None
+    ip = _ip(fam)
+    return [
+        match(meta("nfproto"), "ipv4" if fam == 4 else "ipv6"),
+        match(payload(ip, "daddr"), "@" + dst_set),
+        match(meta("l4proto"), 6),
+        match(payload("tcp", "dport"), _value(m.dport)),
+    ]
 
 
 def match_exprs(m: Match, fam: int, dst_set: str) -> Cmds:
@@ -335,6 +373,7 @@ class TableState:
     entries: dict[int, Entry]
     next_id: int
     now: float
+    sp_sets: set[str] = field(default_factory=set)  # the SYN proxy table's sets
 
     def elements(self, name: str) -> Cmds:
         s = self.sets.get(name, {})
@@ -451,6 +490,59 @@ def parse_state(objs: Cmds, now: float) -> TableState:
     return state
 
 
+def parse_synproxy(objs: Cmds, state: TableState) -> None:
+    """Add the SYN proxy rules of the ``inet`` table's listing to ``state.entries``."""
+    sets: dict[str, dict[str, Any]] = {o["set"]["name"]: o["set"] for o in objs if "set" in o}
+    state.sp_sets = set(sets)
+    grouped: dict[int, Cmds] = {}
+    for o in objs:
+        r = o.get("rule")
+        if r is None or r["chain"] not in SYNPROXY_CHAINS:
+            continue
+        info = decode_comment(r.get("comment"))
+        if info is not None and "match" in info:
+            grouped.setdefault(info["id"], []).append(r)
+    for rid, parts in grouped.items():
+        info = decode_comment(parts[0]["comment"]) or {}
+        m: Match = info["match"]
+        entry = Entry(Rule(m, Action.SYN_PROXY, 0.0), "synproxy")
+        for r in parts:
+            entry.handles.append((r["chain"], int(r["handle"])))
+            cvals = _counter_values(r["expr"])
+            proxy = any("synproxy" in x for x in r["expr"])
+            dropping = any("drop" in x for x in r["expr"])
+            if cvals and proxy:
+                entry.packets += cvals[0][0]
+                entry.bytes += cvals[0][1]
+            elif cvals and dropping:
+                entry.dropped += cvals[0][0]
+            for x in r["expr"]:
+                right = x.get("match", {}).get("right")
+                if isinstance(right, str) and right.startswith("@") and right[1:] not in entry.sets:
+                    entry.sets.append(right[1:])
+        dsts: list[IPNetwork] = []
+        expires: list[float] = []
+        for name in entry.sets:
+            els = sets.get(name, {}).get("elem", [])
+            if not els:
+                entry.expired = True
+                continue
+            el = els[0]["elem"] if isinstance(els[0], dict) and "elem" in els[0] else {"val": els[0]}
+            dsts.append(parse_prefix(el["val"]))
+            expires.append(float(el.get("expires", 0)))
+        if not dsts:
+            entry.expired = True
+        entry.rule = Rule(
+            Match(proto=6, dst=dsts[0] if dsts else None, dport=m.dport),
+            Action.SYN_PROXY,
+            expires_at=state.now + min(expires, default=0.0),
+            rule_id=rid,
+            attack_id=int(info.get("attack", 0)),
+            created_at=float(info.get("created", 0)),
+        )
+        state.entries[rid] = entry
+
+
 # ---- the backend ---------------------------------------------------------------------
 
 
@@ -473,9 +565,11 @@ class NftablesBackend(Backend):
             if not _IFNAME.match(ifname):
                 raise ValueError(f"invalid interface name {ifname!r}")
         self.table = table
+        self.synproxy_table = table + SYNPROXY_SUFFIX
         self.interfaces = list(interfaces)
         self.nft = Nft()
         self._t = {"family": FAMILY, "table": table}
+        self._sp = {"family": SYNPROXY_FAMILY, "table": self.synproxy_table}
         self._ensure_table()
 
     # -- table set-up
@@ -563,7 +657,11 @@ class NftablesBackend(Backend):
     def state(self) -> TableState:
         """The table as it is now, parsed (rules, counters, sets)."""
         objs = self.nft.run([{"list": {"table": {"family": FAMILY, "name": self.table}}}], "list table")
-        return parse_state(objs, time.time())
+        state = parse_state(objs, time.time())
+        sp = self.nft.try_run([{"list": {"table": {"family": SYNPROXY_FAMILY, "name": self.synproxy_table}}}])
+        if sp:
+            parse_synproxy(sp, state)
+        return state
 
     def list(self) -> list[Rule]:
         state = self.state()
@@ -634,6 +732,24 @@ class NftablesBackend(Backend):
             ]
         rule = rule.with_id(rid)
         old = state.entries.get(rid)
+        if old is not None and not old.expired and _same_shape(old.rule, rule) and old.kind == "synproxy":
+            for name in old.sets:
+                net = rule.match.dst
+                assert net is not None
+                cmds.append({"delete": {"element": self._sp_obj(name=name, elem=[prefix(net)])}})
+                cmds.append({"add": {"element": self._sp_obj(name=name, elem=[_timed(prefix(net), timeout)])}})
+            self.nft.run(cmds, f"refresh rule {rid}")
+            return rule
+        if rule.action == Action.SYN_PROXY:
+            if old is not None:
+                cmds += self._delete(old)
+            self.nft.run(cmds + self._install_synproxy(rule, timeout), f"install SYN proxy rule {rid}")
+            try:  # after the rules: conntrack's sysctls exist once it is loaded
+                set_sysctls(SYNPROXY_SYSCTLS)
+            except DataPlaneError:
+                self.nft.run(self._delete(self.state().entries[rid]), f"withdraw SYN proxy rule {rid}")
+                raise
+            return rule
         if old is not None and not old.expired and _same_shape(old.rule, rule):
             if old.kind == "element":
                 self.nft.run([*cmds, self._add_source(old.family, old.src(), rule, timeout)], f"refresh rule {rid}")
@@ -705,12 +821,57 @@ class NftablesBackend(Backend):
             carry = (0, 0, 0)  # counted once, on the first family's rule
         return cmds
 
+    def _sp_obj(self, **kw: Any) -> dict[str, Any]:
+        return {**self._sp, **kw}
+
+    def _install_synproxy(self, rule: Rule, timeout: int) -> Cmds:
+        """The SYN proxy for ``rule``'s destination and ports: SYNs to it left untracked
+        (so the proxy, not conntrack, answers them with a SYN cookie), the handshake
+        proxied, and packets conntrack calls invalid dropped.  The ``inet`` table and
+        its chains are (re)declared in the same batch."""
+        m = rule.match
+        assert m.dst is not None
+        fam = m.dst.version
+        name = f"sp{rule.rule_id}_{fam}"
+        comment = encode_comment(rule)
+        cmds: Cmds = [{"add": {"table": {"family": SYNPROXY_FAMILY, "name": self.synproxy_table}}}]
+        for chain, (hook, prio) in SYNPROXY_CHAINS.items():
+            cmds.append(
+                {"add": {"chain": self._sp_obj(name=chain, type="filter", hook=hook, prio=prio, policy="accept")}}
+            )
+        cmds.append({"add": {"set": self._sp_obj(name=name, type=f"ipv{fam}_addr", flags=["interval", "timeout"])}})
+        cmds.append({"add": {"element": self._sp_obj(name=name, elem=[_timed(prefix(m.dst), timeout)])}})
+        service = synproxy_exprs(m, fam, name)
+        syn_only = match({"&": [payload("tcp", "flags"), 0x17]}, 0x02)  # SYN without ACK, RST or FIN
+        cmds.append(
+            {
+                "add": {
+                    "rule": self._sp_obj(chain="sp_raw", expr=[*service, syn_only, {"notrack": None}], comment=comment)
+                }
+            }
+        )
+        state = {"ct": {"key": "state"}}
+        for chain in ("sp_input", "sp_forward"):
+            proxy = [
+                *service,
+                match(state, ["invalid", "untracked"], "in"),
+                {"counter": None},
+                {"synproxy": SYNPROXY_STMT},
+            ]
+            cmds.append({"add": {"rule": self._sp_obj(chain=chain, expr=proxy, comment=comment)}})
+            drop = [*service, match(state, "invalid", "in"), {"counter": None}, {"drop": None}]
+            cmds.append({"add": {"rule": self._sp_obj(chain=chain, expr=drop, comment=comment)}})
+        return cmds
+
     def _delete(self, e: Entry) -> Cmds:
+        if e.kind == "synproxy":
+            cmds: Cmds = [{"delete": {"rule": self._sp_obj(chain=c, handle=h)}} for c, h in e.handles]
+            return cmds + [{"delete": {"set": self._sp_obj(name=name)}} for name in e.sets]
         if e.kind == "element":
             return [{"delete": {"element": self._obj(name=f"drop{e.family}", elem=[prefix(e.src())])}}]
-        cmds: Cmds = [{"delete": {"rule": self._obj(chain=chain, handle=handle)}} for chain, handle in e.handles]
-        cmds += [{"delete": {"set": self._obj(name=name)}} for name in e.sets]
-        return cmds
+        out: Cmds = [{"delete": {"rule": self._obj(chain=chain, handle=handle)}} for chain, handle in e.handles]
+        out += [{"delete": {"set": self._obj(name=name)}} for name in e.sets]
+        return out
 
     def withdraw(self, rule_id: int) -> None:
         for attempt in (1, 2):
@@ -730,14 +891,18 @@ class NftablesBackend(Backend):
         cmds: Cmds = []
         used: set[str] = set()
         for e in state.entries.values():
+            obj = self._sp_obj if e.kind == "synproxy" else self._obj
             if e.expired:
-                cmds += [{"delete": {"rule": self._obj(chain=c, handle=h)}} for c, h in e.handles]
+                cmds += [{"delete": {"rule": obj(chain=c, handle=h)}} for c, h in e.handles]
             else:
                 used.update(e.sets)
         # Then the sets: those of expired rules, and any left behind by a crash.
         for name in state.sets:
             if _RULE_SET.match(name) and name not in used:
                 cmds.append({"delete": {"set": self._obj(name=name)}})
+        for name in state.sp_sets:
+            if _SP_SET.match(name) and name not in used:
+                cmds.append({"delete": {"set": self._sp_obj(name=name)}})
         if cmds:
             # On a race with another change, the next list() collects them.
             with contextlib.suppress(DataPlaneError):
@@ -751,7 +916,8 @@ class NftablesBackend(Backend):
         """Release the libnftables context; the table and its rules stay in force."""
 
     def remove(self) -> None:
-        """Delete the whole table (rules, counters, the data plane's counting too)."""
+        """Delete the whole table (rules, counters, the data plane's counting too) and
+        the SYN proxy table."""
         remove_table(self.table)
 
 
@@ -769,9 +935,28 @@ def table_exists(table: str = DEFAULT_TABLE) -> bool:
 
 
 def remove_table(table: str = DEFAULT_TABLE) -> bool:
-    """Delete the shield's table if it exists; returns whether it did."""
+    """Delete the shield's table (and its SYN proxy table) if it exists; returns whether it did."""
+    nft = Nft()
+    sp = {"family": SYNPROXY_FAMILY, "name": table + SYNPROXY_SUFFIX}
+    if nft.try_run([{"list": {"table": sp}}]) is not None:
+        nft.run([{"delete": {"table": sp}}], f"delete table {SYNPROXY_FAMILY} {sp['name']}")
     if not table_exists(table):
         return False
-    nft = Nft()
     nft.run([{"delete": {"table": {"family": FAMILY, "name": table}}}], f"delete table {FAMILY} {table}")
     return True
+
+
+def set_sysctls(values: dict[str, str]) -> None:
+    """Set per-namespace sysctls (``/proc/sys`` paths) the SYN proxy needs, unless
+    they already hold an acceptable value; a value that cannot be set is an error."""
+    for key, want in values.items():
+        path = f"/proc/sys/{key}"
+        try:
+            with open(path) as f:
+                have = f.read().strip()
+            if have == want or (key.endswith("tcp_syncookies") and have in ("1", "2")):
+                continue
+            with open(path, "w") as f:
+                f.write(want)
+        except OSError as e:
+            raise DataPlaneError(f"SYN proxy: cannot set {key.replace('/', '.')} = {want}: {e.strerror or e}") from e
