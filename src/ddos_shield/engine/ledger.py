@@ -183,7 +183,8 @@ class Ledger:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w") as f:
-                json.dump(data, f, indent=1)
+                # dumps, not dump: only the one-shot encoder is the C one (5x faster on a big record)
+                f.write(json.dumps(data, separators=(",", ":")))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
