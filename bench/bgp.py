@@ -24,6 +24,7 @@ import argparse
 import json
 import platform
 import queue
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -148,6 +149,7 @@ def run(runs: int) -> dict[str, Any]:
         if b is not None:
             b.shutdown()
         lab.delete()
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
