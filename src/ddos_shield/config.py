@@ -119,13 +119,14 @@ _CAT_FIELD = {
 }
 
 
-StepName = Literal["observe", "rate_limit", "drop", "drop_sources", "flowspec", "blackhole"]
+StepName = Literal["observe", "rate_limit", "drop", "drop_sources", "syn_proxy", "flowspec", "blackhole"]
 #: the backends able to take each ladder step ("local": the data plane's, XDP or nftables)
 STEP_BACKENDS: dict[str, tuple[str, ...]] = {
     "observe": (),
     "rate_limit": ("local",),
     "drop": ("local",),
     "drop_sources": ("local",),
+    "syn_proxy": ("nftables",),
     "flowspec": ("bgp",),
     "blackhole": ("bgp",),
 }
@@ -136,7 +137,9 @@ class Step(_Model):
 
     step: StepName = Field(
         description="'observe' (alert only), 'rate_limit' or 'drop' the attack's fingerprint (or its few sources), "
-        "'drop_sources' (the heaviest attacking sources), 'flowspec' (the fingerprint upstream, over BGP), "
+        "'drop_sources' (the heaviest attacking sources), 'syn_proxy' (SYN floods at one TCP service: the "
+        "handshakes answered by the kernel's SYN proxy; needs the nftables data plane), "
+        "'flowspec' (the fingerprint upstream, over BGP), "
         "'blackhole' (remote-triggered blackhole of the target, 65535:666: the last resort; needs allow_blackhole)"
     )
     ttl_seconds: float = Field(

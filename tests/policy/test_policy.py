@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ddos_shield.config import parse
+from ddos_shield.dataplane.replay import ReplayDataPlane
 from ddos_shield.detect.lifecycle import AttackChange
 from ddos_shield.mitigate.memory import MemoryBackend
 from ddos_shield.policy import Apply, Policy, Verified, Withdraw
@@ -282,3 +283,40 @@ def test_verification_decides_from_the_rates_at_the_target(
     withdrawn = [c.rule.rule_id for c in cmds if isinstance(c, Withdraw) and c.reason.startswith("verify")]
     assert (withdrawn == [1]) == rolled_back
     assert any(isinstance(c, Apply) and c.step == "drop" for c in cmds) == climbed
+
+
+# ---- SYN proxy: a step for SYN floods at a TCP service, on the nftables data plane ----
+
+
+def nft_harness(steps: str) -> Harness:
+    box: list[Harness] = []  # the data plane's backend expires rules on the harness's clock
+    dp = ReplayDataPlane(clock=lambda: box[0].now if box else 1000.0)
+    dp.backend.name = "nftables"  # the in-memory backend standing in for the nftables data plane
+    box.append(Harness(ladder(steps), dataplane=dp))
+    return box[0]
+
+
+def test_a_syn_flood_gets_the_syn_proxy_for_its_service_and_the_ladder_stops_there() -> None:
+    h = nft_harness('["syn_proxy", "drop"]')
+    h.run(3.0, [syn_flood])
+    (applied,) = h.events("mitigation_applied")
+    assert applied["rule"]["action"] == "syn_proxy" and applied["step"] == "syn_proxy"
+    assert applied["rule"]["match"] == {"proto": 6, "dst": f"{VICTIM}/32", "dport": {"min": 80, "max": 80}}
+    (v,) = h.events("mitigation_verified")
+    assert v["ok"] and v["step"] == "syn_proxy"
+    h.run(4.0, [])
+    assert h.engine.mitigations() == []
+
+
+def test_syn_proxy_is_skipped_for_other_floods_and_without_nftables() -> None:
+    h = nft_harness('["syn_proxy", "drop"]')
+    flood = lambda now: packets(1000, src=spoofed_v4(500), dst=VICTIM, proto=17, category=Category.UDP, ts=now)  # noqa: E731
+    h.run(1.0, [flood])
+    assert "ladder step syn_proxy: not a SYN flood" in [e["reason"] for e in h.events("mitigation_skipped")]
+    assert [e["step"] for e in h.events("mitigation_applied")] == ["drop"]
+    h = Harness(ladder('["syn_proxy", "drop"]'))  # the XDP-like local backend cannot proxy
+    h.run(1.0, [syn_flood])
+    assert "ladder step syn_proxy: no nftables backend configured" in [
+        e["reason"] for e in h.events("mitigation_skipped")
+    ]
+    assert [e["step"] for e in h.events("mitigation_applied")] == ["drop"]

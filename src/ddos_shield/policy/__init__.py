@@ -47,6 +47,7 @@ from ddos_shield.records import (
     Action,
     Attack,
     AttackType,
+    Category,
     IPNetwork,
     Match,
     RateBatch,
@@ -311,6 +312,14 @@ class Policy:
         }
         step = ladder[m.step].step
         mine = [h for h in m.held if h.step == step]
+        if step == "syn_proxy" and mine:
+            # The flood still arrives (the proxy answers it at the host, after the ingress
+            # counters): these counters cannot judge it, and the ladder stops here.
+            if not m.verified:
+                m.verified = m.exhausted = True
+                ids = tuple(h.rule.rule_id for h in mine)
+                cmds.append(Verified(m.attack, step, ids, True, "SYN proxy answers the handshakes", figures))
+            return cmds
         below = passed <= limit
         if not m.verified and mine:
             m.verified = True
@@ -388,10 +397,13 @@ class Policy:
         if name == "observe":
             return [], "host group action is observe" if len(group.steps()) == 1 else "ladder step observe: alert only"
         kinds = STEP_BACKENDS[name]
-        backend = self._local if "local" in kinds else next((b for b in kinds if b in self._others), "")
+        local = "local" in kinds or self._local in kinds
+        backend = self._local if local else next((b for b in kinds if b in self._others), "")
         if not backend:
             return [], f"ladder step {name}: no {' or '.join(kinds)} backend configured"
         upstream = backend != self._local
+        if name == "syn_proxy" and Category.TCP_SYN not in m.attack.categories:
+            return [], "ladder step syn_proxy: not a SYN flood"
         mit = self._config.mitigation
         target = m.attack.target
         lead = 2 * self._config.shield.interval_ms / 1000
@@ -402,7 +414,7 @@ class Policy:
             built = fingerprint.build(
                 m.attack,
                 window,
-                max_sources=0 if name == "flowspec" else mit.max_sources_per_attack,
+                max_sources=0 if name in ("flowspec", "syn_proxy") else mit.max_sources_per_attack,
                 source_share=mit.source_share,
                 min_samples=mit.min_samples,
                 allowlist=self._allow,
@@ -413,6 +425,8 @@ class Policy:
             if built is None:
                 return None
             cands = [c for c in built if c.set_share >= 0.5]
+            if name == "syn_proxy":
+                cands = _service(m.attack, cands)
             if name == "drop_sources":
                 cands = _heavy_sources(
                     m.attack, window, mit.max_sources_per_attack, self._allow, lead, others=self._active
@@ -420,7 +434,9 @@ class Policy:
         if not cands:
             return [], f"ladder step {name}: no rule matches enough of the attack's samples"
         # a blackhole is a route for the whole target (RFC 7999), not a Flowspec drop
-        action = {"rate_limit": Action.RATE_LIMIT, "blackhole": Action.BLACKHOLE}.get(name, Action.DROP)
+        action = {"rate_limit": Action.RATE_LIMIT, "blackhole": Action.BLACKHOLE, "syn_proxy": Action.SYN_PROXY}.get(
+            name, Action.DROP
+        )
         critical = is_critical(target, self._critical)
         ttl = max(step.ttl_seconds or group.hold_seconds, MIN_TTL)
         cmds: list[Command] = []
@@ -528,6 +544,19 @@ class Policy:
         limits = group.carpet.thresholds if AttackType.CARPET_BOMBING in attack.types else group.thresholds
         lim = [limits.for_category(c).pps for c in attack.categories]
         return float(sum(x for x in lim if x)) or float("inf")
+
+
+def _service(attack: Attack, cands: list[fingerprint.Candidate]) -> list[fingerprint.Candidate]:
+    """The TCP service a SYN flood aims at, from its fingerprints: destination and port only
+    (the proxy answers every handshake to it, legitimate ones included)."""
+    out: list[fingerprint.Candidate] = []
+    for c in cands:
+        m = c.match
+        if m.proto == 6 and m.dport is not None:
+            match = Match(proto=6, dst=attack.target, dport=m.dport)
+            if all(x.match != match for x in out):
+                out.append(fingerprint.Candidate(match, "fingerprint", c.attack_share, 0.0, c.set_share))
+    return out
 
 
 def _heavy_sources(
