@@ -168,6 +168,21 @@ def test_large_counters_and_exact_times_survive(h: History) -> None:
     assert (m["hits_packets"], m["hits_dropped"]) == (2**40 + 1, 2**33)
 
 
+def test_a_refused_batch_leaves_nothing_and_the_next_is_written(h: History) -> None:
+    import sqlite3
+
+    import psycopg
+
+    from ddos_shield.store.history import Packet
+
+    frame = Packet(100.0, 60, None, False)  # type: ignore[arg-type]  # NOT NULL: the database refuses it
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+        h.record([attack("attack_start", 100.0)], {7: [frame]})
+    assert h.attacks() == []  # the whole batch was rolled back ...
+    h.record([attack("attack_start", 100.0)])  # ... and the connection is usable again
+    assert [a["attack_id"] for a in h.attacks()] == [7]
+
+
 def test_a_lost_postgresql_connection_is_replaced(pg_dsn: str) -> None:
     import psycopg
 
