@@ -64,7 +64,7 @@ from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.mitigate.memory import MemoryBackend
 from ddos_shield.mitigate.registry import NOTIFIERS
-from ddos_shield.policy import Command, Pending, Policy, Refresh, Refuse, Skip, Verified, Withdraw
+from ddos_shield.policy import MIN_TTL, Command, Pending, Policy, Refresh, Refuse, Skip, Verified, Withdraw
 from ddos_shield.policy.protect import Refused, check_allowlist, narrow
 from ddos_shield.records import (
     CATEGORY_NAMES,
@@ -657,6 +657,7 @@ class Engine:
         Without a record on disk (first start, or no ``state_file``) nothing is known
         to be orphaned: rules found are adopted and kept until their expiry."""
         have_record = self.ledger.path is not None and self.ledger.path.exists()
+        grace = max(MIN_TTL, self.config.group_for_name("default").hold_seconds)
         report: dict[str, list[int]] = {"kept": [], "reapplied": [], "orphaned": [], "expired": [], "adopted": []}
         adopted: list[tuple[Rule, str]] = []
         for name, b in self.backends.items():
@@ -673,6 +674,14 @@ class Engine:
                     # every SAVE_REFRESH_EVERY seconds
                     e.rule = e.rule.refreshed(max(e.rule.expires_at, found[rid].expires_at))
                     report["kept"].append(rid)
+                    if e.origin == "auto" and not self.dry_run and e.rule.expires_at < now + grace:
+                        # the restarted shield needs a moment to see a running attack again:
+                        # an automatic rule must not lapse before it can claim it
+                        e.rule = e.rule.refreshed(now + grace)
+                        try:
+                            b.apply(e.rule)
+                        except ShieldError as err:
+                            log.warning("reconcile: cannot extend mitigation %d: %s", rid, err)
                 elif e.rule.expires_at <= now:
                     self.ledger.pop(rid)
                     report["expired"].append(rid)
