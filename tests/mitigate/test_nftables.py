@@ -180,6 +180,23 @@ def test_source_drop_is_enforced_counted_and_expires_by_itself(
     assert backend.list() == []
 
 
+def test_many_source_drops_in_one_batch_are_enforced_and_counted(
+    pair: VethPair, backend: NftablesBackend, observer: Observer
+) -> None:
+    wide = backend.apply(Rule(Match(src=as_network("198.18.9.0/24")), Action.DROP, FAR))
+    hosts = [Rule(Match(src=as_network(f"198.18.{i // 200}.{i % 200 + 1}/32")), Action.DROP, FAR) for i in range(600)]
+    covered = Rule(Match(src=as_network("198.18.9.9/32")), Action.DROP, FAR)  # inside the /24: a rule of its own
+    fingerprint = Rule(Match(proto=17, dport=Range(7, 7)), Action.DROP, FAR)
+    applied = backend.apply_many([*hosts, covered, fingerprint])
+    ids = [r.rule_id for r in applied]
+    assert len(ids) == len(set(ids)) == 602 and wide.rule_id not in ids
+    assert sorted(r.rule_id for r in backend.list()) == sorted([wide.rule_id, *ids])
+    blast(pair, [udp4("198.18.0.1"), udp4("198.18.2.200"), udp4("198.18.3.1"), udp4("198.18.4.4", dport=7)], times=5)
+    assert observer.received() == {"198.18.3.1": 5}
+    stats = backend.stats()
+    assert (stats[ids[0]].dropped, stats[ids[599]].dropped, stats[ids[601]].dropped) == (5, 5, 5)
+
+
 @pytest.mark.lab
 def test_allow_listed_source_is_never_dropped(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
     backend.set_allowlist([as_network("198.18.3.0/24"), as_network("198.18.3.7/32"), as_network("2001:2::/64")])

@@ -45,6 +45,12 @@ class Backend(abc.ABC):
         """Enforce ``rule``; returns it with ``rule_id`` set.  A ``rule_id`` this
         backend already holds updates that rule (match, action, expiry) in place."""
 
+    def apply_many(self, rules: Sequence[Rule]) -> list[Rule]:
+        """:meth:`apply` each rule, in order (backends that can change many rules in one
+        kernel transaction override this).  A refused rule raises, as :meth:`apply`
+        does; the rules before it stay applied."""
+        return [self.apply(r) for r in rules]
+
     @abc.abstractmethod
     def withdraw(self, rule_id: int) -> None:
         """Stop enforcing a rule.  Unknown ids are ignored (withdrawal is idempotent)."""

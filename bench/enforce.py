@@ -1,0 +1,190 @@
+"""Enforcement speed of the local backends: XDP (map updates) and nftables (table batches).
+
+    sudo .venv/bin/python bench/enforce.py [--rules 10000] [--latency 200] [--runs 3]
+
+Runs in two private network namespaces joined by a veth pair (``dsn-i3b-tx`` /
+``dsn-i3b-rx``, removed afterwards); the backends attach to ``rx0``.  No traffic is sent.
+
+* **detection to enforcement**: the time from handing a rule to the backend
+  (``apply``) until it is in force in the kernel.  Both backends return only after
+  the kernel has taken the change (the BPF map update and the nftables batch commit
+  are synchronous), and the rule is then read back from the kernel (``list``, not
+  timed) to check it is there.  ``--latency`` single source-drop rules, one at a time,
+  first on an empty table (each withdrawn again: an attack's first rules), then over
+  a table already holding ``--rules`` rules; median and 99th percentile.
+* **10,000 active source rules**: ``--rules`` distinct /32 source drops (from
+  198.18.0.0/15) handed over in one ``apply_many`` call (one nftables batch; the XDP
+  backend's map updates one rule after the other), from an empty table; total
+  seconds and rules per second, then read back with ``list`` to check that every one
+  is in force.
+
+Prints a Markdown section for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ddos_shield.dataplane.xdp import XdpDataPlane
+from ddos_shield.lab.netns import in_netns
+from ddos_shield.mitigate.base import Backend
+from ddos_shield.mitigate.nftables import NftablesBackend, remove_table
+from ddos_shield.records import Action, Match, Rule
+
+TX, RX = "dsn-i3b-tx", "dsn-i3b-rx"
+TABLE = "dsn_i3b"
+FLOOD_NET = ipaddress.ip_network("198.18.0.0/15")
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def make_pair() -> None:
+    drop_pair()
+    ip("netns", "add", TX)
+    ip("netns", "add", RX)
+    ip("-n", TX, "link", "add", "tx0", "type", "veth", "peer", "name", "rx0", "netns", RX)
+    ip("-n", TX, "link", "set", "tx0", "up")
+    ip("-n", RX, "link", "set", "rx0", "up")
+
+
+def drop_pair() -> None:
+    for ns in (TX, RX):
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+def source_rules(n: int, offset: int = 0) -> list[Rule]:
+    base = int(FLOOD_NET.network_address)
+    exp = time.time() + 3600
+    return [
+        Rule(Match(src=ipaddress.ip_network(f"{ipaddress.IPv4Address(base + offset + i)}/32")), Action.DROP, exp)
+        for i in range(n)
+    ]
+
+
+def measure(open_backend: Callable[[], Backend], rules: int, latency: int) -> dict[str, object]:
+    with in_netns(RX):
+        b = open_backend()
+        try:
+            empty = []  # first rules of an attack: the table holds none yet
+            for r in source_rules(latency, offset=rules + latency):
+                t = time.perf_counter()
+                first = b.apply(r)
+                empty.append(time.perf_counter() - t)
+                b.withdraw(first.rule_id)
+            bulk = source_rules(rules)
+            t = time.perf_counter()
+            b.apply_many(bulk)
+            bulk_s = time.perf_counter() - t
+            in_force = len(b.list())
+            times = []
+            for r in source_rules(latency, offset=rules):
+                t = time.perf_counter()
+                applied = b.apply(r)
+                times.append(time.perf_counter() - t)
+            listed = {x.rule_id for x in b.list()}
+            missing = sum(1 for _ in [applied] if applied.rule_id not in listed)
+        finally:
+            close = getattr(b, "close_plane", None)
+            if close is not None:
+                close()
+    times.sort()
+    empty.sort()
+    return {
+        "empty_median_ms": statistics.median(empty) * 1000,
+        "empty_p99_ms": empty[min(len(empty) - 1, int(len(empty) * 0.99))] * 1000,
+        "bulk_s": bulk_s,
+        "in_force": in_force,
+        "median_ms": statistics.median(times) * 1000,
+        "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+        "missing": missing,
+    }
+
+
+class _Xdp:
+    """The XDP data plane on rx0, its backend, detached afterwards."""
+
+    def __init__(self, pin_dir: str) -> None:
+        self.dp = XdpDataPlane.open(["rx0"], pin_dir)
+
+    def backend(self) -> Backend:
+        b = self.dp.backend
+        b.close_plane = lambda: self.dp.close(detach=True)  # type: ignore[attr-defined]
+        return b
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rules", type=int, default=10_000)
+    ap.add_argument("--latency", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default="xdp,nftables")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    results: dict[str, list[dict[str, object]]] = {}
+    make_pair()
+    try:
+        for run in range(args.runs):
+            if "xdp" in args.only:
+                with tempfile.TemporaryDirectory(prefix="dsn-i3b-pin-", dir="/sys/fs/bpf") as pin:
+                    with in_netns(RX):
+                        x = _Xdp(pin)
+                    results.setdefault("XDP", []).append(measure(x.backend, args.rules, args.latency))
+            if "nftables" in args.only:
+
+                def nft() -> Backend:
+                    b = NftablesBackend(["rx0"], table=TABLE)
+                    b.close_plane = lambda: remove_table(TABLE)  # type: ignore[attr-defined]
+                    return b
+
+                results.setdefault("nftables", []).append(measure(nft, args.rules, args.latency))
+            print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]}" for k, v in results.items()), file=sys.stderr)
+    finally:
+        drop_pair()
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
+        "?",
+    )
+    print("## Enforcement speed of the local backends (`bench/enforce.py`)\n")
+    print(
+        f'Machine: Linux {platform.release()}, CPU "{cpu}", {os.cpu_count()} CPUs; measured '
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; medians of {args.runs} runs (each run's figure after).\n"
+    )
+    print(
+        "| backend | apply -> in force, median | p99 | target | 10,000 source rules applied | rules/s | in force after | target |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rs in results.items():
+
+        def med(key: str, rs: list[dict[str, object]] = rs) -> float:
+            return statistics.median(float(r[key]) for r in rs)  # type: ignore[arg-type]
+
+        target = 10 if name == "XDP" else 50
+        bulk = med("bulk_s")
+        runs = ", ".join(f"{float(r['bulk_s']):.2f}" for r in rs)  # type: ignore[arg-type]
+        print(
+            f"| {name} | {med('empty_median_ms'):.2f} / {med('empty_p99_ms'):.2f} ms"
+            f" | {med('median_ms'):.2f} / {med('p99_ms'):.2f} ms"
+            f" | {target} ms: {'met' if med('empty_p99_ms') <= target else 'not met'} (empty table),"
+            f" {'met' if med('p99_ms') <= target else 'not met'} (full)"
+            f" | {bulk:.2f} s ({runs}) | {args.rules / bulk:,.0f} | {min(int(str(r['in_force'])) for r in rs):,}"
+            f" | 1 s: {'met' if bulk <= 1 else 'not met'} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
