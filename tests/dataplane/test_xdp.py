@@ -209,6 +209,22 @@ def test_blackhole_is_refused(net: Net, pin_dir: str) -> None:
         dp.close(detach=True)
 
 
+def test_many_rules_in_one_call_take_distinct_ids(net: Net, pin_dir: str) -> None:
+    dp = open_plane(net, pin_dir)
+    try:
+        exp = time.time() + 60
+        rules = [Rule(Match(src=as_network(f"198.18.7.{i}/32")), Action.DROP, exp) for i in range(1, 51)]
+        rules.append(Rule(Match(src=as_network("198.18.8.1/32")), Action.DROP, exp, rule_id=900))
+        applied = dp.backend.apply_many(rules)
+        ids = [r.rule_id for r in applied]
+        assert len(set(ids)) == 51 and ids[-1] == 900
+        assert sorted(r.rule_id for r in dp.backend.list()) == sorted(ids)
+        after = dp.backend.apply(Rule(Match(src=as_network("198.18.8.2/32")), Action.DROP, exp))
+        assert after.rule_id > max(ids)  # the reserved ids are never handed out again
+    finally:
+        dp.close(detach=True)
+
+
 def test_rule_expires_by_itself(net: Net, pin_dir: str) -> None:
     dp = open_plane(net, pin_dir)
     try:

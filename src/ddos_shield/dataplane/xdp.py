@@ -692,6 +692,7 @@ class XdpBackend(Backend):
         self._fp_max = self.abi["SHIELD_FP_LIST_MAX"]
         self._f = self.abi.members("F_")
         self._slots: dict[int, _Slot] = {}
+        self._batch_next: int | None = None  # next id to hand out inside apply_many
         self._by_id: dict[int, int] = {}
         self._src_keys: dict[tuple[int, bytes], int] = {}  # key -> rule_id
         self._fp_lists: dict[tuple[int, bytes], list[int]] = {}  # as in the kernel
@@ -732,11 +733,35 @@ class XdpBackend(Backend):
         return "fp", (0, _ZERO16)
 
     def _bump_generation(self) -> None:
+        if self._batch_next is not None:
+            return  # once, at the end of the batch
         cfg = self._maps.config()
         cfg["generation"] += 1
         self._maps.write_config(cfg)
 
+    def apply_many(self, rules: Sequence[Rule]) -> list[Rule]:
+        """:meth:`apply` each rule, with the configuration map written twice instead of
+        twice a rule: the ids the batch may take are reserved first (so a crash midway
+        never lets an id be handed out again), the rules' generation is bumped once at
+        the end (until then the program may use its cached view of the old rules, as
+        it would between two single applies)."""
+        cfg = self._maps.config()
+        start = max([1, int(cfg["next_rule_id"][0])] + [r.rule_id + 1 for r in rules])
+        cfg["next_rule_id"] = start + sum(1 for r in rules if r.rule_id == 0)
+        self._maps.write_config(cfg)
+        self._batch_next = start
+        try:
+            return [self.apply(r) for r in rules]
+        finally:
+            self._batch_next = None
+            self._bump_generation()
+
     def _new_id(self, wanted: int) -> int:
+        if self._batch_next is not None:  # ids reserved by apply_many
+            if wanted:
+                return wanted
+            self._batch_next += 1
+            return self._batch_next - 1
         cfg = self._maps.config()
         nxt = max(1, int(cfg["next_rule_id"][0]))
         rid = wanted if wanted else nxt
