@@ -320,3 +320,20 @@ def test_syn_proxy_is_skipped_for_other_floods_and_without_nftables() -> None:
         e["reason"] for e in h.events("mitigation_skipped")
     ]
     assert [e["step"] for e in h.events("mitigation_applied")] == ["drop"]
+
+
+def test_no_step_is_judged_while_the_kill_switch_passes_everything() -> None:
+    cfg = parse(ladder('["rate_limit", "drop"]', rate_limit_pps=1000))
+    p = Policy(cfg, local="xdp")
+    window = syn_flood(100.0)
+    cmds = p.step([AttackChange("start", ATTACK)], [ATTACK], window, 100.1, rates(6000, 500, 0))
+    (first,) = [c for c in cmds if isinstance(c, Apply)]
+    p.confirm(first.rule.with_id(1), "xdp")
+    # bypass on: nothing dropped, the rule kept and nothing climbed however long it lasts
+    for now in (101.2, 102.5, 104.0):
+        cmds = p.step([], [ATTACK], window, now, rates(6000, 500, 0), kill_switch=True)
+        assert not [c for c in cmds if isinstance(c, Verified | Withdraw | Apply)]
+    # bypass off: the step settles again from then, and is judged on what it drops
+    assert not [c for c in p.step([], [ATTACK], window, 104.5, rates(6000, 500, 4500)) if isinstance(c, Verified)]
+    (v,) = [c for c in p.step([], [ATTACK], window, 105.2, rates(6000, 500, 4500)) if isinstance(c, Verified)]
+    assert v.ok and v.rule_ids == (1,)

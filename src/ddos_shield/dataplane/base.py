@@ -51,6 +51,11 @@ class DataPlane(abc.ABC):
     def global_stats(self) -> dict[str, int]:
         """Data-plane wide counters (received, dropped, malformed, samples lost, ...)."""
 
+    def kill_switch_on(self) -> bool:
+        """Whether an operator's kill switch (``ddos-shield bypass on``) passes everything
+        now.  By default (a data plane without one, e.g. a replay): never."""
+        return False
+
     @property
     @abc.abstractmethod
     def backend(self) -> Backend:

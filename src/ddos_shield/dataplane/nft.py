@@ -277,6 +277,9 @@ class NftDataPlane(DataPlane):
         for s in self._samplers:
             s.set_sample_every(n)
 
+    def kill_switch_on(self) -> bool:
+        return self._backend.bypass
+
     def global_stats(self) -> dict[str, int]:
         """rx, allowed, bypass, dropped, rate_limited, observed (nftables counters, packets)
         and sampled, sample_lost (AF_PACKET statistics, all interfaces)."""

@@ -526,6 +526,9 @@ class XdpDataPlane(DataPlane):
     def set_bypass(self, on: bool) -> None:
         self._maps.set_bypass(on)
 
+    def kill_switch_on(self) -> bool:
+        return bool(self._maps.config()["bypass"][0])
+
     def global_stats(self) -> dict[str, int]:
         return self._maps.global_stats()
 

@@ -132,6 +132,8 @@ class Engine:
         baselines are kept across restarts (None: learned, never stored)."""
         self.config = config
         self.dataplane = dataplane
+        self._kill_switch_at = -math.inf
+        self._kill_switch_on = False
         self.backend = backend
         self.backends: dict[str, Backend] = {backend.name: backend}
         for b in backends:
@@ -379,7 +381,7 @@ class Engine:
                 busy = int(np.count_nonzero(rates["pps"].any(axis=1))) if len(rates) else 0
                 self._learn_wait = math.ceil(busy / LEARN_ROWS_PER_TICK)
             self._save_baselines(now)
-        for cmd in self.policy.step(changes, self.tracker.active, window, now, rates):
+        for cmd in self.policy.step(changes, self.tracker.active, window, now, rates, self._kill_switch(now)):
             self._execute(cmd)
         self._expire(now)
         self._save(now)
@@ -903,6 +905,19 @@ class Engine:
                     }
                 )
             return out
+
+    def _kill_switch(self, now: float) -> bool:
+        """Whether an operator's kill switch is on, read at most once a second (nftables
+        answers through a command) and only while there is a mitigation to judge."""
+        if not self.tracker.active:
+            return False
+        if now - self._kill_switch_at >= 1.0:
+            self._kill_switch_at = now
+            try:
+                self._kill_switch_on = self.dataplane.kill_switch_on()
+            except ShieldError as e:  # judged as before; the next read may succeed
+                log.warning("kill switch state unreadable: %s", e)
+        return self._kill_switch_on
 
     def _adapt_sampling(self, rates: np.ndarray) -> None:
         total = float(rates["pps"].sum()) if len(rates) else 0.0

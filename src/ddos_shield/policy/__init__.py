@@ -172,6 +172,7 @@ class Policy:
         self._others = set(others)
         self._by_attack: dict[int, _Mitigation] = {}
         self._adopted: dict[int, tuple[Rule, str]] = {}
+        self._kill_switch = False
         self._active: list[Attack] = []  # this step's open attacks: a carpet's host attacks keep their samples
         self.reconfigure(config)
 
@@ -246,9 +247,14 @@ class Policy:
         window: TrafficBatch,
         now: float,
         rates: RateBatch | None = None,
+        kill_switch: bool = False,
     ) -> list[Command]:
+        """One tick.  While ``kill_switch`` is on (an operator passes everything), rules
+        are kept and refreshed but no step is judged or climbed: nothing is dropped, so
+        every step would look useless; each step settles again once it is off."""
         cmds: list[Command] = []
         self._active = active
+        self._kill_switch = kill_switch
         for ch in changes:
             m = self._by_attack.get(ch.attack.attack_id)
             if ch.kind == "start":
@@ -291,6 +297,9 @@ class Policy:
             cmds += [Refresh(h.rule) for h in m.held]
         if m.step < 0:
             return cmds + self._climb(m, ladder, group, 0, window, now, rates)
+        if self._kill_switch:
+            m.step_at = m.last_check = now  # the step settles from when enforcement resumes
+            return cmds
         if rates is None or (m.exhausted and m.verified):
             return cmds
         if now - m.step_at < group.settle_seconds or now - m.last_check < group.settle_seconds:
