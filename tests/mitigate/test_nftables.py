@@ -23,11 +23,13 @@ from scapy.packet import Raw
 from ddos_shield.errors import DataPlaneError
 from ddos_shield.lab.netns import in_netns
 from ddos_shield.mitigate.nftables import (
+    Nft,
     NftablesBackend,
     check_rule,
     decode_comment,
     encode_comment,
     families,
+    prefix,
     remove_table,
     table_exists,
 )
@@ -390,19 +392,71 @@ def test_refresh_on_a_kernel_that_ignores_re_added_timeouts(
     rule = backend.apply(Rule(Match(src=as_network("198.18.14.0/24")), Action.DROP, time.time() + 30))
     run = backend.nft.run
 
-    def before_6_12(cmds: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    def before_6_12(cmds: list[dict[str, Any]], what: str, echo: bool = False) -> list[dict[str, Any]]:
         # What Linux < 6.12 does with "add element" for an element that exists: nothing.
         if what.startswith("refresh rule"):
             cmds = [
                 c for c in cmds if not ("add" in c and c["add"].get("element", {}).get("name", "").startswith("drop"))
             ]
-        return run(cmds, what)
+        return run(cmds, what, echo)
 
     monkeypatch.setattr(backend.nft, "run", before_6_12)
     later = time.time() + 900
     assert backend.apply(rule.refreshed(later)).rule_id == rule.rule_id
     [listed] = backend.list()
     assert listed.rule_id == rule.rule_id and abs(listed.expires_at - later) <= 1.5
+
+
+@pytest.mark.lab
+def test_apply_refresh_and_withdraw_work_from_the_index_without_listing_the_table(
+    pair: VethPair, backend: NftablesBackend, observer: Observer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.list()  # the index: this listing and the backend's own batches from now on
+    run, listings = backend.nft.run, []
+
+    def counting(cmds: list[dict[str, Any]], what: str, echo: bool = False) -> list[dict[str, Any]]:
+        listings.extend(c["list"] for c in cmds if "list" in c and "table" in c["list"])
+        return run(cmds, what, echo)
+
+    monkeypatch.setattr(backend.nft, "run", counting)
+    src = backend.apply(Rule(Match(src=as_network("198.18.15.1/32")), Action.DROP, FAR))
+    fp = backend.apply(Rule(Match(proto=17, dport=Range(15, 15)), Action.DROP, FAR))
+    covered = backend.apply(Rule(Match(src=as_network("198.18.15.0/24")), Action.DROP, FAR))  # overlaps: a rule
+    later = time.time() + 900
+    backend.apply(src.refreshed(later))
+    backend.apply(fp.refreshed(later))
+    [many] = backend.apply_many([Rule(Match(src=as_network("198.18.16.1/32")), Action.DROP, FAR)])
+    backend.withdraw(fp.rule_id)  # deleted by the handles the install batch echoed
+    backend.withdraw(covered.rule_id)
+    assert listings == []
+    blast(pair, [udp4("198.18.15.1"), udp4("198.18.15.2", dport=15), udp4("198.18.16.1")], times=2)
+    assert observer.received() == {"198.18.15.2": 2}
+    listed = {r.rule_id: r for r in backend.list()}
+    assert sorted(listed) == sorted([src.rule_id, many.rule_id])
+    assert abs(listed[src.rule_id].expires_at - later) <= 1.5
+    assert not [n for n in backend.state().sets if n.startswith("r")]
+
+
+@pytest.mark.lab
+def test_the_index_recovers_from_changes_behind_its_back(pair: VethPair, backend: NftablesBackend) -> None:
+    src = backend.apply(Rule(Match(src=as_network("198.18.17.0/24")), Action.DROP, FAR))
+    fp = backend.apply(Rule(Match(proto=17, dport=Range(17, 17)), Action.DROP, FAR))
+    # Another writer (or the kernel's timeout) removes both rules' elements.
+    with pair.inside():
+        t = {"family": "netdev", "table": TABLE}
+        Nft().run(
+            [
+                {"delete": {"element": {**t, "name": "drop4", "elem": [prefix(as_network("198.18.17.0/24"))]}}},
+                {"delete": {"element": {**t, "name": f"r{fp.rule_id}_4", "elem": [prefix(as_network("0.0.0.0/0"))]}}},
+            ],
+            "test",
+        )
+    later = time.time() + 900
+    backend.apply(fp.refreshed(later))  # the refresh batch fails, the retry reinstalls it
+    backend.withdraw(src.rule_id)  # the delete fails, the retry finds nothing to do
+    assert [(r.rule_id, r.match) for r in backend.list()] == [(fp.rule_id, fp.match)]
+    nxt = backend.apply(Rule(Match(src=as_network("198.18.17.0/24")), Action.DROP, FAR))
+    assert nxt.rule_id > fp.rule_id and {r.rule_id for r in backend.list()} == {fp.rule_id, nxt.rule_id}
 
 
 @pytest.mark.lab

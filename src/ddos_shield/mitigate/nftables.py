@@ -5,6 +5,11 @@ libnftables' JSON API (the ``nftables`` module of ``pip-nftables``), one atomic 
 per change.  The table is its own state: rules, ids and expiry are read back from
 the kernel, so a restarted shield adopts what it finds and a dead one leaves nothing
 in force for longer than the rules' timeouts.
+Between listings the backend keeps its own index of what it installed (ids,
+source-set elements, rule handles echoed by each batch, ``nft -e -a``), so that
+apply, refresh and withdraw cost one batch whatever the number of rules in force;
+:meth:`NftablesBackend.list` and ``stats`` read the kernel (and renew the index), and
+so does a change whose batch failed, before its one retry.
 
 Layout (every packet of every interface walks ``main``, in this order)::
 
@@ -125,12 +130,25 @@ class Nft:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
+        self._echo: nftables.Nftables | None = None
 
-    def run(self, cmds: Cmds, what: str) -> Cmds:
-        """Run one batch (atomic for changes); returns the output objects."""
+    def run(self, cmds: Cmds, what: str, echo: bool = False) -> Cmds:
+        """Run one batch (atomic for changes); returns the output objects.  With
+        ``echo`` (``nft -e -a``), the output is the batch's commands as the kernel took
+        them, each added rule with its handle."""
         if not cmds:
             return []
-        rc, out, err = self._nft.json_cmd({"nftables": cmds})
+        ctx = self._nft
+        if echo:
+            if self._echo is None:
+                # A context of its own: echoing every batch would print back the
+                # thousands of elements of a bulk source-drop batch for nothing.
+                self._echo = nftables.Nftables()
+                self._echo.set_json_output(True)
+                self._echo.set_handle_output(True)
+                self._echo.set_echo_output(True)
+            ctx = self._echo
+        rc, out, err = ctx.json_cmd({"nftables": cmds})
         if rc != 0:
             raise DataPlaneError(f"nftables: {what}: {str(err).strip() or f'error {rc}'}")
         if not out:
@@ -376,6 +394,10 @@ class TableState:
     next_id: int
     now: float
     sp_sets: set[str] = field(default_factory=set)  # the SYN proxy table's sets
+    #: per family, the source sets' elements: prefix -> rule id (0: an element the shield did not write)
+    drops: dict[int, dict[IPNetwork, int]] = field(default_factory=lambda: {4: {}, 6: {}})
+    #: the same elements wider than a host, kept apart so that a host's overlap check needs no scan
+    wide: dict[int, set[IPNetwork]] = field(default_factory=lambda: {4: set(), 6: set()})
 
     def elements(self, name: str) -> Cmds:
         s = self.sets.get(name, {})
@@ -383,6 +405,28 @@ class TableState:
         for e in s.get("elem", []):
             out.append(e["elem"] if isinstance(e, dict) and "elem" in e else {"val": e})
         return out
+
+    def add_drop(self, net: IPNetwork, rid: int) -> None:
+        self.drops[net.version][net] = rid
+        if net.prefixlen != net.max_prefixlen:
+            self.wide[net.version].add(net)
+
+    def remove_drop(self, net: IPNetwork) -> None:
+        self.drops[net.version].pop(net, None)
+        self.wide[net.version].discard(net)
+
+    def overlaps_drop(self, net: IPNetwork, ignore: IPNetwork | None = None) -> bool:
+        """Whether ``net`` overlaps an element of its family's source set (interval sets
+        refuse overlapping elements), leaving out ``ignore``: a look-up and a scan of
+        the (few) wider elements for a host prefix, a scan of the set for a wider one."""
+        fam = net.version
+        if net.prefixlen == net.max_prefixlen:
+            return (net in self.drops[fam] and net != ignore) or any(
+                net.subnet_of(w)  # type: ignore[arg-type]
+                for w in self.wide[fam]
+                if w != ignore
+            )
+        return any(net.overlaps(t) for t in self.drops[fam] if t != ignore)
 
 
 def _counter_values(exprs: Cmds) -> list[tuple[int, int]]:
@@ -414,10 +458,11 @@ def parse_state(objs: Cmds, now: float) -> TableState:
 
     for fam in (4, 6):
         for el in state.elements(f"drop{fam}"):
+            net = parse_prefix(el["val"])
             info = decode_comment(el.get("comment"))
+            state.add_drop(net, 0 if info is None else info["id"])
             if info is None:
                 continue
-            net = parse_prefix(el["val"])
             rule = Rule(
                 Match(src=net),
                 Action.DROP,
@@ -572,6 +617,10 @@ class NftablesBackend(Backend):
         self.nft = Nft()
         self._t = {"family": FAMILY, "table": table}
         self._sp = {"family": SYNPROXY_FAMILY, "table": self.synproxy_table}
+        #: what this backend installed, kept up to date from its own batches (see _index)
+        self._cache: TableState | None = None
+        #: whether re-adding a source-set element updates its timeout (Linux 6.12+); probed on the first refresh
+        self._readd_updates: bool | None = None
         self._ensure_table()
 
     # -- table set-up
@@ -657,13 +706,33 @@ class NftablesBackend(Backend):
     # -- reading
 
     def state(self) -> TableState:
-        """The table as it is now, parsed (rules, counters, sets)."""
+        """The table as it is now, parsed (rules, counters, sets); it also becomes the
+        index that apply/withdraw work from (see :meth:`_index`)."""
         objs = self.nft.run([{"list": {"table": {"family": FAMILY, "name": self.table}}}], "list table")
         state = parse_state(objs, time.time())
         sp = self.nft.try_run([{"list": {"table": {"family": SYNPROXY_FAMILY, "name": self.synproxy_table}}}])
         if sp:
             parse_synproxy(sp, state)
+        self._cache = state
         return state
+
+    def _index(self) -> TableState:
+        """The backend's own index of the table: the last listing, kept up to date with
+        every batch this backend ran since (ids, source-set elements, rule handles from
+        the batch's echo).  Listing the table costs ~60 ms per 1,000 rules in force, so
+        apply/withdraw list it only when there is no index yet or after a failed batch;
+        :meth:`list` and :meth:`stats` always read the kernel.  Counters and expiry in
+        the index may be stale: a batch that meets an element already timed out fails,
+        and the retry works from a fresh listing.  Another writer to the same table is
+        seen at the next listing (or the next failed batch)."""
+        state = self._cache if self._cache is not None else self.state()
+        state.now = time.time()
+        return state
+
+    def _forget(self, state: TableState, rid: int) -> None:
+        e = state.entries.pop(rid, None)
+        if e is not None and e.kind == "element" and e.net is not None:
+            state.remove_drop(e.net)
 
     def list(self) -> list[Rule]:
         state = self.state()
@@ -713,10 +782,14 @@ class NftablesBackend(Backend):
         # A batch can fail because an element timed out between reading and writing
         # (nftables 1.0.6 has no "destroy"): read again and retry once.
         for attempt in (1, 2):
-            state = self.state()
+            state = self._index() if attempt == 1 else self.state()
+            old = state.entries.get(rule.rule_id) if rule.rule_id else None
+            if old is not None and old.kind == "chain" and not _same_shape(old.rule, rule):
+                state = self.state()  # the replacement carries the old rule's counters over: read them
             try:
                 return self._apply(rule, state)
             except DataPlaneError:
+                self._cache = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -729,20 +802,12 @@ class NftablesBackend(Backend):
         time, which costs ~20 ms a rule once it holds thousands."""
         for r in rules:
             check_rule(r)
-        state = self.state()
-        taken: dict[int, set[IPNetwork]] = {4: set(), 6: set()}
-        wide: dict[int, _Nets] = {4: [], 6: []}  # interval sets refuse overlapping elements
-        for fam in (4, 6):
-            for e in state.elements(f"drop{fam}"):
-                net = parse_prefix(e["val"])
-                if net.prefixlen == net.max_prefixlen:
-                    taken[fam].add(net)
-                else:
-                    wide[fam].append(net)
+        state = self._index()
         next_id = state.next_id
         cmds: Cmds = []
         out: list[Rule | None] = []
         rest: list[tuple[int, Rule]] = []
+        added: dict[IPNetwork, Rule] = {}
         for r in rules:
             src = r.match.src
             if (
@@ -751,8 +816,8 @@ class NftablesBackend(Backend):
                 or not r.match.is_source_only()
                 or src.prefixlen != src.max_prefixlen
                 or r.rule_id in state.entries
-                or src in taken[src.version]
-                or any(src.subnet_of(w) for w in wide[src.version])  # type: ignore[arg-type]
+                or src in added
+                or state.overlaps_drop(src)
             ):
                 rest.append((len(out), r))
                 out.append(None)
@@ -760,7 +825,7 @@ class NftablesBackend(Backend):
             rid = r.rule_id or next_id
             next_id = max(next_id, rid + 1)
             r = r.with_id(rid)
-            taken[src.version].add(src)
+            added[src] = r
             cmds.append(self._add_source(src.version, src, r, max(1, math.ceil(r.expires_at - state.now))))
             out.append(r)
         if cmds:
@@ -770,12 +835,21 @@ class NftablesBackend(Backend):
                     {"add": {"element": self._obj(name="next_rule_id", elem=[next_id])}},
                     *cmds,
                 ]
-            self.nft.run(cmds, f"install {len(cmds)} source rules")
+            try:
+                self.nft.run(cmds, f"install {len(cmds)} source rules")
+            except DataPlaneError:
+                self._cache = None
+                raise
+            state.next_id = next_id
+            for src, r in added.items():
+                state.add_drop(src, r.rule_id)
+                state.entries[r.rule_id] = Entry(r, "element", family=src.version, net=src)
         for i, r in rest:
             out[i] = self.apply(r)
         return [r for r in out if r is not None]
 
     def _apply(self, rule: Rule, state: TableState) -> Rule:
+        """Install or refresh ``rule`` from ``state`` (the index), and record the result in it."""
         timeout = max(1, math.ceil(rule.expires_at - state.now))
         cmds: Cmds = []
         rid = rule.rule_id
@@ -786,6 +860,7 @@ class NftablesBackend(Backend):
                 {"delete": {"element": self._obj(name="next_rule_id", elem=[state.next_id])}},
                 {"add": {"element": self._obj(name="next_rule_id", elem=[rid + 1])}},
             ]
+        next_id = max(state.next_id, rid + 1)
         rule = rule.with_id(rid)
         old = state.entries.get(rid)
         if old is not None and not old.expired and _same_shape(old.rule, rule) and old.kind == "synproxy":
@@ -795,11 +870,15 @@ class NftablesBackend(Backend):
                 cmds.append({"delete": {"element": self._sp_obj(name=name, elem=[prefix(net)])}})
                 cmds.append({"add": {"element": self._sp_obj(name=name, elem=[_timed(prefix(net), timeout)])}})
             self.nft.run(cmds, f"refresh rule {rid}")
+            old.rule, state.next_id = rule, next_id
             return rule
         if rule.action == Action.SYN_PROXY:
             if old is not None:
                 cmds += self._delete(old)
             self.nft.run(cmds + self._install_synproxy(rule, timeout), f"install SYN proxy rule {rid}")
+            # SYN proxy rules are few: the next change reads the table again rather
+            # than the index following the inet table's handles too.
+            self._cache = None
             try:  # after the rules: conntrack's sysctls exist once it is loaded
                 set_sysctls(SYNPROXY_SYSCTLS)
             except DataPlaneError:
@@ -808,8 +887,12 @@ class NftablesBackend(Backend):
             return rule
         if old is not None and not old.expired and _same_shape(old.rule, rule):
             if old.kind == "element":
-                self.nft.run([*cmds, self._add_source(old.family, old.src(), rule, timeout)], f"refresh rule {rid}")
-                self._check_refreshed(old, rule, timeout)
+                src = old.src()
+                if self._readd_updates is False:
+                    cmds.append({"delete": {"element": self._obj(name=f"drop{old.family}", elem=[prefix(src)])}})
+                self.nft.run([*cmds, self._add_source(old.family, src, rule, timeout)], f"refresh rule {rid}")
+                if self._readd_updates is None:
+                    self._readd_updates = self._check_refreshed(old, rule, timeout)
             else:
                 for name in old.sets:
                     fam = int(name[-1])
@@ -819,14 +902,32 @@ class NftablesBackend(Backend):
                     cmds.append({"delete": {"element": self._obj(name=name, elem=[prefix(net)])}})
                     cmds.append({"add": {"element": self._obj(name=name, elem=[_timed(prefix(net), timeout)])}})
                 self.nft.run(cmds, f"refresh rule {rid}")
+            old.rule, state.next_id = rule, next_id
             return rule
         carry = (0, 0, 0)
         if old is not None:
             cmds += self._delete(old)
             if old.kind == "chain":
                 carry = (old.packets, old.bytes - ETH_HLEN * old.packets, old.dropped)
-        cmds += self._install(rule, state, timeout, carry, replacing=old)
-        self.nft.run(cmds, f"install rule {rid}")
+        new = self._install(rule, state, timeout, carry, replacing=old)
+        echoed = self.nft.run(cmds + new, f"install rule {rid}", echo=any("rule" in c["add"] for c in new))
+        # The batch is in force: record it in the index.
+        if old is not None:
+            self._forget(state, rid)
+        state.next_id = next_id
+        source = rule.match.src
+        if len(new) == 1 and source is not None:  # a source-set element
+            state.add_drop(source, rid)
+            state.entries[rid] = Entry(rule, "element", family=source.version, net=source)
+        else:
+            entry = Entry(rule, "chain", sets=[c["add"]["set"]["name"] for c in new if "set" in c["add"]])
+            for o in echoed:
+                r = o.get("add", {}).get("rule")
+                if r is not None and r.get("chain") in RULE_CHAINS:
+                    entry.handles.append((r["chain"], int(r["handle"])))
+            if len(entry.handles) != len(entry.sets):
+                self._cache = None  # an echo without handles: read the table next time
+            state.entries[rid] = entry
         return rule
 
     def _add_source(self, fam: int, net: IPNetwork, rule: Rule, timeout: int) -> dict[str, Any]:
@@ -834,36 +935,31 @@ class NftablesBackend(Backend):
         el["elem"]["comment"] = encode_comment(rule, with_match=False)
         return {"add": {"element": self._obj(name=f"drop{fam}", elem=[el])}}
 
-    def _check_refreshed(self, old: Entry, rule: Rule, timeout: int) -> None:
+    def _check_refreshed(self, old: Entry, rule: Rule, timeout: int) -> bool:
         """Linux before 6.12 (Debian 12's 6.1 among them) keeps an existing element's timeout on re-add: then
-        replace the element (its counter restarts from zero)."""
+        replace the element (its counter restarts from zero).  Returns whether the re-add did update it; the
+        backend asks once (the check lists the source set) and from then on replaces or not accordingly."""
         objs = self.nft.run([{"list": {"set": self._obj(name=f"drop{old.family}")}}], "list source set")
         for o in objs:
             for e in o.get("set", {}).get("elem", []):
                 el = e["elem"]
                 if parse_prefix(el["val"]) == old.net and int(el.get("expires", 0)) >= timeout - 2:
-                    return
+                    return True
         cmds = [
             {"delete": {"element": self._obj(name=f"drop{old.family}", elem=[prefix(old.src())])}},
             self._add_source(old.family, old.src(), rule, timeout),
         ]
         self.nft.run(cmds, f"replace rule {rule.rule_id}")
+        return False
 
     def _install(
         self, rule: Rule, state: TableState, timeout: int, carry: tuple[int, int, int], replacing: Entry | None
     ) -> Cmds:
         m = rule.match
         if rule.action == Action.DROP and m.src is not None and m.is_source_only():
-            fam: int = m.src.version
-            taken = [
-                parse_prefix(e["val"])
-                for e in state.elements(f"drop{fam}")
-                if not (
-                    replacing is not None and replacing.kind == "element" and parse_prefix(e["val"]) == replacing.net
-                )
-            ]
-            if not any(m.src.overlaps(t) for t in taken if t.version == fam):
-                return [self._add_source(fam, m.src, rule, timeout)]
+            ignore = replacing.net if replacing is not None and replacing.kind == "element" else None
+            if not state.overlaps_drop(m.src, ignore=ignore):
+                return [self._add_source(m.src.version, m.src, rule, timeout)]
         cmds: Cmds = []
         comment = encode_comment(rule)
         for fam in families(m):
@@ -931,16 +1027,23 @@ class NftablesBackend(Backend):
 
     def withdraw(self, rule_id: int) -> None:
         for attempt in (1, 2):
-            state = self.state()
+            state = self._index() if attempt == 1 else self.state()
             e = state.entries.get(rule_id)
             if e is None:
                 return
             try:
                 self.nft.run(self._delete(e), f"withdraw rule {rule_id}")
-                return
             except DataPlaneError:
+                # e.g. its element timed out already: the retry works from a fresh listing
+                self._cache = None
                 if attempt == 2:
                     raise
+                continue
+            if e.kind == "synproxy":
+                self._cache = None
+            else:
+                self._forget(state, rule_id)
+            return
 
     def _collect_garbage(self, state: TableState) -> None:
         """Delete expired rules and their sets, and sets no rule uses any more."""
