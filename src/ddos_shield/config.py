@@ -386,7 +386,10 @@ class Classification(_Model):
         description="one source with at least this many TCP connections to one host in the window: a connection flood or a slow attack (0: off)",
     )
     connection_flood_min_rate: float = Field(
-        10.0, gt=0, description="new connections per second from that source that make it a connection flood"
+        200.0,
+        gt=0,
+        description="new connections per second from that source (in its busiest second) that make it a "
+        "connection flood; a browser opens a few a second, a busy API client opening one per request tens",
     )
     slow_max_pps_per_flow: float = Field(
         1.0, gt=0, description="below this many packets per second per connection, held connections are a slow attack"

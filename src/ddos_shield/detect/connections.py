@@ -11,10 +11,13 @@ rather than its link.  What the samples show, per (source, host) over the last
 * **packets per connection per second** -- how busy those connections are.
 
 A source with at least ``connection_min_flows`` connections to one host is a
-**connection flood** when it opens them at ``connection_flood_min_rate`` or more (over
-the time it was active), and a **slow attack** (Slowloris, slow POST, slow read) when
-it holds them -- half its connections send for ``slow_min_hold_seconds`` or longer --
-nearly idle, below ``slow_max_pps_per_flow``.  Counts are of sampled packets (every packet without
+**connection flood** when it opens them at ``connection_flood_min_rate`` or more (in its
+busiest second: by default 200, far beyond one browser or API client opening a
+connection per request), and a **slow attack** (Slowloris, slow POST, slow
+read) when it holds them -- ``connection_min_flows`` open at once, half of them sending
+for ``slow_min_hold_seconds`` or longer -- nearly idle, below ``slow_max_pps_per_flow``.
+A client opening connections at its own pace, each used for a while and closed, holds
+a few at a time and is neither.  Counts are of sampled packets (every packet without
 load).  These attacks are reported, not mitigated automatically: the target's TCP is
 mostly its real clients', so no fingerprint of it would be fair; the events name the
 source (``sources``) for an operator to block.
@@ -138,19 +141,29 @@ class ConnectionDetector:
         for i in np.nonzero(busy)[0].tolist():
             p, n = int(pairs[i]), int(flows[i])
             mine = pair == p
-            # rates over the time this source was active (at least a second), not the
-            # whole window: a burst of connections stays a burst once it is over
+            # new connections in its busiest second, not over the window: a burst of
+            # connections stays a burst once it is over, and a flood from a client
+            # that was also talking before is not diluted by its earlier traffic
             active = max(float(ts[mine].max() - ts[mine].min()), 1.0)
-            cps = float(w[mine & syn].sum()) / active
+            cps = _peak_rate(ts[mine & syn], w[mine & syn])
             per_flow = float(w[mine & est].sum()) / active / n
-            held = float(np.median((last - first)[pinv.ravel() == i]))
-            # held connections first: a slow attack opens its connections in a burst too
-            if per_flow < c.slow_max_pps_per_flow and held >= c.slow_min_hold_seconds:
+            its = pinv.ravel() == i
+            held = float(np.median((last - first)[its]))
+            # held connections first: a slow attack opens its connections in a burst too.
+            # It exhausts the server by holding many AT ONCE: a client whose keep-alive
+            # connections idle a while, opened one after another, holds a few at a time
+            if (
+                per_flow < c.slow_max_pps_per_flow
+                and held >= c.slow_min_hold_seconds
+                and _peak_open(first[its], last[its]) >= c.connection_min_flows
+            ):
                 kind = AttackType.SLOW_ATTACK
             elif cps >= c.connection_flood_min_rate:
                 kind = AttackType.CONNECTION_FLOOD
             else:
-                continue  # many busy connections, opened slowly: a heavy client, not an attack
+                # many connections opened at a client's pace (a browser, an API client
+                # opening one per request, a proxy holding busy ones): not an attack
+                continue
             s, d = divmod(p, len(dst_u))
             target = self._host(dst_u[d])
             pps = float(w[mine].sum()) / span
@@ -164,3 +177,32 @@ class ConnectionDetector:
         addr = bytes_addr(raw.tobytes())
         plen = 32 if addr.version == 4 else self._config.shield.ipv6_prefix_len
         return ipaddress.ip_network((addr, plen), strict=False)
+
+
+def _peak_open(first: npt.NDArray[np.float64], last: npt.NDArray[np.float64]) -> int:
+    """The most connections open at once, each from its first to its last packet seen.
+
+    >>> _peak_open(np.array([0.0, 1.0, 2.0]), np.array([0.5, 1.5, 2.5]))  # one after another
+    1
+    >>> _peak_open(np.array([0.0, 1.0, 2.0]), np.array([9.0, 9.0, 9.0]))  # all held
+    3
+    """
+    starts, ends = np.sort(first), np.sort(last)
+    # at each opening: connections opened so far, minus those whose last packet came before
+    open_at = np.arange(1, len(starts) + 1) - np.searchsorted(ends, starts, side="left")
+    return int(open_at.max()) if len(open_at) else 0
+
+
+def _peak_rate(ts: npt.NDArray[np.float64], w: npt.NDArray[np.float64], span: float = 1.0) -> float:
+    """The most packets (weights ``w``) in any ``span`` seconds starting at a sample, per second.
+
+    >>> _peak_rate(np.array([0.0, 0.1, 0.2, 5.0]), np.ones(4))
+    3.0
+    """
+    if not len(ts):
+        return 0.0
+    order = np.argsort(ts)
+    t = ts[order]
+    cum = np.concatenate([[0.0], np.cumsum(w[order])])
+    end = np.searchsorted(t, t + span, side="left")
+    return float((cum[end] - cum[: len(t)]).max()) / span

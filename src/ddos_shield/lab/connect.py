@@ -2,7 +2,7 @@
 
 ::
 
-    report = connection_flood(count=300, rate=40)      # 300 connections, 40 a second, each one request
+    report = connection_flood(count=1000, rate=500)    # 1,000 connections, 500 a second, each one request
     report = slow_attack(count=150, seconds=12, every=3)  # 150 connections held open, a header line every 3 s
 
 Both run from the lab client's namespace (dsl-cli): the attacker's namespace cannot
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ddos_shield import lab
 from ddos_shield.errors import LabError
-from ddos_shield.lab.netns import netns_socket
+from ddos_shield.lab.netns import in_netns, netns_socket
 
 MAX_CONNECTIONS = 1000
 MAX_SECONDS = 60.0
@@ -33,10 +33,12 @@ class ConnectionReport:
     seconds: float
 
 
-def _open(family: int, timeout: float) -> socket.socket | None:
+def _open(family: int, timeout: float, *, here: bool = False) -> socket.socket | None:
+    """A connection to the victim from the client's namespace (``here``: the calling
+    thread is in it already)."""
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     target = str(lab.VICTIM_V4 if family == 4 else lab.VICTIM_V6)
-    s = netns_socket(lab.NS_CLIENT, af, socket.SOCK_STREAM)
+    s = socket.socket(af, socket.SOCK_STREAM) if here else netns_socket(lab.NS_CLIENT, af, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect((target, lab.VICTIM_HTTP_PORT))
@@ -56,20 +58,23 @@ def _check(count: int, seconds: float) -> None:
 def connection_flood(count: int, rate: float, family: int = 4) -> ConnectionReport:
     """Open ``count`` connections at ``rate`` a second, each sending one request and closing."""
     _check(count, count / rate)
-    t0 = time.monotonic()
     opened = failed = 0
-    for i in range(count):
-        delay = t0 + i / rate - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        s = _open(family, timeout=1.0)
-        if s is None:
-            failed += 1
-            continue
-        opened += 1
-        with contextlib.closing(s), contextlib.suppress(OSError):
-            s.sendall(b"GET / HTTP/1.0\r\nHost: victim\r\n\r\n")
-    return ConnectionReport(opened, failed, time.monotonic() - t0)
+    # one switch into the client's namespace for the whole flood: entering it for each
+    # socket costs milliseconds, more than a connection at hundreds a second
+    with in_netns(lab.NS_CLIENT):
+        t0 = time.monotonic()
+        for i in range(count):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            s = _open(family, timeout=1.0, here=True)
+            if s is None:
+                failed += 1
+                continue
+            opened += 1
+            with contextlib.closing(s), contextlib.suppress(OSError):
+                s.sendall(b"GET / HTTP/1.0\r\nHost: victim\r\n\r\n")
+        return ConnectionReport(opened, failed, time.monotonic() - t0)
 
 
 def slow_attack(count: int, seconds: float, every: float, family: int = 4) -> ConnectionReport:
