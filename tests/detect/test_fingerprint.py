@@ -7,17 +7,18 @@ import ipaddress
 import numpy as np
 import pytest
 
-from ddos_shield.detect.fingerprint import build
+from ddos_shield.detect.fingerprint import RAMP, build, reference_until
 from ddos_shield.records import Attack, AttackType, Category, Match, PacketFlag, Range, as_network
 from tests.traffic import packets, spoofed_v4
 
 VICTIM = "203.0.113.10"
 
 
-def attack(*cats: Category, target: str = VICTIM + "/32") -> Attack:
+def attack(*cats: Category, target: str = VICTIM + "/32", started: float = 0.0) -> Attack:
     return Attack(
-        1, as_network(target), "default", tuple(AttackType.UDP_FLOOD for _ in cats), cats, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0
-    )
+        1, as_network(target), "default", tuple(AttackType.UDP_FLOOD for _ in cats), cats, started, 10000.0, 1.0,
+        10000.0, 1.0, started, limit_pps=5000.0,
+    )  # fmt: skip
 
 
 def legit() -> np.ndarray:
@@ -270,3 +271,35 @@ def test_clients_heard_before_the_attack_shape_no_rule() -> None:
     assert c.match.dport == Range(80, 80) and c.match.tcp_flags == (0xFF, 0x10)
     assert c.match.src is not None and c.match.src.subnet_of(ipaddress.ip_network("198.18.0.0/15"))  # type: ignore[arg-type]
     assert c.collateral_share == 0.0
+
+
+def sflow_like(n: int, *, src: str | list[str], t0: float, t1: float, every: int, **kw: object) -> np.ndarray:
+    """``n`` samples of one in ``every`` packets, their times spread over [t0, t1)."""
+    b = packets(n, src=src, dst=VICTIM, **kw)  # type: ignore[arg-type]
+    b["ts"] = np.linspace(t0, t1, n, endpoint=False)
+    b["packets"] = every
+    b["sample_rate"] = every
+    return b
+
+
+def test_a_late_detection_does_not_take_the_attacks_first_packets_as_normal_traffic() -> None:
+    # A spoofed UDP flood at 20 kpps from t=0, seen through flow samples (1 in 100) that
+    # arrive in bursts: the attack is declared only at t=2.5.  The target's normal
+    # traffic: DNS answers from its resolver (UDP, 20/s) and web clients (TCP) all along.
+    flood = sflow_like(600, src=spoofed_v4(600, 4), t0=0.0, t1=3.0, every=100, proto=17, category=Category.UDP,
+                       dport=80, length=60)  # fmt: skip
+    dns = sflow_like(60, src="198.51.100.53", t0=-3.0, t1=3.0, every=1, proto=17, category=Category.UDP, sport=53,
+                     dport=33000, length=300)  # fmt: skip
+    web = sflow_like(120, src="198.51.100.80", t0=-3.0, t1=3.0, every=1, proto=6, category=Category.TCP, dport=443)
+    w = np.concatenate([dns, web, flood])
+    w = w[np.argsort(w["ts"])]
+    late = attack(Category.UDP, started=2.5)
+    # the reference in UDP ends before the flood began, not RAMP before it was seen
+    udp_before = w[(w["category"] == Category.UDP) & (w["ts"] < 2.4)]
+    assert -1.5 < reference_until(udp_before, late, 2.4) <= 0.0 - RAMP  # and the resolver's answers before it stay
+    (c,) = build(late, w, **KW) or []
+    assert c.kind == "fingerprint" and c.match.proto == 17 and c.match.dport == Range(80, 80)
+    assert c.match.src is not None and c.match.src.subnet_of(ipaddress.ip_network("198.18.0.0/15"))  # type: ignore[arg-type]
+    assert c.collateral_share == 0.0  # was 0.996: the flood's first 2 s judged as normal traffic
+    # with normal traffic alone before it, the reference reaches up to RAMP before the start
+    assert reference_until(udp_before[udp_before["ts"] < 0], late, 2.4) == 2.4 - RAMP

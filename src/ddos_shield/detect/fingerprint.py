@@ -17,9 +17,9 @@ Each candidate says which share of the attack's samples it matches
 (``attack_share``; ``set_share`` is what its whole set matches) and which share of the
 target's legitimate traffic it would also hit (``collateral_share``).  The legitimate
 reference is what the target received in the other categories, and in the attack's
-categories up to :data:`RAMP` seconds before the attack was seen (its normal traffic:
-the engine keeps two seconds of samples, so a rule built when the attack starts sees
-them).  No I/O, no clock.
+categories up to :data:`RAMP` seconds before the attack was seen or before its ramp,
+whichever is earlier (its normal traffic: the engine keeps two seconds of samples, so a
+rule built when the attack starts sees them; see :func:`reference_until`).  No I/O, no clock.
 """
 
 from __future__ import annotations
@@ -78,6 +78,15 @@ COMMON_PREFIX_SHARE = ATTACK_COVER
 #: the attack's categories before the attack started minus this lead are legitimate
 #: reference (the attack may have ramped up just before it crossed the limit)
 RAMP = 0.5
+#: ...and before its ramp: the run of RAMP-long stretches before it was seen in which the
+#: target received its categories at or over the attack's limit (quiet stretches of up to
+#: RAMP_GAP seconds inside the run: flow records arrive in bursts).  When detection lags
+#: (bursty flow records, a loaded machine), the attack's own first packets fall seconds
+#: before ``started``; as reference they would make every rule look like it hit all of
+#: the target's normal traffic.  Normal traffic is below the limit by definition.
+RAMP_GAP = 2.0
+#: without a packet limit (an attack judged on bits alone), this share of its rate marks the ramp
+RAMP_SHARE = 0.5
 _V4_MAPPED = np.array([0] * 10 + [0xFF, 0xFF], dtype=np.uint8)
 
 
@@ -108,7 +117,28 @@ def attack_samples(
     mine = to_target & in_cats & (ts >= since)
     if others:
         mine &= ~inner_mask(window, attack, others)
-    return mine, to_target & (~in_cats | (ts < since - RAMP))
+    until = reference_until(window[to_target & in_cats & (ts < since)], attack, since)
+    return mine, to_target & (~in_cats | (ts < until))
+
+
+def reference_until(before: TrafficBatch, attack: Attack, since: float) -> float:
+    """Until when the target's traffic in the attack's categories (``before``: its rows
+    before ``since``) is its normal traffic: :data:`RAMP` seconds before the attack's
+    ramp (see :data:`RAMP_GAP`), or before ``since`` when there was none."""
+    level = attack.limit_pps if attack.limit_pps > 0 else RAMP_SHARE * attack.pps
+    start = since
+    if len(before) and level > 0:
+        back = np.floor((since - before["ts"]) / RAMP).astype(np.int64)  # stretch 0: just before since
+        sums = np.bincount(np.maximum(back, 0), weights=before["packets"].astype(np.float64))
+        hot = np.nonzero(sums / RAMP >= level)[0].tolist()
+        gap = int(RAMP_GAP / RAMP)
+        last = -1
+        for i in hot:  # the run from since backwards, quiet stretches of up to `gap` inside
+            if i - last > gap + 1:
+                break
+            last = i
+        start = since - (last + 1) * RAMP
+    return start - RAMP
 
 
 def build(
@@ -151,6 +181,7 @@ def build(
     # Rows from sources the target already heard from before the attack are its clients'
     # traffic caught among the attack's (spoofed sources and reflectors are new): they
     # neither shape the fingerprint nor count in what it must cover.
+    # (the reference in the attack's categories already ends before the ramp)
     before = window[other_mask & (window["ts"] < attack.started - lead - RAMP)]
     if len(before):
         known = np.unique(np.ascontiguousarray(before["src"]).view("V16").ravel())
