@@ -615,6 +615,7 @@ class _PcapWalk:
         self.half_at = 2 if order == "<" else 0  # where the high half of the seconds sits
         self.u32 = struct.Struct(order + "I").unpack_from
         self.error: str | None = None
+        self._match = np.empty(0, dtype=bool)
 
     def records(self, pos: int, end: int) -> tuple[npt.NDArray[np.int64], int]:
         """(offsets of the records starting at ``pos`` up to ``end``, where the walk
@@ -685,7 +686,11 @@ class _PcapWalk:
         for a in (0, 1):  # the two byte alignments of a 16-bit field
             part = region[a:]
             halves = part[: len(part) // 2 * 2].view(self.half)
-            match = halves == highs[0]
+            if len(self._match) < len(halves):
+                self._match = np.empty(len(halves), dtype=bool)
+            # into a buffer kept from window to window: a fresh one each time is fresh
+            # pages for the kernel to fault in and zero, costing as much as the comparison
+            match = np.equal(halves, highs[0], out=self._match[: len(halves)])
             for h in highs[1:]:
                 match |= halves == h
             hits.append(np.flatnonzero(match) * 2 + a)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddos_shield.dataplane.table import find_keys, key_words, sort_keys
+from ddos_shield.dataplane.table import U64, find_keys, key_words, sort_keys
 from ddos_shield.records import Category, RateBatch, TrafficBatch
 
 #: seconds of samples counted for the UDP estimate
@@ -48,24 +48,36 @@ def with_flows(rates: RateBatch, samples: TrafficBatch, now: float) -> RateBatch
     udp = samples[(samples["category"] == Category.UDP) & (samples["ts"] > now - SPAN_SECONDS)]
     if len(udp) == 0:
         return rates
-    key = np.zeros((len(udp), 34), dtype=np.uint8)
-    key[:, :16] = udp["dst"]
-    key[:, 16:32] = udp["src"]
-    key[:, 32:] = udp["sport"].astype(">u2").view(np.uint8).reshape(-1, 2)
-    _, first, inv = np.unique(key.view("V34").ravel(), return_index=True, return_inverse=True)
+    # Distinct (destination, source, source port) pairs, found on one 64-bit number per
+    # sample: each address replaced by its rank among the distinct ones (sorting 64-bit
+    # words is several times cheaper than np.unique on 34-byte keys).
+    d_hi, d_lo = key_words(np.ascontiguousarray(udp["dst"]))
+    d_rank, hi, lo = _ranks(d_hi, d_lo)
+    s_rank, _, s_lo = _ranks(*key_words(np.ascontiguousarray(udp["src"])))
+    if len(hi) * len(s_lo) < 1 << 47:  # fits in 64 bits with the port
+        pair = (d_rank * np.uint64(len(s_lo)) + s_rank) * np.uint64(65536) + udp["sport"].astype(np.uint64)
+    else:  # some 10^7 samples a second: ranks of the pairs of ranks first
+        pair = _ranks(d_rank, s_rank)[0] * np.uint64(65536) + udp["sport"].astype(np.uint64)
+    order = np.argsort(pair)
+    pair = pair[order]
+    starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1])))
     # each distinct pair stands for as many as its sampling rate (the largest it was seen with)
-    weight = np.zeros(len(first))
-    np.maximum.at(weight, inv.ravel(), udp["sample_rate"].astype(float).clip(min=1))
-    dst = np.ascontiguousarray(udp["dst"][first])
-    hi, lo = key_words(dst)
-    order = sort_keys(hi, lo)
-    hi, lo, weight = hi[order], lo[order], weight[order]
-    cut = np.flatnonzero((hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])) + 1
-    starts = np.concatenate(([0], cut))
-    per_dst = np.add.reduceat(weight, starts)
+    weight = np.maximum.reduceat(udp["sample_rate"][order].astype(float).clip(min=1), starts)
+    per_dst = np.bincount(d_rank[order[starts]].astype(np.intp), weight, len(hi))
     r_hi, r_lo = key_words(np.ascontiguousarray(rates["dst"]))
-    pos, found = find_keys(hi[starts], lo[starts], r_hi, r_lo)
+    pos, found = find_keys(hi, lo, r_hi, r_lo)
     rows = np.flatnonzero(found)
     est = per_dst[pos[rows]] / SPAN_SECONDS
     rates["flows"][rows, Category.UDP] = np.minimum(est, rates["pps"][rows, Category.UDP])
     return rates
+
+
+def _ranks(hi: U64, lo: U64) -> tuple[U64, U64, U64]:
+    """(each key's rank among the distinct keys, the distinct keys' high and low words
+    in order)."""
+    order = sort_keys(hi, lo)
+    s_hi, s_lo = hi[order], lo[order]
+    new = np.concatenate(([True], (s_hi[1:] != s_hi[:-1]) | (s_lo[1:] != s_lo[:-1])))
+    rank = np.empty(len(hi), dtype=np.uint64)
+    rank[order] = np.cumsum(new) - 1
+    return rank, s_hi[new], s_lo[new]
