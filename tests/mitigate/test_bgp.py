@@ -467,7 +467,7 @@ def test_shield_restarted_within_deadman_adopts_what_is_announced(speakers: Spea
     proc, ids = crashing_shield(speakers, RULES[2:])
     pid = speakers.speaker_pid()
     try:
-        peer.wait(lambda: peer.routes() == 2)
+        peer.wait(lambda: peer.routes() == 2, what="two routes at the router")
         proc.send_signal(signal.SIGKILL)
         proc.wait(5)
     finally:

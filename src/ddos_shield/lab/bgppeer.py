@@ -193,8 +193,11 @@ class BgpPeerLab:
         peers = json.loads(out) if out.strip() else []
         return any(p.get("state", {}).get("session_state") == 6 for p in peers)  # 6: ESTABLISHED
 
-    def wait(self, pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> float:
-        """Poll ``pred`` until it holds; seconds taken, or :class:`LabError` after ``timeout``."""
+    def wait(self, pred: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> float:
+        """Poll ``pred`` until it holds; seconds taken, or :class:`LabError` after ``timeout``.
+
+        The default is a bound for a loaded 2-vCPU machine (a speaker and a router each
+        poll and batch), not a speed claim: a test that claims a time passes its own."""
         t0 = time.monotonic()
         while not pred():
             if time.monotonic() - t0 > timeout:
