@@ -337,3 +337,85 @@ def test_no_step_is_judged_while_the_kill_switch_passes_everything() -> None:
     assert not [c for c in p.step([], [ATTACK], window, 104.5, rates(6000, 500, 4500)) if isinstance(c, Verified)]
     (v,) = [c for c in p.step([], [ATTACK], window, 105.2, rates(6000, 500, 4500)) if isinstance(c, Verified)]
     assert v.ok and v.rule_ids == (1,)
+
+
+# ---- a vector that joins a running attack gets rules of its own ----------------------
+
+
+def spoofed_syn(now: float) -> np.ndarray:  # 4,000 pps from many sources: a fingerprint, not sources
+    return packets(400, src=spoofed_v4(2000), dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=0x02, ts=now)
+
+
+def test_a_udp_flood_joining_a_syn_flood_gets_a_rule_of_its_own() -> None:
+    h = Harness(ladder('["drop"]'))
+    h.run(2.0, [spoofed_syn])
+    (first,) = h.events("mitigation_applied")
+    assert first["rule"]["match"]["proto"] == 6
+    h.run(3.0, [spoofed_syn, spoofed_udp])  # 10,000 pps of UDP joins (limit 5,000)
+    applied = h.events("mitigation_applied")
+    assert [(e["step"], e["rule"]["match"]["proto"]) for e in applied] == [("drop", 6), ("drop", 17)]
+    assert "new vector udp_flood joined the attack" in applied[1]["reason"]
+    assert applied[1]["rule"]["match"]["dport"] == {"min": 9, "max": 9}
+    assert sorted(r.match.proto or 0 for r in h.dp.backend.list()) == [6, 17]
+    h.run(4.0, [])
+    assert h.dp.backend.list() == [] and h.engine.mitigations() == []
+
+
+def test_no_rule_is_added_while_the_rules_in_force_cover_the_attack() -> None:
+    h = Harness(ladder('["drop"]'))
+    h.run(5.0, [spoofed_syn])
+    assert len(h.events("mitigation_applied")) == 1
+
+
+UDP_ATTACK = Attack(
+    attack_id=11,
+    target=as_network(f"{VICTIM}/32"),
+    group="default",
+    types=(AttackType.UDP_FLOOD,),
+    categories=(Category.UDP,),
+    started=100.0,
+    pps=10000.0,
+    bps=0.0,
+    peak_pps=10000.0,
+    peak_bps=0.0,
+    last_seen=100.0,
+)
+
+
+def udp_rates(pps: float) -> np.ndarray:  # the port 9 flood (10,000 pps) is dropped
+    r = empty_rates(1)
+    r["dst"][0] = list(addr_bytes(VICTIM))
+    r["pps"][0, Category.UDP] = pps
+    r["dropped_pps"][0] = min(pps, 10000)
+    return r
+
+
+def test_a_second_vector_in_the_same_category_is_found_by_the_coverage_of_the_rules() -> None:
+    """A UDP flood to port 9 joined by NTP answers: the category is the same, but the rule
+    in force matches a third of the attack's samples; what it misses gets a rule when it
+    is above the UDP limit (5,000 pps) on its own, once per settle period at most."""
+    p = Policy(parse(ladder('["drop"]')), local="xdp")
+    srcs = spoofed_v4(3000)
+
+    def flood(t: float) -> np.ndarray:
+        return packets(1000, src=srcs, dst=VICTIM, proto=17, category=Category.UDP, dport=9, ts=t)
+
+    def ntp(t: float) -> np.ndarray:
+        return packets(2000, src=srcs, dst=VICTIM, proto=17, category=Category.UDP, sport=123, length=468, ts=t)
+
+    cmds = p.step([AttackChange("start", UDP_ATTACK)], [UDP_ATTACK], flood(100.0), 100.1, udp_rates(10000))
+    (first,) = [c for c in cmds if isinstance(c, Apply)]
+    p.confirm(first.rule.with_id(1), "xdp")
+    both = np.concatenate([flood(100.5), ntp(100.5)])
+    cmds = p.step([], [UDP_ATTACK], both, 100.6, udp_rates(30000))  # within the settle period of the step
+    assert not [c for c in cmds if isinstance(c, Apply)]
+    # what the rule misses comes to 4,000 pps: below the limit, the target's own clients may be it
+    cmds = p.step([], [UDP_ATTACK], both, 101.2, udp_rates(6000))
+    assert not [c for c in cmds if isinstance(c, Apply)]
+    cmds = p.step([], [UDP_ATTACK], both, 102.3, udp_rates(30000))
+    (second,) = [c for c in cmds if isinstance(c, Apply)]
+    assert second.step == "drop" and second.rule.match.sport is not None and second.rule.match.sport.lo == 123
+    assert "matched only 33% of its udp_flood samples" in second.rule.reason
+    p.confirm(second.rule.with_id(2), "xdp")
+    for now in (102.6, 103.5, 104.5):  # both covered now: nothing more
+        assert not [c for c in p.step([], [UDP_ATTACK], both, now, udp_rates(30000)) if isinstance(c, Apply)]

@@ -15,8 +15,10 @@ it (received minus dropped, in the attack's categories) and the target's other
 traffic.  A step that did not cut the attack's traffic by ``verify_min_reduction``,
 or that took ``verify_max_legit_loss`` of the other traffic with it, is rolled back;
 while the traffic that gets through stays above the group's thresholds the next
-step is taken.  Rules are refreshed while the attack lasts and withdrawn a hold
-time after it ends.
+step is taken.  A vector that joins a running attack (its rules match less than
+``source_share`` of a category's recent samples, and what they miss is above the
+limits on its own) gets rules of the step in force, at most once per ``settle_seconds``.
+Rules are refreshed while the attack lasts and withdrawn a hold time after it ends.
 
 It returns commands; the engine carries them out against its backends and reports
 each as an event.  No I/O, no clock.
@@ -41,9 +43,11 @@ import numpy as np
 
 from ddos_shield.config import STEP_BACKENDS, Config, Group, Step
 from ddos_shield.detect import fingerprint
+from ddos_shield.detect.classify import TYPE_CATEGORY
 from ddos_shield.detect.lifecycle import AttackChange
 from ddos_shield.policy.protect import Refused, check_allowlist, is_critical, narrow
 from ddos_shield.records import (
+    CATEGORY_ATTACK,
     Action,
     Attack,
     AttackType,
@@ -157,6 +161,11 @@ class _Mitigation:
     exhausted: bool = False
     #: (match, backend) an operator withdrew: not applied again for this attack
     suppressed: set[tuple[Match, str]] = field(default_factory=set)
+    #: per category, the share of the attack's samples its rules matched when last built
+    built_cover: dict[Category, float] = field(default_factory=dict)
+    #: when rules were last added for a vector that joined the attack
+    extended_at: float = float("-inf")
+    cover_checked: float = float("-inf")
 
     @property
     def rules(self) -> list[Rule]:
@@ -297,6 +306,7 @@ class Policy:
             cmds += [Refresh(h.rule) for h in m.held]
         if m.step < 0:
             return cmds + self._climb(m, ladder, group, 0, window, now, rates)
+        cmds += self._extend(m, ladder[m.step], group, window, now, rates)
         if self._kill_switch:
             m.step_at = m.last_check = now  # the step settles from when enforcement resumes
             return cmds
@@ -385,6 +395,8 @@ class Policy:
             got, skipped = built
             cmds += got
             m.step, m.step_at, m.verified, m.last_check = i, now, False, now
+            m.built_cover = self._coverage(m, window)[0]
+            m.extended_at = now  # a step's rules are a build too: the next comes a settle period on
             m.before = self._traffic(m.attack, rates) if rates is not None else (0.0, 0.0)
             if skipped is None:
                 return cmds
@@ -399,9 +411,19 @@ class Policy:
         return cmds
 
     def _build(
-        self, m: _Mitigation, step: Step, group: Group, window: TrafficBatch, now: float
+        self,
+        m: _Mitigation,
+        step: Step,
+        group: Group,
+        window: TrafficBatch,
+        now: float,
+        attack: Attack | None = None,
+        why: str = "",
     ) -> tuple[list[Command], str | None] | None:
-        """Commands for one step and, when it enforces nothing, why; None while samples are too few."""
+        """Commands for one step and, when it enforces nothing, why; None while samples are too few.
+        ``attack`` (default: the mitigation's) is what the rules are built for, ``why``
+        is added to their reason."""
+        attack = attack or m.attack
         name = step.step
         if name == "observe":
             return [], "host group action is observe" if len(group.steps()) == 1 else "ladder step observe: alert only"
@@ -411,17 +433,17 @@ class Policy:
         if not backend:
             return [], f"ladder step {name}: no {' or '.join(kinds)} backend configured"
         upstream = backend != self._local
-        if name == "syn_proxy" and Category.TCP_SYN not in m.attack.categories:
+        if name == "syn_proxy" and Category.TCP_SYN not in attack.categories:
             return [], "ladder step syn_proxy: not a SYN flood"
         mit = self._config.mitigation
-        target = m.attack.target
+        target = attack.target
         lead = 2 * self._config.shield.interval_ms / 1000
         cands: list[fingerprint.Candidate]
         if name == "blackhole":
             cands = [fingerprint.Candidate(Match(dst=target), "fingerprint", 1.0, 1.0)]
         else:
             built = fingerprint.build(
-                m.attack,
+                attack,
                 window,
                 max_sources=0 if name in ("flowspec", "syn_proxy") else mit.max_sources_per_attack,
                 source_share=mit.source_share,
@@ -435,10 +457,10 @@ class Policy:
                 return None
             cands = [c for c in built if c.set_share >= 0.5]
             if name == "syn_proxy":
-                cands = _service(m.attack, cands)
+                cands = _service(attack, cands)
             if name == "drop_sources":
                 cands = _heavy_sources(
-                    m.attack, window, mit.max_sources_per_attack, self._allow, lead, others=self._active
+                    attack, window, mit.max_sources_per_attack, self._allow, lead, others=self._active
                 )
         if not cands:
             return [], f"ladder step {name}: no rule matches enough of the attack's samples"
@@ -462,7 +484,7 @@ class Policy:
                 rate_pps=group.rate_limit_pps if action == Action.RATE_LIMIT else 0,
                 attack_id=m.attack.attack_id,
                 created_at=now,
-                reason=f"{name}: {c.kind} of {', '.join(t.value for t in m.attack.types)} on {target}",
+                reason=f"{name}: {c.kind} of {', '.join(t.value for t in attack.types)} on {target}{why}",
                 attack_share=c.attack_share,
                 collateral_share=c.collateral_share,
             )
@@ -528,7 +550,92 @@ class Policy:
             return cmds, f"ladder step {name}: every rule refused"
         return cmds, None
 
+    def _extend(
+        self, m: _Mitigation, step: Step, group: Group, window: TrafficBatch, now: float, rates: RateBatch | None
+    ) -> list[Command]:
+        """Rules for a vector that joined the attack after its rules were built (a SYN flood
+        joined by a UDP flood, an amplification by its fragments): in each category where
+        the rules match less than ``source_share`` of the last window's attack samples (and
+        of what they matched when built), and what they miss is above the group's
+        thresholds on its own, the samples they miss get rules of the step in force,
+        through the same preview, protections and limits.  At most once per
+        ``settle_seconds``, so a vector that cannot be fingerprinted does not flap."""
+        if step.step in ("observe", "blackhole") or not m.held or m.suppressed or rates is None:
+            return []  # nothing enforced to extend; a whole-target route needs no more; an operator took over
+        if now - m.extended_at < group.settle_seconds or now - m.cover_checked < REFRESH_EVERY:
+            return []
+        m.cover_checked = now
+        mit = self._config.mitigation
+        cover, hit = self._coverage(m, window)
+        low = [
+            c
+            for c, share in cover.items()
+            if share < mit.source_share * m.built_cover.get(c, 1.0) and self._flood(m.attack, group, c, share, rates)
+        ]
+        if not low:
+            return []
+        types = [t for t in m.attack.types if TYPE_CATEGORY.get(t) in low]
+        have = {TYPE_CATEGORY.get(t) for t in types}
+        types += [CATEGORY_ATTACK[c] for c in low if c not in have]
+        vector = replace(m.attack, categories=tuple(low), types=tuple(types))
+        names = ", ".join(t.value for t in types)
+        if any(c not in m.built_cover for c in low):
+            why = f" (new vector {names} joined the attack)"
+        else:
+            why = f" (the rules in force matched only {min(cover[c] for c in low):.0%} of its {names} samples)"
+        built = self._build(m, step, group, window[~hit], now, attack=vector, why=why)
+        if built is None:
+            return []  # too few of the new vector's samples yet: look again next time
+        m.extended_at = now
+        cmds, skipped = built
+        # what the rules match now (new ones included) is the reference from here on: a
+        # vector refused once is tried again only if the rules then match even less of it
+        m.built_cover.update(self._coverage(m, window)[0])
+        if skipped is not None:
+            cmds.append(Skip(m.attack, skipped + why))
+        return cmds
+
     # ---- measurements ----------------------------------------------------------------
+
+    def _flood(self, attack: Attack, group: Group, cat: Category, covered: float, rates: RateBatch) -> bool:
+        """Whether what the rules miss of ``cat`` at the target (its counted rate times the
+        share of its samples they do not match) is above the group's limit for it on its
+        own.  The target's own clients in the attack's categories are among those samples,
+        and the preview cannot tell them from the attack (they arrived after it started):
+        below the limits, what the rules miss is theirs, and gets no rule."""
+        rows = rates[addresses_in(rates["dst"], attack.target)] if len(rates) else rates
+        if len(rows) == 0:
+            return False
+        limits = group.carpet.thresholds if AttackType.CARPET_BOMBING in attack.types else group.thresholds
+        t = limits.for_category(cat)
+        pps_limit = max(t.pps, attack.limit_pps if attack.basis == "baseline" else 0.0) if t.pps else 0.0
+        missed = 1.0 - covered
+        pps = float(rows["pps"][:, int(cat)].sum()) * missed
+        bps = float(rows["bps"][:, int(cat)].sum()) * missed
+        return bool((pps_limit and pps >= pps_limit) or (t.bps and bps >= t.bps))
+
+    def _coverage(self, m: _Mitigation, window: TrafficBatch) -> tuple[dict[Category, float], np.ndarray]:
+        """Per category of the attack with enough samples in ``window`` to judge by, the
+        share (by packets) its rules match; and the mask of the window's attack samples
+        they match."""
+        lead = 2 * self._config.shield.interval_ms / 1000
+        mine, _ = fingerprint.attack_samples(window, m.attack, m.attack.started - lead, self._active)
+        idx = np.nonzero(mine)[0]
+        atk = window[idx]
+        hit_atk = np.zeros(len(atk), dtype=bool)
+        for h in m.held:
+            hit_atk |= h.rule.match.matches(atk)
+        hit = np.zeros(len(window), dtype=bool)
+        hit[idx[hit_atk]] = True
+        w = atk["packets"].astype(float)
+        enough = max(3, self._config.mitigation.min_samples // 4)  # as fingerprint.build asks of a category
+        out: dict[Category, float] = {}
+        for c in m.attack.categories:
+            sel = atk["category"] == int(c)
+            total = float(w[sel].sum())
+            if int(sel.sum()) >= enough and total > 0:
+                out[c] = float(w[sel & hit_atk].sum()) / total
+        return out, hit
 
     def _traffic(self, attack: Attack, rates: RateBatch) -> tuple[float, float]:
         """(pps of the attack's categories that got through to the target, pps of its
