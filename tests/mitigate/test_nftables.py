@@ -460,6 +460,35 @@ def test_the_index_recovers_from_changes_behind_its_back(pair: VethPair, backend
 
 
 @pytest.mark.lab
+def test_a_layout_1_table_is_upgraded_in_place(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    # Layout 1 had no host sets: host drops were elements of drop4.  Make the table look like one.
+    t = {"family": "netdev", "table": TABLE}
+    legacy = Rule(Match(src=as_network("198.18.18.1/32")), Action.DROP, FAR, rule_id=40, attack_id=3)
+    el = {"elem": {"val": "198.18.18.1", "timeout": 600, "comment": encode_comment(legacy, with_match=False)}}
+    with pair.inside():
+        Nft().run(
+            [
+                {"flush": {"chain": {**t, "name": "main"}}},
+                {"delete": {"set": {**t, "name": "host4"}}},
+                {"delete": {"set": {**t, "name": "host6"}}},
+                {"delete": {"element": {**t, "name": "layout", "elem": [2]}}},
+                {"add": {"element": {**t, "name": "layout", "elem": [1]}}},
+                {"add": {"element": {**t, "name": "drop4", "elem": [el]}}},
+            ],
+            "test",
+        )
+        upgraded = NftablesBackend([pair.rx_if], table=TABLE)
+    [found] = upgraded.list()
+    assert (found.rule_id, found.match, found.attack_id) == (40, legacy.match, 3)
+    fresh = upgraded.apply(Rule(Match(src=as_network("198.18.18.2/32")), Action.DROP, FAR))
+    blast(pair, [udp4("198.18.18.1"), udp4("198.18.18.2"), udp4("198.18.18.3")], times=2)
+    assert observer.received() == {"198.18.18.3": 2}
+    upgraded.withdraw(40)
+    assert [r.rule_id for r in upgraded.list()] == [fresh.rule_id]
+    assert "host4" in upgraded.state().sets
+
+
+@pytest.mark.lab
 def test_fingerprint_expires_without_the_shield_and_is_collected(
     pair: VethPair, backend: NftablesBackend, observer: Observer
 ) -> None:
