@@ -2,8 +2,9 @@
 
     sudo .venv/bin/python bench/enforce.py [--rules 10000] [--latency 200] [--runs 3]
 
-Runs in two private network namespaces joined by a veth pair (``dsn-i3b-tx`` /
-``dsn-i3b-rx``, removed afterwards); the backends attach to ``rx0``.  No traffic is sent.
+Runs in two private network namespaces joined by a veth pair (``<prefix>-tx`` /
+``<prefix>-rx``, ``--prefix dsn-i3b`` by default, removed afterwards); the backends
+attach to ``rx0``.  No traffic is sent.
 
 * **detection to enforcement**: the time from handing a rule to the backend
   (``apply``) until it is in force in the kernel.  Both backends return only after
@@ -11,7 +12,9 @@ Runs in two private network namespaces joined by a veth pair (``dsn-i3b-tx`` /
   are synchronous), and the rule is then read back from the kernel (``list``, not
   timed) to check it is there.  ``--latency`` single source-drop rules, one at a time,
   first on an empty table (each withdrawn again: an attack's first rules), then over
-  a table already holding ``--rules`` rules; median and 99th percentile.
+  a table already holding ``--rules`` rules; median and 99th percentile.  Over the
+  full table, refreshing each of those rules (a later expiry) and withdrawing it are
+  timed too.
 * **10,000 active source rules**: ``--rules`` distinct /32 source drops (from
   198.18.0.0/15) handed over in one ``apply_many`` call (one nftables batch; the XDP
   backend's map updates one rule after the other), from an empty table; total
@@ -41,7 +44,7 @@ from ddos_shield.mitigate.base import Backend
 from ddos_shield.mitigate.nftables import NftablesBackend, remove_table
 from ddos_shield.records import Action, Match, Rule
 
-TX, RX = "dsn-i3b-tx", "dsn-i3b-rx"
+TX, RX = "dsn-i3b-tx", "dsn-i3b-rx"  # main() sets them from --prefix
 TABLE = "dsn_i3b"
 FLOOD_NET = ipaddress.ip_network("198.18.0.0/15")
 
@@ -95,13 +98,30 @@ def measure(open_backend: Callable[[], Backend], rules: int, latency: int) -> di
                 times.append(time.perf_counter() - t)
             listed = {x.rule_id for x in b.list()}
             missing = sum(1 for _ in [applied] if applied.rule_id not in listed)
+            mine = [r for r in b.list() if r.rule_id > applied.rule_id - latency]
+            refresh, withdraw = [], []
+            for r in mine:
+                t = time.perf_counter()
+                b.apply(r.refreshed(r.expires_at + 600))
+                refresh.append(time.perf_counter() - t)
+            for r in mine:
+                t = time.perf_counter()
+                b.withdraw(r.rule_id)
+                withdraw.append(time.perf_counter() - t)
+            missing += len(b.list()) - (in_force + latency - len(mine))
         finally:
             close = getattr(b, "close_plane", None)
             if close is not None:
                 close()
     times.sort()
     empty.sort()
+    refresh.sort()
+    withdraw.sort()
     return {
+        "refresh_median_ms": statistics.median(refresh) * 1000,
+        "refresh_p99_ms": refresh[min(len(refresh) - 1, int(len(refresh) * 0.99))] * 1000,
+        "withdraw_median_ms": statistics.median(withdraw) * 1000,
+        "withdraw_p99_ms": withdraw[min(len(withdraw) - 1, int(len(withdraw) * 0.99))] * 1000,
         "empty_median_ms": statistics.median(empty) * 1000,
         "empty_p99_ms": empty[min(len(empty) - 1, int(len(empty) * 0.99))] * 1000,
         "bulk_s": bulk_s,
@@ -130,7 +150,10 @@ def main() -> int:
     ap.add_argument("--latency", type=int, default=200)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="xdp,nftables")
+    ap.add_argument("--prefix", default="dsn-i3b", help="namespace name prefix (dsn-*)")
     args = ap.parse_args()
+    global TX, RX, TABLE
+    TX, RX, TABLE = f"{args.prefix}-tx", f"{args.prefix}-rx", args.prefix.replace("-", "_")
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -139,7 +162,7 @@ def main() -> int:
     try:
         for run in range(args.runs):
             if "xdp" in args.only:
-                with tempfile.TemporaryDirectory(prefix="dsn-i3b-pin-", dir="/sys/fs/bpf") as pin:
+                with tempfile.TemporaryDirectory(prefix=f"{args.prefix}-pin-", dir="/sys/fs/bpf") as pin:
                     with in_netns(RX):
                         x = _Xdp(pin)
                     results.setdefault("XDP", []).append(measure(x.backend, args.rules, args.latency))
@@ -165,9 +188,10 @@ def main() -> int:
     )
     print(
         "| backend | apply -> in force, empty table: median / p99 | with the rules in force: median / p99 | target |"
+        " refresh / withdraw with the rules in force: median (p99) |"
         " source rules applied (apply_many) | rules/s | in force after | target |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rs in results.items():
 
         def med(key: str, rs: list[dict[str, object]] = rs) -> float:
@@ -181,6 +205,8 @@ def main() -> int:
             f" | {med('median_ms'):.2f} / {med('p99_ms'):.2f} ms"
             f" | {target} ms: {'met' if med('empty_p99_ms') <= target else 'not met'} (empty table),"
             f" {'met' if med('p99_ms') <= target else 'not met'} (full)"
+            f" | {med('refresh_median_ms'):.2f} ({med('refresh_p99_ms'):.2f}) /"
+            f" {med('withdraw_median_ms'):.2f} ({med('withdraw_p99_ms'):.2f}) ms"
             f" | {bulk:.2f} s ({runs}) | {args.rules / bulk:,.0f} | {min(int(str(r['in_force'])) for r in rs):,}"
             f" | 1 s: {'met' if bulk <= 1 else 'not met'} |"
         )
