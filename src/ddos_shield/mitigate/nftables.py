@@ -136,7 +136,13 @@ class Nft:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
-        self._echo: nftables.Nftables | None = None
+        # A context of its own for echoed batches (echoing every batch would print back
+        # the thousands of elements of a bulk source-drop batch for nothing), made now:
+        # a context talks to the network namespace it was created in.
+        self._echo = nftables.Nftables()
+        self._echo.set_json_output(True)
+        self._echo.set_handle_output(True)
+        self._echo.set_echo_output(True)
 
     def run(self, cmds: Cmds, what: str, echo: bool = False) -> Cmds:
         """Run one batch (atomic for changes); returns the output objects.  With
@@ -144,16 +150,7 @@ class Nft:
         them, each added rule with its handle."""
         if not cmds:
             return []
-        ctx = self._nft
-        if echo:
-            if self._echo is None:
-                # A context of its own: echoing every batch would print back the
-                # thousands of elements of a bulk source-drop batch for nothing.
-                self._echo = nftables.Nftables()
-                self._echo.set_json_output(True)
-                self._echo.set_handle_output(True)
-                self._echo.set_echo_output(True)
-            ctx = self._echo
+        ctx = self._echo if echo else self._nft
         rc, out, err = ctx.json_cmd({"nftables": cmds})
         if rc != 0:
             raise DataPlaneError(f"nftables: {what}: {str(err).strip() or f'error {rc}'}")
