@@ -1006,7 +1006,9 @@ def test_decode_many_of_nothing() -> None:
     assert out[0].error and out[1].error is None
 
 
-_MANY_SEEDS = [d for case in ("nfv5", "nfv9_options", "pmacct_nfv9", "pmacct_ipfix_huawei") for d in case_datagrams(case)]
+_MANY_SEEDS = [
+    d for case in ("nfv5", "nfv9_options", "pmacct_nfv9", "pmacct_ipfix_huawei") for d in case_datagrams(case)
+]
 
 
 @FUZZ
