@@ -243,8 +243,13 @@ def test_kill_switch(net: Net, pin_dir: str) -> None:
     try:
         dp.backend.apply(Rule(Match(proto=1), Action.DROP, time.time() + 60))
         dp.backend.set_bypass(True)
-        assert net.send("v4", 4) == 4
-        assert dp.global_stats()["bypass"] == 4
+        before = dp.global_stats()
+        assert net.send("v4", 4) == 4  # the drop rule is there, yet every echo came back
+        after = dp.global_stats()
+        # at least our four passed as bypass: the source's own IPv6 chatter (router
+        # solicitations a few seconds after link-up) may add a frame of its own
+        assert after["bypass"] - before["bypass"] >= 4
+        assert after["dropped"] == before["dropped"]
         dp.backend.set_bypass(False)
         assert net.send("v4", 2) == 0
     finally:
