@@ -7,7 +7,7 @@ import ipaddress
 import numpy as np
 import pytest
 
-from ddos_shield.records import addr_bytes, addresses_in, as_network, empty_traffic, net_key
+from ddos_shield.records import Action, Match, Rule, addr_bytes, addresses_in, as_network, empty_traffic, net_key
 
 ADDRESSES = [
     # IPv4 (IPv4-mapped in the column)
@@ -78,3 +78,36 @@ def test_addresses_in_every_prefix_length_of_random_addresses() -> None:
         ]
         assert addresses_in(col, net).tolist() == want, plen
     assert len(col) == 400 and not np.array_equal(col[0], col[1])  # sanity: the rows differ
+
+
+# ---- rules ---------------------------------------------------------------------------
+
+PER_SOURCE = Rule(Match(proto=17, dst=as_network("2001:db8:113::10/128")), Action.RATE_LIMIT, 2e9, rate_pps=100,
+                  rule_id=3, per_source=True)  # fmt: skip
+
+
+def test_a_per_source_rate_limit_round_trips_through_json() -> None:
+    data = PER_SOURCE.to_json()
+    assert (data["rate_pps"], data["per_source"]) == (100, True)
+    assert Rule.from_json(data) == PER_SOURCE
+    aggregate = Rule(PER_SOURCE.match, Action.RATE_LIMIT, 2e9, rate_pps=100)
+    assert "per_source" not in aggregate.to_json()  # records written before it existed read the same
+    assert not Rule.from_json(aggregate.to_json()).per_source
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        # not a boolean
+        ({"per_source": "yes"}, "per_source: expected true or false, got 'yes'"),
+        ({"per_source": 1}, "per_source: expected true or false, got 1"),
+        # on an action other than a rate limit
+        ({"action": "drop"}, "per_source: only for action rate_limit, not drop"),
+    ],
+)
+def test_a_bad_per_source_names_the_field(change: dict[str, object], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        Rule.from_json({**PER_SOURCE.to_json(), **change})
+    if "action" in change:
+        with pytest.raises(ValueError, match=says):
+            Rule(PER_SOURCE.match, Action.DROP, 2e9, per_source=True)

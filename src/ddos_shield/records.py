@@ -454,6 +454,10 @@ class Rule:
     what events call ``mitigation_id``.  ``expires_at`` is Unix time; the engine
     refreshes it while the attack lasts, and a backend stops enforcing an expired
     rule by itself, so a dead controller never leaves a rule in force for ever.
+
+    ``per_source`` (rate limits only): ``rate_pps`` applies to each source address
+    separately -- a source above it is cut to it, sources below are untouched -- instead
+    of to all matching packets together, so a few heavy sources cannot starve the others.
     """
 
     match: Match
@@ -466,6 +470,11 @@ class Rule:
     reason: str = ""
     attack_share: float | None = field(default=None, compare=False)  # of attack samples matched
     collateral_share: float | None = field(default=None, compare=False)  # of other traffic matched
+    per_source: bool = False
+
+    def __post_init__(self) -> None:
+        if self.per_source and self.action != Action.RATE_LIMIT:
+            raise ValueError(f"per_source: only for action rate_limit, not {self.action.name.lower()}")
 
     def with_id(self, rule_id: int) -> Rule:
         return replace(self, rule_id=rule_id)
@@ -483,6 +492,8 @@ class Rule:
         }
         if self.action == Action.RATE_LIMIT:
             out["rate_pps"] = self.rate_pps
+        if self.per_source:
+            out["per_source"] = True
         if self.reason:
             out["reason"] = self.reason
         if self.attack_share is not None:
@@ -500,6 +511,9 @@ class Rule:
         except KeyError:
             names = ", ".join(a.name.lower() for a in Action)
             raise ValueError(f"action: expected one of {names}, got {data.get('action')!r}") from None
+        per_source = data.get("per_source", False)
+        if not isinstance(per_source, bool):
+            raise ValueError(f"per_source: expected true or false, got {per_source!r}")
         return cls(
             match=Match.from_json(data["match"]),
             action=action,
@@ -511,6 +525,7 @@ class Rule:
             reason=str(data.get("reason", "")),
             attack_share=float(data["attack_share"]) if data.get("attack_share") is not None else None,
             collateral_share=float(data["collateral_share"]) if data.get("collateral_share") is not None else None,
+            per_source=per_source,
         )
 
 

@@ -255,6 +255,8 @@ def test_operator_adds_lists_and_withdraws_a_mitigation(shield: Shield) -> None:
         ({"match": {"proto": 17}, "ttl": 60}, 422, "reason"),
         ({"match": {"proto": 17}, "action": "rate_limit", "ttl": 60, "reason": "x"}, 422, "rate_pps"),
         ({"match": {"proto": 17}, "action": "explode", "ttl": 60, "reason": "x"}, 422, "action"),
+        ({"match": {"proto": 17}, "per_source": True, "ttl": 60, "reason": "x"}, 422, "per_source"),
+        ({"match": {"proto": 17}, "per_source": "yes", "ttl": 60, "reason": "x"}, 422, "per_source"),
         # well-formed but refused by the shield: 409 with its reason
         ({"match": {"src": "198.51.100.53/32"}, "ttl": 60, "reason": "x"}, 409, "allow"),
         ({"match": {"dst": "203.0.113.0/24"}, "ttl": 60, "reason": "x"}, 409, "never-block"),
@@ -266,6 +268,15 @@ def test_refused_mitigations_say_why(shield: Shield, body: dict[str, Any], statu
     assert r.status_code == status, r.text
     assert says in json.dumps(r.json()["detail"])
     assert shield.get(f"{API}/mitigations").json()["mitigations"] == []
+
+
+def test_a_per_source_rate_limit_is_added_and_listed_as_such(shield: Shield) -> None:
+    body = {"match": {"proto": 17, "dport": 53}, "action": "rate_limit", "rate_pps": 100, "per_source": True}
+    r = shield.post(f"{API}/mitigations", json={**body, "ttl": 60, "reason": "few heavy resolvers"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["mitigation"]["rate_pps"], r.json()["mitigation"]["per_source"]) == (100, True)
+    (m,) = shield.get(f"{API}/mitigations").json()["mitigations"]
+    assert (m["action"], m["rate_pps"], m["per_source"]) == ("rate_limit", 100, True)
 
 
 def test_a_drop_on_a_critical_asset_waits_for_an_operators_approval(shield: Shield) -> None:

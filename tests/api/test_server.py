@@ -92,6 +92,16 @@ def test_mitigation_commands_act_as_root_through_the_local_token(
     assert "409: refused:" in capsys.readouterr().err
     assert main(["mitigation", "add", *c, "--dport", "http", "--reason", "x"]) == 2
     assert "--dport 'http': expected a port or a range LO-HI" in capsys.readouterr().err
+    # a per-source rate limit
+    assert main(["mitigation", "add", *c, "--proto", "udp", "--dport", "53", "--action", "rate_limit",
+                 "--rate-pps", "100", "--per-source", "--reason", "few heavy resolvers"]) == 0  # fmt: skip
+    assert "added: rate_limit proto=17 dport=53 at 100 pps per source" in capsys.readouterr().out
+    (m,) = engine.mitigations()
+    assert (m["action"], m["rate_pps"], m["per_source"]) == ("rate_limit", 100, True)
+    assert main(["mitigation", "list", *c]) == 0
+    assert "proto=17 dport=53 at 100 pps per source" in capsys.readouterr().out
+    assert main(["mitigation", "add", *c, "--proto", "udp", "--per-source", "--reason", "x"]) == 2
+    assert "per_source: only for action rate_limit" in capsys.readouterr().err
 
 
 def test_token_commands_and_a_viewer_token_from_the_environment(

@@ -260,6 +260,37 @@ def test_record_skips_malformed_entries_and_refuses_other_versions(tmp_path: Pat
         Ledger.load(p)
 
 
+def test_a_per_source_rate_limit_is_recorded_and_reapplied_as_one(tmp_path: Path) -> None:
+    state = tmp_path / "mitigations.json"
+    h = Harness(state_file=state)
+    rule = h.engine.add_mitigation(
+        Match(proto=17, dst=as_network("203.0.113.20/32")),
+        Action.RATE_LIMIT,
+        60.0,
+        rate_pps=100,
+        per_source=True,
+        actor=OPERATOR,
+        reason="few heavy sources",
+    )
+    (saved,) = json.loads(state.read_text())["mitigations"]
+    assert (saved["rule"]["rate_pps"], saved["rule"]["per_source"]) == (100, True)
+    (ev,) = h.events("mitigation_applied")
+    assert ev["rule"]["per_source"] is True
+    # lost from the backend while the shield was down: put back as it was
+    h.dp.backend.withdraw(rule.rule_id)
+    h2 = Harness(state_file=state, dataplane=h.dp)
+    (rec,) = h2.events("mitigations_reconciled")
+    assert rec["reapplied"] == [rule.rule_id]
+    assert [(r.rule_id, r.per_source) for r in h.dp.backend.list()] == [(rule.rule_id, True)]
+    # a record whose per_source is not a boolean is counted and skipped
+    saved["rule"]["per_source"] = "yes"
+    state.write_text(json.dumps({"version": 1, "next_id": 9, "mitigations": [saved]}))
+    led = Ledger.load(state)
+    assert (list(led.entries), led.malformed) == ([], 1)
+    with pytest.raises(ValueError, match="per_source: only for action rate_limit"):
+        h2.engine.add_mitigation(Match(proto=17), Action.DROP, 60.0, per_source=True, actor=OPERATOR, reason="x")
+
+
 def test_a_notify_backend_hears_of_every_action_under_the_same_id(tmp_path: Path) -> None:
     """A real notify backend with a real script: told of the automatic rule, its
     refreshes (quietly) and its withdrawal, and of an operator's rule."""

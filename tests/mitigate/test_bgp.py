@@ -148,6 +148,11 @@ REFUSE_ROWS = [
     (Rule(Match(dst=net("203.0.113.10/32"), length=Range(1, 10)), Action.DROP, FAR), {}, "no IPv4 packet"),
     (Rule(Match(dst=net("203.0.113.10/32")), Action.RATE_LIMIT, FAR), {}, "rate_pps > 0"),
     (Rule(Match(dst=net("203.0.113.10/32")), Action.OBSERVE, FAR), {}, "nothing to announce"),
+    (
+        Rule(Match(dst=net("203.0.113.10/32")), Action.RATE_LIMIT, FAR, rate_pps=100, per_source=True),
+        {},
+        "per_source: a Flowspec traffic-rate",
+    ),
 ]
 
 

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictBool, model_validator
 
 from ddos_shield import __version__
 from ddos_shield.api.metrics import render
@@ -61,6 +61,9 @@ class MitigationIn(BaseModel):
     action: Literal["drop", "rate_limit", "observe"] = "drop"
     ttl: float = Field(gt=0, le=MAX_MANUAL_TTL, description="seconds the rule stays unless withdrawn")
     rate_pps: int = Field(0, ge=0, description="with action rate_limit: packets per second let through")
+    per_source: StrictBool = Field(
+        False, description="with action rate_limit: rate_pps applies to each source address separately"
+    )
     backend: str | None = Field(None, description="enforcement backend by name (default: the shield's)")
     reason: str = Field(min_length=1, max_length=500, description="why: recorded with the rule and the event")
 
@@ -70,6 +73,8 @@ class MitigationIn(BaseModel):
             raise ValueError(f"rate_pps: a rate limit needs a positive rate, got {self.rate_pps}")
         if self.action != "rate_limit" and self.rate_pps:
             raise ValueError(f"rate_pps: only for action rate_limit, got {self.rate_pps} with {self.action}")
+        if self.per_source and self.action != "rate_limit":
+            raise ValueError(f"per_source: only for action rate_limit, not {self.action}")
         return self
 
 
@@ -332,7 +337,14 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
         action = Action[body.action.upper()]
         try:
             rule = view.add_mitigation(
-                match, action, body.ttl, rate_pps=body.rate_pps, backend=body.backend, actor=p.actor, reason=body.reason
+                match,
+                action,
+                body.ttl,
+                rate_pps=body.rate_pps,
+                per_source=body.per_source,
+                backend=body.backend,
+                actor=p.actor,
+                reason=body.reason,
             )
         except ValueError as e:
             raise HTTPException(409, f"refused: {e}") from e

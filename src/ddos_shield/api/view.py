@@ -73,6 +73,7 @@ class EngineLike(Protocol):
         ttl: float,
         *,
         rate_pps: int = 0,
+        per_source: bool = False,
         backend: str | None = None,
         actor: str,
         reason: str,
@@ -180,9 +181,10 @@ class ShieldView:
         backend: str | None,
         actor: str,
         reason: str,
+        per_source: bool = False,
     ) -> Rule:
         return self._engine.add_mitigation(
-            match, action, ttl, rate_pps=rate_pps, backend=backend, actor=actor, reason=reason
+            match, action, ttl, rate_pps=rate_pps, per_source=per_source, backend=backend, actor=actor, reason=reason
         )
 
     def approve(self, mitigation_id: int, *, actor: str) -> Rule:

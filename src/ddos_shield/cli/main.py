@@ -222,6 +222,12 @@ def _add_mitigation_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
     add.add_argument("--dport", help="destination port or range LO-HI")
     add.add_argument("--action", choices=("drop", "rate_limit", "observe"), default="drop")
     add.add_argument("--rate-pps", type=int, default=0, help="with --action rate_limit: packets per second let through")
+    add.add_argument(
+        "--per-source",
+        action="store_true",
+        help="with --action rate_limit: the rate applies to each source address separately (a source above it "
+        "is cut to it, sources below are untouched); not on the bgp backend",
+    )
     add.add_argument("--ttl", type=float, default=600.0, help="seconds the rule stays unless withdrawn (default 600)")
     add.add_argument("--reason", required=True, help="why (recorded with the rule)")
     ap = msub.add_parser("approve", help="approve a mitigation that awaits an operator")
@@ -668,8 +674,10 @@ def _cmd_mitigation(args: argparse.Namespace) -> int:
                 "rate_pps": args.rate_pps,
                 "reason": args.reason,
             }
+            if args.per_source:
+                body["per_source"] = True
             rule = client.request("POST", "/mitigations", body)["mitigation"]
-            print(f"mitigation {rule['mitigation_id']} added: {rule['action']} {_describe(rule['match'])}")
+            print(f"mitigation {rule['mitigation_id']} added: {rule['action']} {_describe(rule['match'])}{_rate(rule)}")
         elif args.mitigation_command == "approve":
             rule = client.request("POST", f"/mitigations/{args.id}/approve")["mitigation"]
             print(f"mitigation {rule['mitigation_id']} approved: {rule['action']} {_describe(rule['match'])}")
@@ -727,8 +735,16 @@ def _print_mitigations(items: list[dict[str, Any]]) -> None:
         hits = m["hits"]
         print(
             f"{m['mitigation_id']:>6} {m['state']!s:9} {m['action']!s:10} {hits['packets']:>10} "
-            f"{hits['dropped']:>10} {m['time_left']:>6.0f}s  {_describe(m['match'])}  ({m['actor']}: {m['reason']})"
+            f"{hits['dropped']:>10} {m['time_left']:>6.0f}s  {_describe(m['match'])}{_rate(m)}  "
+            f"({m['actor']}: {m['reason']})"
         )
+
+
+def _rate(rule: dict[str, Any]) -> str:
+    """`` at N pps`` (`` per source``) for a rate limit, nothing for other actions."""
+    if rule.get("action") != "rate_limit":
+        return ""
+    return f" at {rule.get('rate_pps')} pps" + (" per source" if rule.get("per_source") else "")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:

@@ -820,6 +820,11 @@ class XdpBackend(Backend):
         except ValueError as e:
             raise DataPlaneError(f"rule {rule_id}: {e}") from e
         rec["fields"] = f
+        if rule.per_source:
+            raise DataPlaneError(
+                f"rule {rule_id}: per_source: the XDP program has no per-source rate limits "
+                "(the nftables backend enforces them)"
+            )
         if rule.action == Action.RATE_LIMIT and rule.rate_pps <= 0:
             raise DataPlaneError(f"rule {rule_id}: rate_limit needs rate_pps > 0, got {rule.rate_pps}")
         rec["rate_pps"] = max(0, rule.rate_pps)

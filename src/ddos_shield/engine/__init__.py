@@ -748,17 +748,21 @@ class Engine:
         ttl: float,
         *,
         rate_pps: int = 0,
+        per_source: bool = False,
         backend: str | None = None,
         actor: str,
         reason: str,
     ) -> Rule:
-        """Enforce an operator's rule for ``ttl`` seconds.  Refused (ValueError naming
+        """Enforce an operator's rule for ``ttl`` seconds (``per_source``: a rate limit
+        that holds each source to ``rate_pps``).  Refused (ValueError naming
         the reason, and a ``mitigation_refused`` event) when invalid or when the
         protected-asset lists forbid it.  An operator may drop traffic to a critical
         asset: the critical list only stops the shield doing so on its own."""
         with self._lock:
             now = self._clock()
             name = backend or self.backend.name
+            if per_source and action != Action.RATE_LIMIT:
+                raise ValueError(f"per_source: only for action rate_limit, not {Action(action).name.lower()}")
             rule = Rule(
                 match=match,
                 action=Action(action),
@@ -766,6 +770,7 @@ class Engine:
                 rate_pps=rate_pps,
                 created_at=now,
                 reason=reason,
+                per_source=per_source,
             )
             try:
                 self._check_manual(rule, name, ttl)
@@ -889,6 +894,7 @@ class Engine:
                         "action": r.action.name.lower(),
                         "match": r.match.to_json(),
                         "rate_pps": r.rate_pps,
+                        "per_source": r.per_source,
                         "attack_id": r.attack_id,
                         "actor": e.actor,
                         "reason": e.reason,

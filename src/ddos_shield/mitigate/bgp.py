@@ -114,6 +114,11 @@ def compile_rule(rule: Rule, settings: Bgp) -> Announcement:
     """The announcement of ``rule``; ``ValueError`` names why a rule cannot be announced."""
     if rule.action == Action.BLACKHOLE:
         return _blackhole(rule, settings)
+    if rule.per_source:
+        raise ValueError(
+            "per_source: a Flowspec traffic-rate limits all matching traffic together, "
+            "a per-source rate limit is enforced by the xdp and nftables backends only"
+        )
     if rule.action in (Action.DROP, Action.RATE_LIMIT):
         return _flowspec(rule, settings)
     raise ValueError(f"action {rule.action.name.lower()}: nothing to announce over BGP")

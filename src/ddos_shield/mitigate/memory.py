@@ -18,6 +18,9 @@ import numpy as np
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.records import Action, IPNetwork, Rule, RuleStats, TrafficBatch, addresses_in
 
+#: per-source rate limits: a source unseen this long is forgotten (its bucket full again)
+SOURCE_IDLE_SECONDS = 60.0
+
 
 class MemoryBackend(Backend):
     """See the module docstring."""
@@ -33,6 +36,8 @@ class MemoryBackend(Backend):
         self.bypass = False
         self._lock = threading.Lock()
         self._buckets: dict[int, tuple[float, float]] = {}  # rate limits: (tokens, time)
+        #: per-source rate limits: rule id -> source (16 bytes) -> (tokens, time)
+        self._src_buckets: dict[int, dict[bytes, tuple[float, float]]] = {}
 
     def apply(self, rule: Rule) -> Rule:
         with self._lock:
@@ -47,6 +52,7 @@ class MemoryBackend(Backend):
             self._rules.pop(rule_id, None)
             self._hits.pop(rule_id, None)
             self._buckets.pop(rule_id, None)
+            self._src_buckets.pop(rule_id, None)
 
     def list(self) -> list[Rule]:
         now = self._clock()
@@ -88,7 +94,11 @@ class MemoryBackend(Backend):
                     dropped |= hit
                     h[2] += int(batch["packets"][hit].sum())
                 elif rule.action == Action.RATE_LIMIT and hit.any():
-                    over = self._over_rate(rule, batch, hit)
+                    over = (
+                        self._over_rate_per_source(rule, batch, hit)
+                        if rule.per_source
+                        else self._over_rate(rule, batch, hit)
+                    )
                     dropped |= over
                     h[2] += int(batch["packets"][over].sum())
         return dropped
@@ -107,4 +117,39 @@ class MemoryBackend(Backend):
         self._buckets[rule.rule_id] = (tokens, t)
         over = np.zeros(len(batch), dtype=bool)
         over[idx[~passed]] = True
+        return over
+
+    def _over_rate_per_source(self, rule: Rule, batch: TrafficBatch, hit: np.ndarray) -> np.ndarray:
+        """:meth:`_over_rate` with one bucket per source address; a source idle for
+        ``SOURCE_IDLE_SECONDS`` starts again with a full bucket (nftables' and XDP's
+        per-source state ages out the same way)."""
+        idx = np.flatnonzero(hit)
+        keys = np.ascontiguousarray(batch["src"][idx]).view("V16").ravel()
+        order = np.argsort(keys, kind="stable")  # by source, in arrival order within one
+        idx, keys = idx[order], keys[order]
+        uniq, start = np.unique(keys, return_index=True)
+        pk = batch["packets"][idx].astype(float)
+        cum = np.cumsum(pk)
+        base = np.repeat(cum[start] - pk[start], np.diff(np.append(start, len(idx))))
+        within = cum - base  # cumulative packets of each row's source up to that row
+        burst = max(1.0, rule.rate_pps / 10)
+        ts = batch["ts"][idx]
+        per = self._src_buckets.setdefault(rule.rule_id, {})
+        tokens = np.empty(len(idx))
+        ends = np.append(start[1:], len(idx))
+        for u, a, b in zip(uniq, start, ends, strict=True):
+            t = float(ts[a:b].max())
+            have, last = per.get(u.tobytes(), (burst, t))
+            if t - last > SOURCE_IDLE_SECONDS:
+                have = burst
+            have = min(burst, have + max(0.0, t - last) * rule.rate_pps)
+            tokens[a:b] = have
+            passed_b = within[a:b] <= have
+            per[u.tobytes()] = (have - (float(within[a:b][passed_b][-1]) if passed_b.any() else 0.0), t)
+        if len(per) > 4 * len(uniq) + 1024:
+            newest = float(ts.max())
+            for k in [k for k, (_, last) in per.items() if newest - last > SOURCE_IDLE_SECONDS]:
+                del per[k]
+        over = np.zeros(len(batch), dtype=bool)
+        over[idx[within > tokens]] = True
         return over

@@ -53,6 +53,16 @@ libnftables reads every element of every interval set in the ruleset before each
 command: with 10,000 hosts in ``drop4``, any batch took ~80 ms; a hash set costs nothing.
 Layout 1 (hosts in ``drop4``) is upgraded in place to layout 2 when the backend opens it.
 
+A per-source rate limit (``Rule.per_source``) is the same rule with a *meter* of its
+own, the dynamic set ``m<id>_4`` / ``m<id>_6`` keyed by source address: each source's
+packets go through a ``limit rate over`` of their own (``update @m<id>_4 { ip saddr
+limit rate over N/second }``), so a source above the rate is cut to it and sources
+below it are untouched.  A source idle for ``METER_TIMEOUT`` seconds leaves the meter;
+a meter holds at most ``METER_SIZE`` sources, and a source that finds it full is not
+limited (nftables cannot add it, and the rule does not match): per-source limits are
+for floods from few sources, where an aggregate limit would starve the others.  The
+rule is read back from its ``update`` statement, so it survives a restart as it is.
+
 Rule ids come from the set ``next_rule_id`` (one element: the next free id), bumped
 in the same batch that installs a rule, so ids are never reused, even across restarts.
 
@@ -104,6 +114,10 @@ PRIORITY = -500
 ETH_HLEN = 14
 #: Rate-limit burst: a tenth of a second of the rate, at least this many packets.
 MIN_BURST = 5
+#: Per-source rate limits: a source unseen this long leaves the rule's meter (seconds)
+METER_TIMEOUT = 60
+#: Per-source rate limits: most sources one rule's meter holds (each ~200 bytes of kernel memory)
+METER_SIZE = 65536
 #: Longest comment libnftables accepts through JSON (its kernel user data is 256 bytes).
 MAX_COMMENT = 250
 
@@ -125,6 +139,7 @@ Cmds = list[dict[str, Any]]
 _Nets = list[IPNetwork]  # (the backend's "list" method hides the builtin in its class)
 _Rules = list[Rule]
 _RULE_SET = re.compile(r"^r(\d+)_([46])$")
+_METER_SET = re.compile(r"^m(\d+)_([46])$")
 _SP_SET = re.compile(r"^sp(\d+)_([46])$")
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
@@ -344,16 +359,23 @@ def match_exprs(m: Match, fam: int, dst_set: str) -> Cmds:
     return out
 
 
-def verdict_exprs(rule: Rule, counters: tuple[int, int, int] = (0, 0, 0)) -> Cmds:
-    """Counter(s) and verdict; ``counters`` (packets, bytes, dropped) carry old values over."""
+def verdict_exprs(rule: Rule, counters: tuple[int, int, int] = (0, 0, 0), meter: str = "") -> Cmds:
+    """Counter(s) and verdict; ``counters`` (packets, bytes, dropped) carry old values over.
+    A per-source rate limit needs ``meter``, its dynamic set (its family is the name's last character)."""
     hit = {"counter": {"packets": counters[0], "bytes": counters[1]}}
     if rule.action == Action.DROP:
         return [hit, {"goto": {"target": "blocked"}}]
     if rule.action == Action.RATE_LIMIT:
         burst = max(MIN_BURST, rule.rate_pps // 10)
+        limit: dict[str, Any] = {"limit": {"rate": rule.rate_pps, "burst": burst, "per": "second", "inv": True}}
+        if rule.per_source:
+            if not meter:
+                raise ValueError(f"rule {rule.rule_id}: a per-source rate limit needs its meter set")
+            src = payload(_ip(int(meter[-1])), "saddr")
+            limit = {"set": {"op": "update", "elem": src, "set": "@" + meter, "stmt": [limit]}}
         return [
             hit,
-            {"limit": {"rate": rule.rate_pps, "burst": burst, "per": "second", "inv": True}},
+            limit,
             {"counter": {"packets": counters[2], "bytes": 0}},
             {"goto": {"target": "rate_blocked"}},
         ]
@@ -378,6 +400,7 @@ class Entry:
     source_set: str = ""  # element: the set it is in (host4, drop4, ...)
     handles: list[tuple[str, int]] = field(default_factory=list)  # chain: (chain, handle)
     sets: list[str] = field(default_factory=list)  # chain: its destination sets
+    meters: list[str] = field(default_factory=list)  # chain, per-source rate limit: its dynamic source sets
 
     def src(self) -> IPNetwork:
         """The source prefix of an element entry."""
@@ -487,7 +510,7 @@ def parse_state(objs: Cmds, now: float) -> TableState:
     for rid, parts in grouped.items():
         info = decode_comment(parts[0]["comment"]) or {}
         m: Match = info["match"]
-        action, rate = Action.OBSERVE, 0
+        action, rate, per_source = Action.OBSERVE, 0, False
         packets = nbytes = dropped = 0
         entry = Entry(Rule(m, Action.OBSERVE, 0.0), "chain")
         dsts: list[IPNetwork] = []
@@ -502,6 +525,11 @@ def parse_state(objs: Cmds, now: float) -> TableState:
             for x in exprs:
                 if "limit" in x:
                     action, rate = Action.RATE_LIMIT, int(x["limit"]["rate"])
+                elif "set" in x and x["set"].get("op") == "update":  # a per-source limit's meter
+                    limits = [s["limit"] for s in x["set"].get("stmt", []) if "limit" in s]
+                    if limits:
+                        action, rate, per_source = Action.RATE_LIMIT, int(limits[0]["rate"]), True
+                        entry.meters.append(str(x["set"]["set"]).lstrip("@"))
                 elif "goto" in x and x["goto"]["target"] == "blocked":
                     action = Action.DROP
                 elif "match" in x and isinstance(x["match"]["right"], str) and x["match"]["right"].startswith("@"):
@@ -532,6 +560,7 @@ def parse_state(objs: Cmds, now: float) -> TableState:
             rule_id=rid,
             attack_id=int(info.get("attack", 0)),
             created_at=float(info.get("created", 0)),
+            per_source=per_source,
         )
         entry.packets, entry.bytes, entry.dropped = packets, nbytes, dropped
         state.entries[rid] = entry
@@ -957,7 +986,13 @@ class NftablesBackend(Backend):
             state.add_drop(name, source, rid)
             state.entries[rid] = Entry(rule, "element", family=source.version, net=source, source_set=name)
         else:
-            entry = Entry(rule, "chain", sets=[c["add"]["set"]["name"] for c in new if "set" in c["add"]])
+            names = [c["add"]["set"]["name"] for c in new if "set" in c["add"]]
+            entry = Entry(
+                rule,
+                "chain",
+                sets=[n for n in names if not _METER_SET.match(n)],
+                meters=[n for n in names if _METER_SET.match(n)],
+            )
             for o in echoed:
                 r = o.get("add", {}).get("rule")
                 if r is not None and r.get("chain") in RULE_CHAINS:
@@ -1005,13 +1040,23 @@ class NftablesBackend(Backend):
             chain = f"rules{fam}_l4" if m.needs_ports() else f"rules{fam}"
             cmds.append({"add": {"set": self._obj(name=name, type=f"ipv{fam}_addr", flags=["interval", "timeout"])}})
             cmds.append({"add": {"element": self._obj(name=name, elem=[_timed(prefix(net), timeout)])}})
-            expr = match_exprs(m, fam, name) + verdict_exprs(rule, carry)
+            meter = ""
+            if rule.per_source:
+                meter = f"m{rule.rule_id}_{fam}"
+                cmds.append({"add": {"set": self._meter(meter, fam)}})
+            expr = match_exprs(m, fam, name) + verdict_exprs(rule, carry, meter)
             cmds.append({"add": {"rule": self._obj(chain=chain, expr=expr, comment=comment)}})
             carry = (0, 0, 0)  # counted once, on the first family's rule
         return cmds
 
     def _sp_obj(self, **kw: Any) -> dict[str, Any]:
         return {**self._sp, **kw}
+
+    def _meter(self, name: str, fam: int) -> dict[str, Any]:
+        """A per-source rate limit's dynamic set: one element (and limit) per source.  No
+        "dynamic" flag: libnftables 1.0.6 refuses it through JSON, and marks the set
+        dynamic itself when the rule's ``update`` statement refers to it."""
+        return self._obj(name=name, type=f"ipv{fam}_addr", flags=["timeout"], timeout=METER_TIMEOUT, size=METER_SIZE)
 
     def _install_synproxy(self, rule: Rule, timeout: int) -> Cmds:
         """The SYN proxy for ``rule``'s destination and ports: SYNs to it left untracked
@@ -1059,7 +1104,7 @@ class NftablesBackend(Backend):
         if e.kind == "element":
             return [{"delete": {"element": self._obj(name=e.source_set, elem=[prefix(e.src())])}}]
         out: Cmds = [{"delete": {"rule": self._obj(chain=chain, handle=handle)}} for chain, handle in e.handles]
-        out += [{"delete": {"set": self._obj(name=name)}} for name in e.sets]
+        out += [{"delete": {"set": self._obj(name=name)}} for name in e.sets + e.meters]
         return out
 
     def withdraw(self, rule_id: int) -> None:
@@ -1091,10 +1136,10 @@ class NftablesBackend(Backend):
             if e.expired:
                 cmds += [{"delete": {"rule": obj(chain=c, handle=h)}} for c, h in e.handles]
             else:
-                used.update(e.sets)
+                used.update(e.sets + e.meters)
         # Then the sets: those of expired rules, and any left behind by a crash.
         for name in state.sets:
-            if _RULE_SET.match(name) and name not in used:
+            if (_RULE_SET.match(name) or _METER_SET.match(name)) and name not in used:
                 cmds.append({"delete": {"set": self._obj(name=name)}})
         for name in state.sp_sets:
             if _SP_SET.match(name) and name not in used:
@@ -1123,7 +1168,13 @@ def _timed(val: Any, timeout: int) -> dict[str, Any]:
 
 def _same_shape(a: Rule, b: Rule) -> bool:
     """Whether ``b`` differs from ``a`` only by expiry (so a refresh is enough)."""
-    return (a.match, a.action, a.rate_pps, a.attack_id) == (b.match, b.action, b.rate_pps, b.attack_id)
+    return (a.match, a.action, a.rate_pps, a.attack_id, a.per_source) == (
+        b.match,
+        b.action,
+        b.rate_pps,
+        b.attack_id,
+        b.per_source,
+    )
 
 
 def table_exists(table: str = DEFAULT_TABLE) -> bool:

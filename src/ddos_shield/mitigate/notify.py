@@ -172,7 +172,12 @@ class NotifyBackend(Backend):
                 rule = rule.with_id(next(self._ids))
             old = self._held.get(rule.rule_id)
             self._held[rule.rule_id] = rule
-        changed = old is None or (old.match, old.action, old.rate_pps) != (rule.match, rule.action, rule.rate_pps)
+        changed = old is None or (old.match, old.action, old.rate_pps, old.per_source) != (
+            rule.match,
+            rule.action,
+            rule.rate_pps,
+            rule.per_source,
+        )
         if changed:  # a refresh of the expiry is not news
             self._send("apply", rule)
         return rule
