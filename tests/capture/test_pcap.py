@@ -18,12 +18,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddos_shield.capture import pcap
+from ddos_shield.capture import native, pcap
 from ddos_shield.capture.pcap import CaptureReader
 from ddos_shield.errors import ShieldError
 from ddos_shield.records import Category, PacketFlag, Source, TrafficBatch, bytes_addr, empty_traffic
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "captures"
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test reads with both classic pcap walks: the compiled one (capture/native.py,
+    built by set-up) and the numpy one the reader falls back to."""
+    if request.param == "native":
+        native.build()  # set-up has built it; a no-op unless the source is newer
+        assert native.load() is not None
+    monkeypatch.setattr(pcap, "USE_NATIVE", request.param == "native")
+    return str(request.param)
+
 
 # ---- building frames ------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """Read pcap and pcapng files into traffic batches, a chunk at a time.
 
-A capture is read in blocks of a few MiB; the only per-packet Python work is walking
-the record (or block) headers to find where each packet starts.  Everything else --
+A capture is read in blocks of a few MiB; the only per-packet work is walking the
+record (or block) headers to find where each packet starts: for classic pcap in C when
+``ddos-shield build`` has compiled the walker (:mod:`~ddos_shield.capture.native`),
+else with the numpy walk of :class:`_PcapWalk`.  Everything else --
 timestamps, lengths, link-layer headers, the frame prefixes handed to
 :func:`~ddos_shield.capture.decode.decode_frames_valid` -- is gathered from the block
 with numpy, a whole chunk at once.  dpkt (and scapy) build one Python object per
@@ -35,6 +37,7 @@ import contextlib
 import mmap
 import os
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from ddos_shield.capture import native
 from ddos_shield.capture.decode import ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, decode_frames_valid
 from ddos_shield.errors import ShieldError
 from ddos_shield.records import Source, TrafficBatch, empty_traffic
@@ -83,6 +87,9 @@ READ_BYTES = 8 << 20
 NEAR_WRAP = 3600
 #: pages already read are dropped from the process every this many bytes
 RELEASE_BYTES = 64 << 20
+#: walk classic pcap files with the compiled walker when it is built (capture/native.py);
+#: False forces the numpy walk (tests run both)
+USE_NATIVE = True
 #: no real record is larger (pcap's and Wireshark's own limit for most link types)
 MAX_RECORD = 256 << 10
 #: no real pcapng block is larger
@@ -284,6 +291,10 @@ class CaptureReader:
 
     def _pcap(self, m: _Mapped) -> Iterator[FrameChunk]:
         hdr_dtype = np.dtype([(n, self._order + "u4") for n in ("sec", "frac", "incl", "orig")])
+        walker = native.load() if USE_NATIVE else None
+        if walker is not None:
+            yield from self._pcap_native(m, walker, hdr_dtype)
+            return
         walk = _PcapWalk(m, self._order, hdr_dtype)
         pos = 24
         while pos < m.size and not walk.error:
@@ -291,23 +302,54 @@ class CaptureReader:
             m.reached(end)
             offs, pos = walk.records(pos, end)
             for lo in range(0, len(offs), self.chunk_packets):
-                yield self._pcap_chunk(m.data, offs[lo : lo + self.chunk_packets], hdr_dtype)
+                o = offs[lo : lo + self.chunk_packets]
+                # the record header and the frame prefix past the link pseudo-header, in one gather
+                skip = LINKTYPES[self._linktype][1]
+                rows = _rows(m.data, o, 16 + skip + SNAPLEN)
+                yield self._pcap_chunk(m.data, o, hdr_dtype, rows[:, :16], rows[:, 16 + skip :], cut=False)
             m.release(pos)
         self.stats.error = walk.error
 
-    def _pcap_chunk(
-        self, data: npt.NDArray[np.uint8], offs: npt.NDArray[np.int64], hdr_dtype: np.dtype[Any]
-    ) -> FrameChunk:
-        # the record header and the frame prefix past the link pseudo-header, in one gather
+    def _pcap_native(self, m: _Mapped, walker: native.PcapWalker, hdr_dtype: np.dtype[Any]) -> Iterator[FrameChunk]:
+        """The same walk in C (capture/native.py): the same chunks, record for record."""
         skip = LINKTYPES[self._linktype][1]
-        rows = _rows(data, offs, 16 + skip + SNAPLEN)
+        swap = self._order != ("<" if sys.byteorder == "little" else ">")
+        pos, status = 24, native.WALK_OK
+        while pos < m.size and status == native.WALK_OK:
+            end = min(m.size, pos + READ_BYTES)
+            m.reached(end)
+            while pos < end and status == native.WALK_OK:
+                # no more rows than records could start in the window
+                room = min(self.chunk_packets, (end - pos) // 16 + 1)
+                offs, heads, frames, pos, status = walker.walk(
+                    m.data, pos, end, swap=swap, max_record=MAX_RECORD, skip=skip, snap=SNAPLEN, max_n=room
+                )
+                if len(offs):
+                    yield self._pcap_chunk(m.data, offs, hdr_dtype, heads, frames, cut=True)
+            m.release(pos)
+        if status == native.WALK_CORRUPT:
+            (incl,) = struct.unpack_from(self._order + "I", m.buf, pos + 8)
+            self.stats.error = f"corrupt record at byte {pos}: length {incl}"
+        elif status == native.WALK_CUT_SHORT:
+            self.stats.error = f"file cut short: the record at byte {pos} is incomplete"
+
+    def _pcap_chunk(
+        self,
+        data: npt.NDArray[np.uint8],
+        offs: npt.NDArray[np.int64],
+        hdr_dtype: np.dtype[Any],
+        heads: npt.NDArray[np.uint8],
+        frames: npt.NDArray[np.uint8],
+        *,
+        cut: bool,
+    ) -> FrameChunk:
         word = hdr_dtype["sec"]
-        sec, frac, incl, orig = (rows[:, 4 * i : 4 * i + 4].view(word)[:, 0] for i in range(4))
+        sec, frac, incl, orig = (heads[:, 4 * i : 4 * i + 4].view(word)[:, 0] for i in range(4))
         ts = sec.astype(np.float64) + frac.astype(np.float64) * self._tick
         incl = incl.astype(np.int64)
         orig = np.maximum(orig.astype(np.int64), incl)
         link = np.full(len(offs), self._linktype, dtype=np.int64)
-        return self._frames(data, offs + 16, incl, orig, ts, link, rows[:, 16 + skip :])
+        return self._frames(data, offs + 16, incl, orig, ts, link, frames, cut=cut)
 
     # ---- pcapng ------------------------------------------------------------------
 
@@ -432,9 +474,12 @@ class CaptureReader:
         ts: npt.NDArray[np.float64],
         linktype: npt.NDArray[np.int64],
         frames: npt.NDArray[np.uint8] | None = None,
+        *,
+        cut: bool = False,
     ) -> FrameChunk:
         """Gather each record's frame prefix, past its link pseudo-header, in one go
-        (unless the caller has: ``frames``)."""
+        (unless the caller has: ``frames``, whose bytes past each record's length are
+        zero already when ``cut``)."""
         n = len(start)
         skip: Any
         if n and linktype[0] == linktype[-1] and bool((linktype == linktype[0]).all()):  # one link type (pcap)
@@ -455,7 +500,8 @@ class CaptureReader:
         wirelen = np.maximum(orig - skip, 0)
         if frames is None:
             frames = _rows(data, start + skip, SNAPLEN)
-        frames *= _KEEP[np.minimum(caplen, SNAPLEN)]  # bytes of the next record are not this one's
+        if not cut:
+            frames *= _KEEP[np.minimum(caplen, SNAPLEN)]  # bytes of the next record are not this one's
         sll2 = np.nonzero(linktype == LINKTYPE_LINUX_SLL2)[0]
         if len(sll2):
             frames[sll2, 12] = data[start[sll2]]
