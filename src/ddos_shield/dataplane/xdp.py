@@ -67,6 +67,7 @@ MAP_NAMES = (
     "fp_index",
     "dst_stats",
     "samples",
+    "src_buckets",
 )
 BPFFS_MAGIC = 0xCAFE4A11
 MODES = ("auto", "native", "generic")
@@ -820,11 +821,7 @@ class XdpBackend(Backend):
         except ValueError as e:
             raise DataPlaneError(f"rule {rule_id}: {e}") from e
         rec["fields"] = f
-        if rule.per_source:
-            raise DataPlaneError(
-                f"rule {rule_id}: per_source: the XDP program has no per-source rate limits "
-                "(the nftables backend enforces them)"
-            )
+        rec["flags"] = self.abi["RF_PER_SOURCE"] if rule.per_source else 0
         if rule.action == Action.RATE_LIMIT and rule.rate_pps <= 0:
             raise DataPlaneError(f"rule {rule_id}: rate_limit needs rate_pps > 0, got {rule.rate_pps}")
         rec["rate_pps"] = max(0, rule.rate_pps)
@@ -862,6 +859,7 @@ class XdpBackend(Backend):
             rule_id=int(r["rule_id"]),
             attack_id=int(r["attack_id"]),
             created_at=int(r["created_ns"]) / 1e9 + offset,
+            per_source=bool(int(r["flags"]) & self.abi["RF_PER_SOURCE"]),
         )
 
     # -- fingerprint index ---------------------------------------------------------

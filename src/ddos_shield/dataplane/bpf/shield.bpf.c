@@ -27,6 +27,7 @@ struct shield_abi {
 	enum shield_cat cat;
 	enum shield_action action;
 	enum shield_field field;
+	enum shield_rule_flag rule_flag;
 	enum shield_pkt_flag pkt_flag;
 	enum shield_verdict verdict;
 	enum shield_stat stat;
@@ -299,6 +300,40 @@ static __always_inline int bucket_take(const struct rule *r, struct rule_stats *
 	return 0;
 }
 
+/* The bucket of one source of a per-source rate limit (RF_PER_SOURCE): rate_pps for
+ * that source alone, one second of burst, full for a source not seen before. */
+static __always_inline int src_bucket_take(const struct rule *r, const struct pkt *p, __u64 *now)
+{
+	struct src_bucket_key k = { .rule_id = r->rule_id };
+	struct src_bucket *b;
+	__u64 rate = r->rate_pps ? r->rate_pps : 1;
+	__u64 burst = rate * NSEC_PER_SEC, t = clock_now(now);
+
+	__builtin_memcpy(k.addr, p->src.addr, sizeof(k.addr));
+	b = bpf_map_lookup_elem(&src_buckets, &k);
+	if (!b) {
+		struct src_bucket fresh = { .tokens = burst - NSEC_PER_SEC, .last_ns = t };
+
+		bpf_map_update_elem(&src_buckets, &k, &fresh, BPF_NOEXIST);
+		return 1;
+	}
+	if (t > b->last_ns) {
+		__u64 elapsed = t - b->last_ns;
+
+		if (elapsed > NSEC_PER_SEC)
+			elapsed = NSEC_PER_SEC;
+		b->tokens += elapsed * rate;
+		if (b->tokens > burst)
+			b->tokens = burst;
+		b->last_ns = t;
+	}
+	if (b->tokens >= NSEC_PER_SEC) {
+		b->tokens -= NSEC_PER_SEC;
+		return 1;
+	}
+	return 0;
+}
+
 static __always_inline void ipv6_mask(__u8 *addr, __u32 plen)
 {
 	__u32 *w = (__u32 *)addr;
@@ -395,7 +430,10 @@ int shield_xdp(struct xdp_md *ctx)
 			action = XDP_DROP;
 			verdict = V_DROP;
 		} else if (r->action == ACT_RATE_LIMIT) {
-			if (rs && !bucket_take(r, rs, cfg, &now)) {
+			int ok = (r->flags & RF_PER_SOURCE) ? src_bucket_take(r, &p, &now)
+							    : (!rs || bucket_take(r, rs, cfg, &now));
+
+			if (!ok) {
 				action = XDP_DROP;
 				verdict = V_RATE_LIMITED;
 				stat_inc(ST_RATE_LIMITED);

@@ -29,6 +29,7 @@ enum shield_limits {
 	SHIELD_MAX_PREFIXES = 16384,   /* protected / allow-list prefixes */
 	SHIELD_MAX_FP_INDEX = 16384,   /* destination prefixes with fingerprint rules */
 	SHIELD_FP_LIST_MAX = 16,       /* fingerprint rules checked per destination */
+	SHIELD_MAX_SRC_BUCKETS = 131072, /* LRU-bounded (rule, source) buckets of per-source rate limits */
 	SHIELD_MAX_VLAN = 2,           /* VLAN tags parsed (QinQ) */
 	SHIELD_MAX_EXTHDR = 6,         /* IPv6 extension headers walked */
 	SHIELD_RINGBUF_BYTES = 4194304,
@@ -49,7 +50,7 @@ enum shield_cat {
 enum shield_action {
 	ACT_NONE = 0,       /* free slot */
 	ACT_DROP = 1,
-	ACT_RATE_LIMIT = 2, /* token bucket of rule.rate_pps, split across CPUs */
+	ACT_RATE_LIMIT = 2, /* token bucket of rule.rate_pps, split across CPUs (RF_PER_SOURCE: one per source) */
 	ACT_OBSERVE = 3,    /* count hits, pass: dry-run and preview */
 };
 
@@ -64,6 +65,11 @@ enum shield_field {
 	F_LEN = 1 << 6,
 	F_TTL = 1 << 7,
 	F_NEED_PORTS = F_SPORT | F_DPORT | F_TCP_FLAGS,
+};
+
+/* rule.flags: how a rule acts. */
+enum shield_rule_flag {
+	RF_PER_SOURCE = 1 << 0,   /* ACT_RATE_LIMIT: rate_pps for each source address (map "src_buckets") */
 };
 
 /* Packet flags, kept in a sample so user space knows what the kernel saw. */
@@ -140,7 +146,8 @@ struct rule {                  /* map "rules" (array, SHIELD_MAX_RULES slots) */
 	__u16 dport_min, dport_max;
 	__u16 len_min, len_max;    /* packet length at the hook (L2 frame) */
 	__u8 src_plen, dst_plen;   /* in the 16-byte address space */
-	__u8 pad[2];
+	__u8 flags;                /* enum shield_rule_flag bits */
+	__u8 pad;
 	__u8 src[16];              /* masked */
 	__u8 dst[16];              /* masked */
 	__u32 src_mask[4];         /* precomputed masks, network order words */
@@ -155,6 +162,16 @@ struct rule_stats {            /* map "rule_stats" (per-CPU array, per slot) */
 	__u64 bytes;
 	__u64 dropped;             /* of those, dropped */
 	__u64 tokens;              /* rate limit: per-CPU token bucket, in packets * 1e9 */
+	__u64 last_ns;
+};
+
+struct src_bucket_key {       /* map "src_buckets" (LRU hash): a per-source rate limit's bucket */
+	__u32 rule_id;             /* ids are never reused: a withdrawn rule's buckets just age out */
+	__u8 addr[16];             /* the source, IPv4-mapped */
+};
+
+struct src_bucket {            /* token bucket in packet-nanoseconds, shared by the CPUs */
+	__u64 tokens;
 	__u64 last_ns;
 };
 
@@ -269,6 +286,18 @@ struct {
 	__type(key, struct lpm_key);
 	__type(value, struct fp_list);
 } fp_index SEC(".maps");
+
+/* Per-source rate limits: one bucket per (rule, source), the least recently used
+ * evicted when full (an evicted source comes back with a full bucket). Not per CPU:
+ * a source's packets may be spread over CPUs, and each CPU holding rate_pps would
+ * let it through at a multiple of the rate; concurrent updates of one bucket may
+ * race, which lets a few packets too many through, never too few. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SHIELD_MAX_SRC_BUCKETS);
+	__type(key, struct src_bucket_key);
+	__type(value, struct src_bucket);
+} src_buckets SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
