@@ -261,6 +261,26 @@ def test_find_keys_matches_bisect(
     assert [queries[i] for i in order] == sorted(queries)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    table_lo=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=80),
+    queries=st.lists(st.integers(0, 2**64 - 1), max_size=80),
+    high=st.sampled_from([0, 0x0123456789ABCDEF]),
+)
+def test_find_keys_with_one_high_word_matches_bisect(table_lo: list[int], queries: list[int], high: int) -> None:
+    # every key with the same high word (IPv4 keys): the short path
+    import bisect
+
+    uniq = sorted(set(table_lo))
+    queries = [*uniq[::2], *queries, uniq[0], uniq[-1]]
+    s_lo = np.array(uniq, dtype=np.uint64)
+    pos, found = find_keys(
+        np.full(len(uniq), high, np.uint64), s_lo, np.full(len(queries), high, np.uint64), np.array(queries, np.uint64)
+    )
+    assert pos.tolist() == [bisect.bisect_left(uniq, k) for k in queries]
+    assert found.tolist() == [k in set(uniq) for k in queries]
+
+
 @pytest.mark.parametrize("runs", [1, 5, 100])
 def test_find_keys_many_keys(runs: int) -> None:
     # IPv6 keys longer than /64 make runs of equal high words: one, a few, or many

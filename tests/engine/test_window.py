@@ -42,3 +42,20 @@ def test_an_empty_window_is_an_empty_batch() -> None:
     w.add(empty_traffic())
     w.trim(100.0)
     assert len(w.view()) == 0 and w.view().dtype == empty_traffic().dtype
+
+
+def test_since_holds_every_row_later_than_its_time() -> None:
+    rng = np.random.default_rng(4)
+    w = SampleWindow(2.0)
+    for tick in range(60):
+        now = tick * 0.1
+        b = _batch(rng, now - 0.1, int(rng.integers(0, 40)))
+        if tick % 7 == 0 and len(b):  # out of order: an old row in a new batch
+            b["ts"][0] = now - 1.5
+        w.add(b)
+        w.trim(now)
+        for t in (now - 1.0, now - 0.25, now + 1.0):
+            view, part = w.view(), w.since(t)
+            assert np.array_equal(view[len(view) - len(part) :], part)  # the window's last rows
+            assert np.array_equal(np.sort(view["ts"][view["ts"] > t]), np.sort(part["ts"][part["ts"] > t]))
+        assert len(w.since(now - 1.0)) < len(w) or tick < 12

@@ -50,6 +50,7 @@ from ddos_shield.detect.baseline import Baselines
 from ddos_shield.detect.carpet import CarpetDetector
 from ddos_shield.detect.classify import Classifier
 from ddos_shield.detect.connections import ConnectionDetector
+from ddos_shield.detect.flows import SPAN_SECONDS as FLOW_SPAN_SECONDS
 from ddos_shield.detect.flows import with_flows
 from ddos_shield.detect.lifecycle import AttackChange, AttackTracker
 from ddos_shield.detect.scan import Finding, ScanDetector
@@ -348,7 +349,8 @@ class Engine:
         self._window.trim(now)
         window = self._window.view()
 
-        rates = with_flows(rates, window, now)
+        # the UDP flow estimate reads the last SPAN_SECONDS of samples only
+        rates = with_flows(rates, self._window.since(now - FLOW_SPAN_SECONDS), now)
         active = {a.target for a in self.tracker.active}
         floods = self.detector.observe(rates, now, active)
         # carpet bombing: prefixes whose spread is over their limits, host attacks left out

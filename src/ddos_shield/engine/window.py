@@ -12,6 +12,8 @@ reading is a view.
 >>> b = empty_traffic(3); b["ts"] = [10.0, 10.5, 11.0]
 >>> w.add(b); w.trim(12.5); len(w.view())
 3
+>>> len(w.since(10.9)), len(w.since(11.0))
+(3, 0)
 >>> w.trim(13.5); len(w.view())
 0
 """
@@ -59,6 +61,20 @@ class SampleWindow:
         """The window's rows in the order added: a view, valid until the next
         :meth:`add` (callers read it, never write it)."""
         out: TrafficBatch = self._buf[self._start : self._end]
+        return out
+
+    def since(self, t: float) -> TrafficBatch:
+        """The window's rows from the first batch whose newest row is later than ``t``
+        on (a view, as :meth:`view`): every row later than ``t`` is among them, and a
+        reader of the last second need not look at the rest."""
+        start = self._start
+        for end, newest in self._batches:
+            if newest > t:
+                break
+            start = end
+        else:
+            start = self._end
+        out: TrafficBatch = self._buf[start : self._end]
         return out
 
     def _make_room(self, n: int) -> None:
