@@ -193,6 +193,16 @@ class Group(_Model):
         "drop", description="drop the attack's traffic, rate-limit it, or only observe (alert, no rule)"
     )
     rate_limit_pps: PositiveInt = Field(1000, description="with action = 'rate_limit': packets per second let through")
+    rate_limit_per_source: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="how the shield's rate limits on a fingerprint apply: 'auto' holds each source to "
+        "per_source_pps where that alone keeps the attack below the thresholds (an attack from few sources, "
+        "which an aggregate limit would share with the target's clients), and limits the whole "
+        "fingerprint to rate_limit_pps otherwise; 'always' per source; 'never' the whole fingerprint",
+    )
+    per_source_pps: PositiveInt = Field(
+        100, description="per-source rate limits: packets per second let through from each source"
+    )
     hold_seconds: float = Field(
         60.0, ge=0, description="how long a rule stays after its attack ends (also the rule's kernel expiry)"
     )

@@ -4,6 +4,7 @@ kernel does); the kernel path is in tests/test_policy_lab.py."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from ddos_shield.config import parse
 from ddos_shield.dataplane.replay import ReplayDataPlane
 from ddos_shield.detect.lifecycle import AttackChange
 from ddos_shield.mitigate.memory import MemoryBackend
-from ddos_shield.policy import Apply, Policy, Verified, Withdraw
+from ddos_shield.policy import Apply, Policy, Verified, Withdraw, per_source_passes
 from ddos_shield.records import Action, Attack, AttackType, Category, Match, addr_bytes, as_network, empty_rates
 from tests.engine.test_engine import CONFIG, VICTIM, Harness
 from tests.traffic import packets, spoofed_v4
@@ -419,3 +420,106 @@ def test_a_second_vector_in_the_same_category_is_found_by_the_coverage_of_the_ru
     p.confirm(second.rule.with_id(2), "xdp")
     for now in (102.6, 103.5, 104.5):  # both covered now: nothing more
         assert not [c for c in p.step([], [UDP_ATTACK], both, now, udp_rates(30000)) if isinstance(c, Apply)]
+
+
+# ---- per-source rate limits ------------------------------------------------------------
+# Twenty sources at 500 pps each (10,000 pps, the UDP limit is 5,000) and twenty clients
+# of the same service at 20 pps each, every packet alike but for its source: too many
+# sources for source rules (max 8 here), so the rate limit is on the fingerprint.
+
+HEAVY = [f"198.18.1.{i}" for i in range(1, 21)]
+CLIENTS = [f"198.51.100.{i}" for i in range(100, 120)]
+
+
+def few_heavy(now: float) -> np.ndarray:
+    return packets(1000, src=HEAVY, dst=VICTIM, proto=17, category=Category.UDP, dport=53, ts=now)
+
+
+def clients(now: float) -> np.ndarray:
+    return packets(40, src=CLIENTS, dst=VICTIM, proto=17, category=Category.UDP, dport=53, ts=now)
+
+
+def per_source_config(steps: str = '["rate_limit"]', mode: str = "auto", extra: str = "") -> str:
+    return (
+        ladder(steps, rate_limit_pps=1000, rate_limit_per_source=f'"{mode}"')
+        .replace("protected =", f"{extra}\nprotected =")
+        .replace("[shield]", "[mitigation]\nmax_sources_per_attack = 8\n[shield]")
+    )
+
+
+def passed_after(h: Harness, seconds: float = 1.0) -> dict[str, int]:
+    """Packets per source the rules in force let through of ``seconds`` more of both."""
+    got: dict[str, int] = {}
+    for i in range(round(seconds / 0.1)):
+        batch = np.concatenate([few_heavy(h.now + 0.1 * i), clients(h.now + 0.1 * i)])
+        kept = batch[~h.dp.backend.offer(batch)]
+        for s in kept["src"]:
+            key = str(ipaddress.ip_address(bytes(s[12:])))
+            got[key] = got.get(key, 0) + 1
+    return got
+
+
+def test_a_flood_from_few_sources_is_limited_per_source_and_the_clients_keep_their_service() -> None:
+    h = Harness(per_source_config())
+    h.run(3.0, [few_heavy, clients])
+    (applied,) = h.events("mitigation_applied")
+    rule = applied["rule"]
+    assert (rule["action"], rule["rate_pps"], rule["per_source"]) == ("rate_limit", 100, True)
+    assert "per source, 100 pps each" in rule["reason"]
+    (v,) = h.events("mitigation_verified")
+    assert v["ok"] and v["after_pps"] <= 5000
+    got = passed_after(h)
+    assert all(got.get(c) == 20 for c in CLIENTS), got  # every client packet of the second
+    assert all(got.get(s, 0) <= 100 + 10 for s in HEAVY), got  # each heavy source at its rate
+
+
+def test_the_same_flood_under_an_aggregate_limit_starves_the_clients() -> None:
+    h = Harness(per_source_config(mode="never"))
+    h.run(3.0, [few_heavy, clients])
+    (applied,) = h.events("mitigation_applied")
+    assert (applied["rule"]["rate_pps"], applied["rule"].get("per_source", False)) == (1000, False)
+    got = passed_after(h)
+    assert sum(got.get(c, 0) for c in CLIENTS) < 0.5 * 20 * len(CLIENTS)
+
+
+def test_a_spoofed_flood_gets_the_aggregate_limit() -> None:
+    """Thousands of sources: a limit per source would let all of it through."""
+    h = Harness(per_source_config())
+    h.run(2.0, [spoofed_udp])
+    (applied,) = h.events("mitigation_applied")
+    assert (applied["rule"]["rate_pps"], applied["rule"].get("per_source", False)) == (1000, False)
+    h2 = Harness(per_source_config(mode="always"))
+    h2.run(2.0, [spoofed_udp])
+    (forced,) = h2.events("mitigation_applied")
+    assert (forced["rule"]["rate_pps"], forced["rule"]["per_source"]) == (100, True)
+
+
+def test_a_critical_asset_is_limited_per_source_while_its_drop_waits() -> None:
+    h = Harness(per_source_config('["drop"]', extra=f'critical = ["{VICTIM}/32"]'))
+    h.run(3.0, [few_heavy, clients])
+    (pending,) = [m for m in h.engine.mitigations() if m["state"] == "pending"]
+    (active,) = [m for m in h.engine.mitigations() if m["state"] == "active"]
+    assert pending["action"] == "drop"
+    assert (active["action"], active["rate_pps"], active["per_source"]) == ("rate_limit", 100, True)
+    got = passed_after(h)
+    assert all(got.get(c) == 20 for c in CLIENTS), got
+
+
+# what a per-source limit of 100 pps lets through of a 10,000 pps attack, from its samples
+PASSES_ROWS = [
+    # few sources, each seen many times: each held to the rate
+    ([("198.18.0.1", 50), ("198.18.0.2", 50)], 200.0),
+    # a heavy source and a light one (1 % of the samples: 100 pps, at the limit), either family
+    ([("198.18.0.1", 99), ("2001:2::1", 1)], 200.0),
+    # sources seen once carry 20 % of the samples: their number is unknown
+    ([("198.18.0.1", 80)] + [(f"2001:2::{i}", 1) for i in range(1, 21)], None),
+    # a spoofed flood: a new source in every sample
+    ([(f"198.18.0.{i}", 1) for i in range(1, 101)], None),
+]
+
+
+@pytest.mark.parametrize(("rows", "want"), PASSES_ROWS)
+def test_per_source_passes(rows: list[tuple[str, int]], want: float | None) -> None:
+    batch = np.concatenate([packets(n, src=s, dst=VICTIM, proto=17, category=Category.UDP) for s, n in rows])
+    got = per_source_passes(batch, 10000.0, float(batch["packets"].sum()), 100.0)
+    assert got == (pytest.approx(want) if want is not None else None)

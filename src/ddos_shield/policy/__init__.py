@@ -26,6 +26,12 @@ each as an event.  No I/O, no clock.
 Rules the policy did not create itself (found in a backend after a restart) are
 *adopted*: kept until their expiry unless an attack claims them again.
 
+Rate limits on a fingerprint hold each source to the group's ``per_source_pps`` where
+that alone keeps the attack below the group's thresholds (:func:`per_source_passes`:
+an attack from few sources, whose aggregate limit would be shared with the target's own
+clients matching the same fingerprint, and starve them); otherwise the whole fingerprint
+is limited to ``rate_limit_pps`` (``rate_limit_per_source``: auto, always or never).
+
 Protected assets: an attack on a critical asset gets a rate limit where the ladder
 says drop, and the drop is filed as :class:`Pending` until an operator approves; a
 drop that would cover the never-block list is narrowed or refused (:class:`Refuse`)
@@ -473,6 +479,7 @@ class Policy:
         cmds: list[Command] = []
         adopted = {(r.match, b): rid for rid, (r, b) in self._adopted.items()}
         held = {(h.rule.match, h.backend): h for h in m.held}
+        per_source = _PerSource(self, attack, group, window, lead)
         room_target = mit.max_rules_per_target - len(m.held)
         room_total = mit.max_rules_total - len(self.rules())
         new: list[_Held] = []
@@ -512,7 +519,7 @@ class Policy:
                 cmds.append(Refuse(rule, m.attack, str(e)))
                 if upstream or action != Action.DROP:
                     continue
-                pieces = [replace(rule, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)]
+                pieces = [per_source.limit(replace(rule, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps), c)]
             if len(pieces) > 1:
                 cmds.append(Refuse(rule, m.attack, "narrowed around the never-block list"))
             for p in pieces:
@@ -520,8 +527,14 @@ class Policy:
                     # never dropped automatically: limit now, drop once an operator approves
                     cmds.append(Pending(p, m.attack, f"{target} is a critical asset", backend))
                     p = replace(p, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)
+                if p.action == Action.RATE_LIMIT and not upstream:
+                    p = per_source.limit(p, c)
                 key = (p.match, backend)
-                if key in held and held[key].rule.action == p.action and held[key].rule.rate_pps == p.rate_pps:
+                if (
+                    key in held
+                    and held[key].rule.action == p.action
+                    and (held[key].rule.rate_pps, held[key].rule.per_source) == (p.rate_pps, p.per_source)
+                ):
                     continue  # this very rule is in force already (an earlier step)
                 if len(new) >= min(room_target, room_total):
                     cmds.append(
@@ -660,6 +673,65 @@ class Policy:
         limits = group.carpet.thresholds if AttackType.CARPET_BOMBING in attack.types else group.thresholds
         lim = [limits.for_category(c).pps for c in attack.categories]
         return float(sum(x for x in lim if x)) or float("inf")
+
+
+#: per-source limits judge an attack's source set from its samples only when sources seen
+#: in one sample carry at most this share of them: a spoofed flood shows a new source in
+#: nearly every sample, and its sources are then far more than the samples tell
+MAX_SINGLE_SAMPLE_SHARE = 0.1
+
+
+def per_source_passes(samples: TrafficBatch, attack_pps: float, total_packets: float, rate: float) -> float | None:
+    """What a per-source limit of ``rate`` lets through of the attack traffic that
+    ``samples`` (the attack's samples a rule matches) stand for: each source's rate
+    (``attack_pps`` times its share of ``total_packets``, the packets of all the attack's
+    samples) up to ``rate``, summed.  ``None`` when the samples cannot tell the sources:
+    none, or sources seen only once carry more than :data:`MAX_SINGLE_SAMPLE_SHARE`."""
+    if len(samples) == 0 or total_packets <= 0:
+        return None
+    keys = np.ascontiguousarray(samples["src"]).view("V16").ravel()
+    _, inv, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    w = np.bincount(inv, weights=samples["packets"].astype(np.float64))
+    if float(w[counts == 1].sum()) > MAX_SINGLE_SAMPLE_SHARE * float(w.sum()):
+        return None
+    est = attack_pps * w / total_packets
+    return float(np.minimum(est, rate).sum())
+
+
+class _PerSource:
+    """Whether a rate limit of one :meth:`Policy._build` holds each source (see the
+    module docstring); the attack's samples are picked once, when first needed."""
+
+    def __init__(self, policy: Policy, attack: Attack, group: Group, window: TrafficBatch, lead: float) -> None:
+        self._policy, self._attack, self._group, self._window, self._lead = policy, attack, group, window, lead
+        self._samples: TrafficBatch | None = None
+
+    def limit(self, rule: Rule, cand: fingerprint.Candidate) -> Rule:
+        """``rule`` (a rate limit) per source, or as it is."""
+        mode = self._group.rate_limit_per_source
+        src = rule.match.src
+        if mode == "never" or cand.kind != "fingerprint" or (src is not None and src.prefixlen == src.max_prefixlen):
+            return rule  # one source's rule is its own limit already
+        rate = self._group.per_source_pps
+        if mode == "always":
+            return replace(rule, per_source=True, rate_pps=rate, reason=rule.reason + f" (per source, {rate} pps each)")
+        if self._samples is None:
+            mine, _ = fingerprint.attack_samples(
+                self._window, self._attack, self._attack.started - self._lead, self._policy._active
+            )
+            self._samples = self._window[mine]
+        atk = self._samples
+        passes = per_source_passes(
+            atk[rule.match.matches(atk)], self._attack.pps, float(atk["packets"].sum()), float(rate)
+        )
+        if passes is None or passes > self._policy._limit(self._attack, self._group):
+            return rule
+        return replace(
+            rule,
+            per_source=True,
+            rate_pps=rate,
+            reason=rule.reason + f" (per source, {rate} pps each: ~{passes:.0f} pps of it would pass)",
+        )
 
 
 def _service(attack: Attack, cands: list[fingerprint.Candidate]) -> list[fingerprint.Candidate]:
