@@ -168,3 +168,17 @@ def test_a_lone_burst_over_a_learned_limit_is_not_an_attack() -> None:
     for i in range(10):  # over, over, under, ...
         pps = 2000 if i % 3 != 2 else 20
         assert det.observe(rates([(SMALL, pps)]), now=t + 0.1 * i) == []
+
+
+@pytest.mark.parametrize("attacked", [(), (BUSY, SMALL)])
+def test_rows_are_judged_together_as_each_alone(attacked: tuple[str, ...]) -> None:
+    # learned, static and unknown destinations, some under attack (exit limits), in one batch
+    rows = [(BUSY, 45_000), (SMALL, 2000), (FIXED, 25_000), ("203.0.113.30", 25_000), ("203.0.113.40", 100)]
+    active = {as_network(f"{a}/32") for a in attacked}
+    together, alone = learned_detector(), {dst: learned_detector() for dst, _ in rows}
+    for i in range(BASELINE_TICKS + 1):
+        now = 1_700_000_041.0 + 0.1 * i
+        got = together.observe(rates(rows), now=now, active=active)
+        want = [o for dst, pps in rows for o in alone[dst].observe(rates([(dst, pps)]), now=now, active=active)]
+        assert got == want
+    assert {str(o.target) for o in got} == {f"{d}/32" for d in (SMALL, FIXED, "203.0.113.30", *attacked)}

@@ -457,9 +457,13 @@ def _spread_eff(level: F64, spread: F64) -> F64:
     return out
 
 
-def entry_exit(level: F64, spread: F64, sensitivity: float, floor: F64, exit_ratio: float) -> tuple[F64, F64]:
+def entry_exit(
+    level: F64, spread: F64, sensitivity: float | F64, floor: F64, exit_ratio: float | F64
+) -> tuple[F64, F64]:
     """Entry and exit limits from a learned level and spread, (..., categories, metrics).
 
+    Elementwise: ``sensitivity``, ``floor`` and ``exit_ratio`` may also be arrays that
+    broadcast against ``level`` (one row of each per destination, of different groups).
     ``floor`` (categories, metrics) holds the group's floors, 0 where the rate is not
     judged (its limits are then infinite).  Entry: above ``level + sensitivity x spread``
     and above the floor.  Exit (hysteresis): ``exit_ratio`` of the excess over the level,
