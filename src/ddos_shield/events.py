@@ -23,6 +23,8 @@ Names and fields (later capabilities add names, never change these):
 ``config_reloaded``  a new configuration is in force (``actor``, ``source``: posted or file, ``saved``)
 ``config_refused``   a reload was refused, the running configuration stays (``actor``, ``errors``)
 ``api_failed``       the API could not start (``reason``); the shield protects on without it
+``backend_rebuilt``  a reload changed a backend's settings (``backend``, ``enabled``; ``reapplied``,
+                     ``removed``, ``orphaned`` mitigation ids)
 ===================  =================================================================
 
 Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),

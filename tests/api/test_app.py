@@ -261,6 +261,7 @@ def test_operator_adds_lists_and_withdraws_a_mitigation(shield: Shield) -> None:
         ({"match": {"src": "198.51.100.53/32"}, "ttl": 60, "reason": "x"}, 409, "allow"),
         ({"match": {"dst": "203.0.113.0/24"}, "ttl": 60, "reason": "x"}, 409, "never-block"),
         ({"match": {"proto": 17}, "ttl": 60, "backend": "bgp", "reason": "x"}, 409, "backend"),
+        ({"match": {"dst": "203.0.113.10"}, "action": "blackhole", "ttl": 60, "reason": "x"}, 403, "admin"),
     ],
 )
 def test_refused_mitigations_say_why(shield: Shield, body: dict[str, Any], status: int, says: str) -> None:

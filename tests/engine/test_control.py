@@ -78,6 +78,9 @@ REFUSED = [
     (Match(proto=17), Action.DROP, 0.0, {}, "ttl"),
     (Match(proto=17), Action.DROP, float("nan"), {}, "ttl"),
     (Match(proto=17), Action.DROP, 60.0, {"backend": "bgp"}, "backend: 'bgp' is not configured"),
+    # blackholes: BGP routes for one address, never-block first
+    (Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, 60.0, {}, "action blackhole: no BGP backend"),
+    (Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, 60.0, {"backend": "xdp"}, "only the bgp backend"),
 ]
 
 

@@ -151,6 +151,21 @@ def test_refresh_sends_nothing_and_a_change_is_make_before_break(speaker: FakeSp
         "announce route 203.0.113.12/32 next-hop self",
         "withdraw route 203.0.113.11/32 next-hop self",
     ]
+    # the same route with other attributes (a reload's new next hop and community):
+    # announced again, and the old one not withdrawn, which would withdraw the new one
+    n = len(speaker.lines)
+    new = "announce route 203.0.113.12/32 next-hop 192.0.2.9 community [65535:666]"
+    speaker.request(
+        {
+            **apply_req(rid, "203.0.113.12/32"),
+            "announce": [new],
+            "withdraw": ["withdraw route 203.0.113.12/32 next-hop 192.0.2.9"],
+        }
+    )
+    assert speaker.lines[n:] == [new]
+    # nor may another rule announce that route under another next hop
+    r = speaker.request(apply_req(0, "203.0.113.12/32"))
+    assert not r["ok"] and "already announces" in r["error"]
 
 
 def test_refusals(speaker: FakeSpeaker) -> None:

@@ -32,7 +32,7 @@ from ddos_shield.api.tokens import LOCAL_NAME, Role, TokenStore
 from ddos_shield.api.view import ReloadRefused, ShieldView
 from ddos_shield.engine import MAX_MANUAL_TTL
 from ddos_shield.errors import ShieldError
-from ddos_shield.records import Action, Match
+from ddos_shield.records import Action, Match, Rule
 from ddos_shield.store.history import History
 
 API = "/api/v1"
@@ -58,13 +58,21 @@ class MitigationIn(BaseModel):
         "({min, max} or one number), tcp_flags ({mask, value})",
         examples=[{"proto": 17, "dst": "203.0.113.10/32", "dport": 53}],
     )
-    action: Literal["drop", "rate_limit", "observe"] = "drop"
+    action: Literal["drop", "rate_limit", "observe", "blackhole"] = Field(
+        "drop",
+        description="blackhole: a route for one address (match only dst, /32 or /128) with the BLACKHOLE "
+        "community 65535:666, announced by the bgp backend; admin tokens only",
+    )
     ttl: float = Field(gt=0, le=MAX_MANUAL_TTL, description="seconds the rule stays unless withdrawn")
     rate_pps: int = Field(0, ge=0, description="with action rate_limit: packets per second let through")
     per_source: StrictBool = Field(
         False, description="with action rate_limit: rate_pps applies to each source address separately"
     )
-    backend: str | None = Field(None, description="enforcement backend by name (default: the shield's)")
+    backend: str | None = Field(
+        None,
+        description="enforcement backend by name (default: the shield's; bgp for a blackhole); 'bgp' with drop "
+        "or rate_limit announces the rule upstream as Flowspec",
+    )
     reason: str = Field(min_length=1, max_length=500, description="why: recorded with the rule and the event")
 
     @model_validator(mode="after")
@@ -335,6 +343,12 @@ def create_app(view: ShieldView, tokens: TokenStore, *, metrics: CollectorRegist
         if not match.fields():
             raise HTTPException(422, "match: empty; a rule must match something")
         action = Action[body.action.upper()]
+        if action == Action.BLACKHOLE and Role.parse(p.role) < Role.ADMIN:
+            # it takes the whole target off the Internet: an admin's decision
+            why = f"action blackhole needs an admin token; token {p.name!r} has role {p.role}"
+            asked = Rule(match, action, time.time() + body.ttl, created_at=time.time(), reason=body.reason)
+            view.emit("mitigation_refused", actor=p.actor, reason=why, rule=asked.to_json(), attack_id=0)
+            raise HTTPException(403, why)
         try:
             rule = view.add_mitigation(
                 match,

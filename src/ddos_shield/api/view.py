@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from ddos_shield import config as configmod
 from ddos_shield.api.attacks import AttackLog
 from ddos_shield.config import Config
-from ddos_shield.errors import ConfigError
+from ddos_shield.engine import RELOADABLE_BACKENDS
+from ddos_shield.errors import ConfigError, ShieldError
 from ddos_shield.events import EventSink
 from ddos_shield.records import Action, Match, Rule
 from ddos_shield.store.history import History
@@ -36,9 +37,9 @@ RESTART_ONLY = (
     "shield.interval_ms",
     "shield.ipv6_prefix_len",
     "shield.detach_on_stop",
-    # the enforcement backends are built at start
+    # the enforcement backends are built at start, except BGP's: a reload rebuilds it
+    # (Engine.reload), so "bgp" may come or go in mitigation.backends and [bgp] may change
     "mitigation.backends",
-    "bgp",
     "events",
     "sources",
     "api",
@@ -64,7 +65,7 @@ class EngineLike(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
     def try_snapshot(self, timeout: float) -> dict[str, Any] | None: ...
     def traffic(self, top: int = 10) -> dict[str, Any]: ...
-    def reload(self, config: Config) -> None: ...
+    def reload(self, config: Config, *, actor: str = ...) -> None: ...
     def mitigations(self) -> list[dict[str, Any]]: ...
     def add_mitigation(
         self,
@@ -103,6 +104,8 @@ def restart_needed(old: Config, new: Config) -> list[str]:
     out = []
     for f in RESTART_ONLY:
         a, b = _get(old, f), _get(new, f)
+        if f == "mitigation.backends":
+            a, b = ([k for k in x if k not in RELOADABLE_BACKENDS] for x in (a, b))
         if a != b:
             out.append(f)
     return out
@@ -226,7 +229,11 @@ class ShieldView:
         except ReloadRefused as e:
             self.emit("config_refused", actor=actor, source=source, errors=e.errors)
             raise
-        self._engine.reload(new)
+        try:
+            self._engine.reload(new, actor=actor)
+        except ShieldError as e:  # a backend the new settings need could not be opened
+            self.emit("config_refused", actor=actor, source=source, errors=[str(e)])
+            raise ReloadRefused([str(e)]) from e
         saved = None
         if source == "posted" and save and self.config_path:
             _replace_file(Path(self.config_path), text)

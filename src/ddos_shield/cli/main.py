@@ -220,7 +220,19 @@ def _add_mitigation_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
     add.add_argument("--proto", help="IP protocol: tcp, udp, icmp, icmpv6 or a number")
     add.add_argument("--sport", help="source port or range LO-HI")
     add.add_argument("--dport", help="destination port or range LO-HI")
-    add.add_argument("--action", choices=("drop", "rate_limit", "observe"), default="drop")
+    add.add_argument(
+        "--action",
+        choices=("drop", "rate_limit", "observe", "blackhole"),
+        default="drop",
+        help="what to do with the matching traffic (default drop); blackhole: a BGP route for one address "
+        "(--dst only, /32 or /128) with the BLACKHOLE community 65535:666, announced by the bgp backend, for "
+        "admin tokens only (root's local token is one): all the target's traffic is dropped upstream",
+    )
+    add.add_argument(
+        "--backend",
+        help="enforcement backend by name (default: the data plane's; bgp for --action blackhole); "
+        "'bgp' with drop or rate_limit announces the rule upstream as Flowspec",
+    )
     add.add_argument("--rate-pps", type=int, default=0, help="with --action rate_limit: packets per second let through")
     add.add_argument(
         "--per-source",
@@ -676,6 +688,8 @@ def _cmd_mitigation(args: argparse.Namespace) -> int:
             }
             if args.per_source:
                 body["per_source"] = True
+            if args.backend:
+                body["backend"] = args.backend
             rule = client.request("POST", "/mitigations", body)["mitigation"]
             print(f"mitigation {rule['mitigation_id']} added: {rule['action']} {_describe(rule['match'])}{_rate(rule)}")
         elif args.mitigation_command == "approve":

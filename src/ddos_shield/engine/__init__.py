@@ -64,7 +64,7 @@ from ddos_shield.errors import ShieldError
 from ddos_shield.events import EventSink, attack_fields, rule_fields
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.mitigate.memory import MemoryBackend
-from ddos_shield.mitigate.registry import NOTIFIERS
+from ddos_shield.mitigate.registry import NOTIFIERS, open_backend
 from ddos_shield.policy import MIN_TTL, Command, Pending, Policy, Refresh, Refuse, Skip, Verified, Withdraw
 from ddos_shield.policy.protect import Refused, check_allowlist, narrow
 from ddos_shield.records import (
@@ -106,6 +106,9 @@ SAVE_REFRESH_EVERY = 30.0
 LEARN_ROWS_PER_TICK = 4096
 #: backends that enforce upstream of the network (the allow-list is not checked there)
 UPSTREAM_BACKENDS = ("bgp",)
+#: further backends a reload rebuilds when their settings change or it turns them on or
+#: off (the data plane's own and the notify hooks are built at start only)
+RELOADABLE_BACKENDS = ("bgp",)
 #: rows the sample window holds at most (~100 bytes each): past it, new samples are
 #: thinned (packets scaled up), so a burst of flow records -- one per spoofed source
 #: -- cannot grow the window with the number of sources
@@ -128,9 +131,12 @@ class Engine:
         backends: Sequence[Backend] = (),
         state_file: Path | None = None,
         baseline_file: Path | None = None,
+        opener: Callable[[str, Config], Backend] = open_backend,
     ) -> None:
         """``state_file``: the mitigation record; ``baseline_file``: where the learned
-        baselines are kept across restarts (None: learned, never stored)."""
+        baselines are kept across restarts (None: learned, never stored); ``opener``
+        opens a backend by kind when a reload rebuilds one (the registry's)."""
+        self._opener = opener
         self.config = config
         self.dataplane = dataplane
         self._kill_switch_at = -math.inf
@@ -204,7 +210,8 @@ class Engine:
         """Push the configuration to the data plane and adopt what is already enforced."""
         cfg = self.config
         self.dataplane.set_protected(cfg.prefix_groups())
-        self.backend.set_allowlist(cfg.allow_networks())
+        for b in self.backends.values():  # BGP refuses upstream rules over allow-listed sources
+            b.set_allowlist(cfg.allow_networks())
         self.dataplane.set_sample_every(self._sample_every)
         for src in self.sources:
             src.start()
@@ -280,9 +287,14 @@ class Engine:
         self._baseline_writer = threading.Thread(target=write, name="baseline-writer", daemon=True)
         self._baseline_writer.start()
 
-    def reload(self, config: Config) -> None:
-        """Swap in a new, already validated configuration at once."""
+    def reload(self, config: Config, *, actor: str = "shield") -> None:
+        """Swap in a new, already validated configuration at once.  A backend of
+        :data:`RELOADABLE_BACKENDS` whose settings changed is rebuilt first (see
+        :meth:`_rebuild`); when that fails, ShieldError and the running configuration stays."""
         with self._lock:
+            for kind in RELOADABLE_BACKENDS:
+                if _backend_settings(self.config, kind) != _backend_settings(config, kind):
+                    self._rebuild(kind, config, actor=actor)
             if config.shield.dry_run != self._dry_run:
                 log.warning("shield.dry_run changed: it takes effect at the next start, not on reload")
             self.config = config
@@ -295,7 +307,94 @@ class Engine:
             self.connections.reconfigure(config)
             self.dataplane.set_protected(config.prefix_groups())
             self._telemetry.set_protected(config.prefix_groups())
-            self.backend.set_allowlist(config.allow_networks())
+            for b in self.backends.values():
+                b.set_allowlist(config.allow_networks())
+
+    def _rebuild(self, kind: str, config: Config, *, actor: str) -> None:
+        """A reload changed the settings of backend ``kind`` (or turned it on or off).
+
+        On: a new backend is opened for the new settings (for BGP: the same speaker when
+        its sessions are unchanged, else a new one, the old one withdrawing everything as
+        it stops), and every mitigation the record holds on ``kind`` is applied to it
+        again under its id, so the routers get it with the new attributes; one the new
+        settings refuse is withdrawn, and whatever the backend enforces that the record
+        does not hold is withdrawn as orphaned.  Off: every mitigation on ``kind`` is
+        withdrawn and the backend taken out of service.  Reported as ``backend_rebuilt``.
+        When the new backend cannot be opened, the old one re-applies what it held and
+        ShieldError is raised."""
+        now = self._clock()
+        old = self.backends.get(kind)
+        mine = sorted((e for e in self.ledger.entries.values() if e.backend == kind), key=lambda e: e.mitigation_id)
+        active = [e for e in mine if e.state == "active"]
+        report: dict[str, list[int]] = {"reapplied": [], "removed": [], "orphaned": []}
+        if kind in config.mitigation.backends:
+            try:
+                new = self._opener(kind, config)
+            except ShieldError:
+                if old is not None and not self.dry_run:
+                    # opening the new one may have stopped the old speaker: put back what it held
+                    for e in active:
+                        try:
+                            old.apply(e.rule)
+                        except ShieldError as err:
+                            log.error("reload: %s: cannot re-apply mitigation %d: %s", kind, e.mitigation_id, err)
+                raise
+            new.set_allowlist(config.allow_networks())
+            self.backends[kind] = new
+            if kind not in self._shadows:
+                shadow = MemoryBackend(self._clock)
+                shadow.name = kind
+                self._shadows[kind] = shadow
+            if old is not None:
+                old.close()  # the new backend has taken over its speaker (or stopped it)
+            if not self.dry_run:
+                for e in active:
+                    try:
+                        e.rule = new.apply(e.rule)
+                        report["reapplied"].append(e.mitigation_id)
+                    except ShieldError as err:
+                        with contextlib.suppress(ShieldError):
+                            new.withdraw(e.mitigation_id)  # the old announcement under this id
+                        self._drop_entry(e, actor=actor, reason=f"refused by the reloaded {kind} settings: {err}")
+                        report["removed"].append(e.mitigation_id)
+                held = {e.mitigation_id for e in mine}
+                for r in new.list():
+                    if r.rule_id not in held:
+                        new.withdraw(r.rule_id)
+                        report["orphaned"].append(r.rule_id)
+        else:
+            for e in mine:
+                self.policy.forget(e.rule, kind)
+                self._remove(e.mitigation_id, actor=actor, reason=f"configuration reload: the {kind} backend is off")
+                report["removed"].append(e.mitigation_id)
+            if old is not None:
+                del self.backends[kind]
+                self._shadows.pop(kind, None)
+                try:
+                    old.shutdown()
+                except ShieldError as err:
+                    log.error("reload: %s: %s", kind, err)
+        self._notifiers = [n for n in self.backends if n in NOTIFIERS]
+        self.policy.reconfigure(
+            config, others=[n for n in self.backends if n != self.backend.name and n not in NOTIFIERS]
+        )
+        self._changed(now)
+        self._save(now)
+        self.events.emit("backend_rebuilt", now, actor=actor, backend=kind, enabled=kind in self.backends, **report)
+
+    def _drop_entry(self, e: Entry, *, actor: str, reason: str) -> None:
+        """Forget a mitigation its backend no longer enforces, and report it."""
+        self.ledger.pop(e.mitigation_id)
+        self.policy.forget(e.rule, e.backend)
+        self.events.emit(
+            "mitigation_removed",
+            self._clock(),
+            actor=actor,
+            reason=reason,
+            backend=e.backend,
+            state=e.state,
+            **rule_fields(e.rule),
+        )
 
     def run(self, stop: threading.Event) -> None:
         interval = self.config.shield.interval_ms / 1000.0
@@ -550,13 +649,17 @@ class Engine:
         origin: str,
         attack: Attack | None = None,
         step: str = "",
+        failed: list[str] | None = None,
     ) -> Entry | None:
-        """Give ``rule`` an id, enforce it, record it and report it; None when the backend refused."""
+        """Give ``rule`` an id, enforce it, record it and report it; None when the backend
+        refused (its reason appended to ``failed``)."""
         now = self._clock()
         rule = rule.with_id(self.ledger.new_id())
         try:
             applied = self._enforcer(backend).apply(rule)
         except ShieldError as e:
+            if failed is not None:
+                failed.append(str(e))
             self.events.emit(
                 "mitigation_failed", now, actor=actor, reason=str(e), backend=backend, **rule_fields(rule, attack)
             )
@@ -759,10 +862,14 @@ class Engine:
         that holds each source to ``rate_pps``).  Refused (ValueError naming
         the reason, and a ``mitigation_refused`` event) when invalid or when the
         protected-asset lists forbid it.  An operator may drop traffic to a critical
-        asset: the critical list only stops the shield doing so on its own."""
+        asset: the critical list only stops the shield doing so on its own.  A
+        ``BLACKHOLE`` goes to the BGP backend (the default for it, and the only one able):
+        refused when none is configured, when ``bgp.blackhole`` is off, or when its
+        target is on the never-block list.  Who may ask for one is the caller's
+        business (the API lets admins only)."""
         with self._lock:
             now = self._clock()
-            name = backend or self.backend.name
+            name = backend or ("bgp" if action == Action.BLACKHOLE else self.backend.name)
             if per_source and action != Action.RATE_LIMIT:
                 raise ValueError(f"per_source: only for action rate_limit, not {Action(action).name.lower()}")
             rule = Rule(
@@ -785,13 +892,16 @@ class Engine:
             except ValueError as e:
                 self._refused(rule, str(e), actor=actor)
                 raise ValueError(str(e)) from None
-            entry = self._enforce(rule, backend=name, actor=actor, reason=reason, origin="manual")
+            failed: list[str] = []
+            entry = self._enforce(rule, backend=name, actor=actor, reason=reason, origin="manual", failed=failed)
             self._save(now)
             if entry is None:
-                raise ValueError(f"backend {name} refused the rule (see the mitigation_failed event)")
+                raise ValueError(f"backend {name} refused the rule: {'; '.join(failed)}")
             return entry.rule
 
     def _check_manual(self, rule: Rule, backend: str, ttl: float) -> None:
+        if rule.action == Action.BLACKHOLE:
+            _check_blackhole(rule.match, backend, self.config, [b for b in self.backends if b not in self._notifiers])
         if backend not in self.backends or backend in self._notifiers:
             able = [b for b in self.backends if b not in self._notifiers]
             raise ValueError(f"backend: {backend!r} is not configured to enforce (configured: {', '.join(able)})")
@@ -995,6 +1105,32 @@ class Engine:
                 "ticked_at": self._prev_time,
                 "dataplane_kind": self.dataplane.name,
             }
+
+
+def _check_blackhole(match: Match, backend: str, config: Config, able: list[str]) -> None:
+    """Why an operator's blackhole cannot be announced (ValueError), before the backend
+    is asked: it is a BGP route for one address, announced only when BGP allows it."""
+    if backend not in UPSTREAM_BACKENDS:
+        raise ValueError(f"action blackhole: a BGP route; only the bgp backend announces one, not {backend!r}")
+    if backend not in able or config.bgp is None:
+        raise ValueError(
+            'action blackhole: no BGP backend configured (mitigation.backends = ["bgp"] and a [bgp] section); '
+            f"configured: {', '.join(able)}"
+        )
+    if not config.bgp.blackhole:
+        raise ValueError("action blackhole: blackhole routes are off (bgp.blackhole = false)")
+    dst = match.dst
+    if match.fields() != ["dst"] or dst is None or dst.prefixlen != dst.max_prefixlen:
+        raise ValueError(
+            f"action blackhole: matches one destination address only (dst /32 or /128), got {match.describe()}"
+        )
+    if dst.version == 6 and not config.bgp.next_hop6:
+        raise ValueError(f"action blackhole: an IPv6 blackhole for {dst} needs bgp.next_hop6")
+
+
+def _backend_settings(config: Config, kind: str) -> Any:
+    """What a backend of ``kind`` is built from: its section, or None when it is off."""
+    return getattr(config, kind, None) if kind in config.mitigation.backends else None
 
 
 def _rates_by_group(rates: RateBatch, config: Config) -> dict[str, dict[str, dict[str, float]]]:

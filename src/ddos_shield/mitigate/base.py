@@ -73,3 +73,10 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release user-space resources; enforcement stays in place."""
+
+    def shutdown(self) -> None:
+        """Take the backend out of service: withdraw every rule it enforces, then close
+        it (a reload that turns it off).  Backends that can do it at once override this."""
+        for r in self.list():
+            self.withdraw(r.rule_id)
+        self.close()

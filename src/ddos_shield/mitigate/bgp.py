@@ -532,6 +532,12 @@ class BgpBackend(Backend):
         self._beat.join(timeout=5)
         with self._lock:
             self._drop_conn()
+            proc, self._proc = self._proc, None
+            if proc is not None and proc.poll() is None:
+                # the speaker outlives this object (a backend of the same configuration
+                # takes it over after a reload, or it waits for the dead-man's switch):
+                # our child still, so something here must reap it when it ends
+                threading.Thread(target=proc.wait, name="bgp-reaper", daemon=True).start()
             if self._netns >= 0:
                 os.close(self._netns)
                 self._netns = -1

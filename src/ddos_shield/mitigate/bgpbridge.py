@@ -145,6 +145,25 @@ class Speaker:
         return line.decode(errors="replace").strip()
 
 
+def route_key(line: str) -> str:
+    """What a speaker indexes an announcement by (its NLRI), from an API line: ``route
+    PREFIX`` for a unicast route (not its next hop or communities), ``flow route { match
+    { ... }`` for a Flowspec rule (not its actions).
+
+    >>> route_key("withdraw route 203.0.113.10/32 next-hop self")
+    'route 203.0.113.10/32'
+    >>> route_key("announce flow route { match { destination 203.0.113.10/32; } then { discard; } }")
+    'flow route { match { destination 203.0.113.10/32; }'
+    """
+    body = line.split(None, 1)[1] if " " in line else line
+    if body.startswith("route "):
+        return " ".join(body.split()[:2])
+    start = body.find("match {")
+    if body.startswith("flow route") and start >= 0:
+        return body[: body.find("}", start) + 1]
+    return body
+
+
 class Bridge:
     """The bridge's state and its request handling (see the module docstring)."""
 
@@ -258,8 +277,9 @@ class Bridge:
             raise ValueError("a command line holds a newline")
         if expires_at <= self.clock():
             raise ValueError(f"rule {rid} has already expired")
+        keys = {route_key(x) for x in withdraw}
         for other in self.entries.values():
-            if other.id != rid and set(other.withdraw) & set(withdraw):
+            if other.id != rid and keys & {route_key(x) for x in other.withdraw}:
                 raise ValueError(f"rule {other.id} already announces this route")
         new = Entry(rid, expires_at, announce, withdraw, req.get("rule"))
         old = self.entries.get(rid)
@@ -272,7 +292,9 @@ class Bridge:
             self._announce(new)
         if old is not None:
             if old.announced:
-                self._withdraw_lines([w for w in old.withdraw if w not in withdraw])
+                # not what the new announcement replaces: the speaker indexes a route by
+                # its prefix, so withdrawing it under its old next hop would withdraw the new
+                self._withdraw_lines([w for w in old.withdraw if route_key(w) not in keys])
             del self.entries[rid]
         self.entries[rid] = new
         self.next_id = max(self.next_id, rid + 1)

@@ -35,18 +35,22 @@ NOTIFIERS = ("notify",)
 def open_backends(config: Config) -> list[Backend]:
     """The further backends ``mitigation.backends`` names, opened; ConfigError naming
     the kind when one is unknown or not part of this installation."""
-    out: list[Backend] = []
-    for i, kind in enumerate(config.mitigation.backends):
-        where = f"mitigation.backends[{i}]"
-        module_name = KINDS.get(kind)
-        if module_name is None:
-            raise ConfigError(f"{where}: unknown backend {kind!r} (known: {', '.join(KINDS)})")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"{where}: backend {kind!r} is not part of this installation ({e})") from None
-        backend: Backend = module.open_backend(config)
-        if backend.name != kind:
-            raise ConfigError(f"{where}: module {module_name} opened a backend named {backend.name!r}")
-        out.append(backend)
-    return out
+    return [
+        open_backend(kind, config, f"mitigation.backends[{i}]") for i, kind in enumerate(config.mitigation.backends)
+    ]
+
+
+def open_backend(kind: str, config: Config, where: str = "mitigation.backends") -> Backend:
+    """One backend of ``kind`` for ``config`` (at start, or when a reload changes its
+    settings); ConfigError naming ``where`` when it cannot be opened."""
+    module_name = KINDS.get(kind)
+    if module_name is None:
+        raise ConfigError(f"{where}: unknown backend {kind!r} (known: {', '.join(KINDS)})")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"{where}: backend {kind!r} is not part of this installation ({e})") from None
+    backend: Backend = module.open_backend(config)
+    if backend.name != kind:
+        raise ConfigError(f"{where}: module {module_name} opened a backend named {backend.name!r}")
+    return backend

@@ -191,9 +191,12 @@ class Policy:
         self._active: list[Attack] = []  # this step's open attacks: a carpet's host attacks keep their samples
         self.reconfigure(config)
 
-    def reconfigure(self, config: Config) -> None:
-        """Keep the mitigations in force, take the new groups and protected lists."""
+    def reconfigure(self, config: Config, others: Collection[str] | None = None) -> None:
+        """Keep the mitigations in force, take the new groups and protected lists (and
+        the further backends' names, when a reload turned one on or off)."""
         self._config = config
+        if others is not None:
+            self._others = set(others)
         self._allow = config.allow_networks()
         self._never_block = config.never_block_networks()
         self._critical = config.critical_networks()
