@@ -7,7 +7,21 @@ import ipaddress
 import numpy as np
 import pytest
 
-from ddos_shield.records import Action, Match, Rule, addr_bytes, addresses_in, as_network, empty_traffic, net_key
+from ddos_shield.records import (
+    RATE_DTYPE,
+    TRAFFIC_DTYPE,
+    Action,
+    Match,
+    Rule,
+    addr_bytes,
+    addresses_in,
+    as_network,
+    empty_traffic,
+    join_rows,
+    net_key,
+    put_rows,
+    take_rows,
+)
 
 ADDRESSES = [
     # IPv4 (IPv4-mapped in the column)
@@ -78,6 +92,48 @@ def test_addresses_in_every_prefix_length_of_random_addresses() -> None:
         ]
         assert addresses_in(col, net).tolist() == want, plen
     assert len(col) == 400 and not np.array_equal(col[0], col[1])  # sanity: the rows differ
+
+
+# ---- whole-row copies --------------------------------------------------------------------
+
+
+def _random_rows(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    b = empty_traffic(n)
+    b.view(np.uint8)[:] = rng.integers(0, 256, b.nbytes, dtype=np.uint8)  # every byte of every field
+    return b
+
+
+@pytest.mark.parametrize("dtype", [TRAFFIC_DTYPE, RATE_DTYPE])
+def test_row_copies_are_numpys_own(dtype: np.dtype) -> None:
+    b = np.zeros(300, dtype=dtype)
+    b.view(np.uint8)[:] = np.random.default_rng(2).integers(0, 256, b.nbytes, dtype=np.uint8)
+    mask = np.random.default_rng(3).random(300) < 0.4
+    idx = np.array([5, 5, 0, 299, 17])
+    for view in (b, b[::3]):  # contiguous and strided
+        m = mask[: len(view)]
+        assert take_rows(view, m).dtype == dtype and take_rows(view, idx % len(view)).dtype == dtype
+        assert take_rows(view, m).tobytes() == view[m].tobytes()
+        assert take_rows(view, idx % len(view)).tobytes() == view[idx % len(view)].tobytes()
+    parts = [b[:10], b[50:50], b[100:250:2]]
+    assert join_rows(parts).tobytes() == np.concatenate(parts).tobytes()
+    dest, want = np.zeros(300, dtype=dtype), np.zeros(300, dtype=dtype)
+    put_rows(dest, np.flatnonzero(mask), b[: mask.sum()])
+    want[mask] = b[: mask.sum()]
+    put_rows(dest, slice(250, 300), b[:50])
+    want[250:300] = b[:50]
+    put_rows(dest, slice(0, 100), dest[50:150])  # overlapping, as the sample window moves its rows down
+    want[0:100] = want[50:150].copy()
+    assert dest.tobytes() == want.tobytes()
+    with pytest.raises(ValueError, match="put into"):
+        put_rows(empty_traffic(3), slice(0, 3), np.zeros(3, dtype=RATE_DTYPE))
+
+
+def test_row_copies_of_traffic_keep_every_field() -> None:
+    b = _random_rows(50, 4)
+    got = take_rows(b, np.arange(50) % 2 == 0)
+    for name in TRAFFIC_DTYPE.names or ():
+        assert np.ascontiguousarray(got[name]).tobytes() == np.ascontiguousarray(b[name][::2]).tobytes(), name
 
 
 # ---- rules ---------------------------------------------------------------------------

@@ -149,6 +149,36 @@ def empty_rates(n: int = 0) -> RateBatch:
     return np.zeros(n, dtype=RATE_DTYPE)
 
 
+# Whole-row copies of a batch.  numpy copies these structured rows field by field and
+# the 16-byte address fields element by element (their dtype has subarrays): ~50-100 ns
+# a row for a mask, an index, a concatenation or a slice assignment.  Seen as opaque
+# items of the row's size, the same copy is one memcpy a row (~5-15 ns); the bytes, and
+# so every field, are the same.
+
+
+def _raw(batch: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    return batch.view(np.dtype((np.void, batch.dtype.itemsize)))
+
+
+def take_rows(batch: npt.NDArray[Any], sel: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``batch[sel]`` (a boolean mask or indices), a copy, as numpy's own but faster."""
+    out: npt.NDArray[Any] = _raw(batch)[sel].view(batch.dtype)
+    return out
+
+
+def join_rows(batches: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """``np.concatenate(batches)`` of batches of one dtype, faster."""
+    out: npt.NDArray[Any] = np.concatenate([_raw(b) for b in batches]).view(batches[0].dtype)
+    return out
+
+
+def put_rows(dest: npt.NDArray[Any], at: slice | npt.NDArray[Any], rows: npt.NDArray[Any]) -> None:
+    """``dest[at] = rows`` for rows of the same dtype, faster."""
+    if rows.dtype != dest.dtype:
+        raise ValueError(f"rows of {rows.dtype} put into a batch of {dest.dtype}")
+    _raw(dest)[at] = _raw(rows)
+
+
 # ---- addresses ---------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ddos_shield.records import TRAFFIC_DTYPE, Category, PacketFlag, TrafficBatch, empty_traffic
+from ddos_shield.records import TRAFFIC_DTYPE, Category, PacketFlag, TrafficBatch, empty_traffic, put_rows
 
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
@@ -114,7 +114,7 @@ def decode_frames_valid(
     slow = np.flatnonzero(rest)
     if len(slow):
         part, ok = _decode_general(frames[slow], cap[slow], wire[slow], link)
-        out[slow] = part
+        put_rows(out, slow, part)
         valid[slow] = ok
     return out, valid
 

@@ -49,7 +49,7 @@ import numpy.typing as npt
 from ddos_shield.capture import native
 from ddos_shield.capture.decode import ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, decode_frames_valid
 from ddos_shield.errors import ShieldError
-from ddos_shield.records import Source, TrafficBatch, empty_traffic
+from ddos_shield.records import Source, TrafficBatch, empty_traffic, put_rows, take_rows
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -167,7 +167,7 @@ class FrameChunk:
                 b, v = decode_frames_valid(
                     self.frames[rows], self.caplen[rows], self.wirelen[rows], "raw" if raw else "ethernet"
                 )
-                batch[rows] = b
+                put_rows(batch, rows, b)
                 valid[rows] = v
         if batch is None:
             batch = empty_traffic(n)
@@ -270,7 +270,7 @@ class CaptureReader:
             self.stats.malformed += int((is_ip & ~valid).sum())
             self.stats.decoded += int(valid.sum())
             if valid.any():
-                yield batch[valid]
+                yield take_rows(batch, valid)
 
     def chunks(self) -> Iterator[FrameChunk]:
         """Frame chunks of every packet record, for callers that decode themselves."""

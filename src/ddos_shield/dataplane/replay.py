@@ -24,7 +24,7 @@ import numpy as np
 from ddos_shield.dataplane.base import DataPlane
 from ddos_shield.dataplane.table import CounterTable
 from ddos_shield.mitigate.memory import MemoryBackend
-from ddos_shield.records import IPNetwork, TrafficBatch, empty_traffic
+from ddos_shield.records import IPNetwork, TrafficBatch, empty_traffic, join_rows, take_rows
 
 
 class ReplayDataPlane(DataPlane):
@@ -61,10 +61,10 @@ class ReplayDataPlane(DataPlane):
         protected = self._table.protected_mask(batch["dst"])
         counted = self._table.add(batch, dropped if any_dropped else None, protected)
         self._stats["unprotected"] += total - counted
-        rows = batch if protected.all() else batch[protected]
+        rows = batch if protected.all() else take_rows(batch, protected)
         if self._every and len(rows):
             pick = self._rng.random(len(rows)) < 1.0 / self._every
-            s = rows[pick]  # a copy: the batch stays the caller's
+            s = take_rows(rows, pick)  # a copy: the batch stays the caller's
             s["sample_rate"] = np.maximum(s["sample_rate"], 1) * self._every
             s["packets"] = s["packets"] * self._every
             s["bytes"] = s["bytes"] * self._every
@@ -77,7 +77,7 @@ class ReplayDataPlane(DataPlane):
     def read_samples(self) -> TrafficBatch:
         if not self._samples:
             return empty_traffic()
-        out = np.concatenate(self._samples)
+        out = join_rows(self._samples)
         self._samples = []
         return out
 

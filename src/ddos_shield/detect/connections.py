@@ -37,7 +37,7 @@ from ddos_shield.config import Config
 from ddos_shield.detect.distinct import DistinctWindow, address_words, group_hash, unique_addresses
 from ddos_shield.detect.scan import EVALUATE_EVERY, Finding
 from ddos_shield.detect.threshold import Observation
-from ddos_shield.records import AttackType, IPNetwork, PacketFlag, TrafficBatch, bytes_addr
+from ddos_shield.records import AttackType, IPNetwork, PacketFlag, TrafficBatch, bytes_addr, take_rows
 
 TCP_SYN = 0x02
 TCP_RST = 0x04
@@ -78,7 +78,7 @@ class ConnectionDetector:
         if c.connection_min_flows == 0:
             return []
         if len(samples):
-            t = samples[(samples["proto"] == 6) & ((samples["flags"] & PacketFlag.FRAG_LATER) == 0)]
+            t = take_rows(samples, (samples["proto"] == 6) & ((samples["flags"] & PacketFlag.FRAG_LATER) == 0))
             if len(t):
                 rows = np.zeros(len(t), dtype=_ROW_DTYPE)
                 rows["ts"], rows["src"], rows["dst"] = t["ts"], t["src"], t["dst"]

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddos_shield.dataplane.table import U64, find_keys, key_words, sort_keys
-from ddos_shield.records import Category, RateBatch, TrafficBatch
+from ddos_shield.records import Category, RateBatch, TrafficBatch, take_rows
 
 #: seconds of samples counted for the UDP estimate
 SPAN_SECONDS = 1.0
@@ -45,7 +45,7 @@ def with_flows(rates: RateBatch, samples: TrafficBatch, now: float) -> RateBatch
     rates["flows"][:, Category.TCP_SYN] = rates["pps"][:, Category.TCP_SYN]
     if len(samples) == 0:
         return rates
-    udp = samples[(samples["category"] == Category.UDP) & (samples["ts"] > now - SPAN_SECONDS)]
+    udp = take_rows(samples, (samples["category"] == Category.UDP) & (samples["ts"] > now - SPAN_SECONDS))
     if len(udp) == 0:
         return rates
     # Distinct (destination, source, source port) pairs, found on one 64-bit number per

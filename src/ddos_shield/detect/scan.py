@@ -36,6 +36,7 @@ from ddos_shield.records import (
     PacketFlag,
     TrafficBatch,
     bytes_addr,
+    take_rows,
 )
 
 #: recompute at most this often (seconds); between, the last findings stand
@@ -112,7 +113,7 @@ class ScanDetector:
         if c.scan_min_ports == 0 and c.sweep_min_hosts == 0:
             return []
         if len(samples):
-            p = samples[probes(samples)]
+            p = take_rows(samples, probes(samples))
             if len(p):
                 rows = np.zeros(len(p), dtype=_PROBE_DTYPE)
                 for f in ("ts", "src", "dst", "proto", "dport", "packets"):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ddos_shield.detect.carpet import inner_mask
 from ddos_shield.detect.sketch import SourceSketch, SourceSummary
-from ddos_shield.records import Attack, TrafficBatch, addresses_in
+from ddos_shield.records import Attack, TrafficBatch, addresses_in, take_rows
 
 #: attacks whose sources are followed at once (each about 40 KiB)
 MAX_ATTACKS = 1024
@@ -63,7 +63,7 @@ class AttackSources:
                 if len(self._sketches) >= self._max:
                     continue
                 sk = self._sketches[a.attack_id] = SourceSketch()
-                rows = window[window["ts"] >= a.started - self._lead] if len(window) else window
+                rows = take_rows(window, window["ts"] >= a.started - self._lead) if len(window) else window
             else:
                 rows = new
             if len(rows) == 0:

@@ -48,7 +48,16 @@ from ddos_shield.detect.carpet import inner_mask
 from ddos_shield.engine import Engine
 from ddos_shield.events import EventSink
 from ddos_shield.policy import REFRESH_EVERY
-from ddos_shield.records import CATEGORY_NAMES, Attack, Match, TrafficBatch, addresses_in, bytes_addr
+from ddos_shield.records import (
+    CATEGORY_NAMES,
+    Attack,
+    Match,
+    TrafficBatch,
+    addresses_in,
+    bytes_addr,
+    join_rows,
+    take_rows,
+)
 
 #: source addresses counted exactly per attack; beyond, the lightest are folded into totals
 MAX_TRACKED_SOURCES = 100_000
@@ -367,8 +376,8 @@ class _Replay:
             cats = [int(c) for c in a.categories]
             # the interval's pieces one by one: most intervals hold no attack, and
             # joining them first would copy every packet once more
-            parts = [p[_theirs(p, a, cats, active)] for p in pending]
-            rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            parts = [take_rows(p, _theirs(p, a, cats, active)) for p in pending]
+            rows = join_rows(parts) if len(parts) > 1 else parts[0]
             if len(rows):
                 st.add(rows)
         counters = [st.sources for st in self.attacks.values() if st.sources is not None]

@@ -24,7 +24,7 @@ from collections import deque
 
 import numpy as np
 
-from ddos_shield.records import TRAFFIC_DTYPE, TrafficBatch
+from ddos_shield.records import TRAFFIC_DTYPE, TrafficBatch, put_rows
 
 
 class SampleWindow:
@@ -48,7 +48,7 @@ class SampleWindow:
             return
         if self._end + n > len(self._buf):
             self._make_room(n)
-        self._buf[self._end : self._end + n] = batch
+        put_rows(self._buf, slice(self._end, self._end + n), batch)
         self._end += n
         self._batches.append((self._end, float(batch["ts"].max())))
 
@@ -81,10 +81,10 @@ class SampleWindow:
         live = self._end - self._start
         need = live + n
         if need <= len(self._buf) // 2 and 8 * need > len(self._buf):  # room once the dead front is dropped
-            self._buf[:live] = self._buf[self._start : self._end]
+            put_rows(self._buf, slice(0, live), self._buf[self._start : self._end])
         else:  # grow, or shrink after a burst
             buf = np.zeros(max(self._capacity, 2 * need), dtype=TRAFFIC_DTYPE)
-            buf[:live] = self._buf[self._start : self._end]
+            put_rows(buf, slice(0, live), self._buf[self._start : self._end])
             self._buf = buf
         shift = self._start
         self._batches = deque((end - shift, ts) for end, ts in self._batches)
