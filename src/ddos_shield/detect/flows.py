@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ddos_shield.dataplane.table import U64, find_keys, key_words, sort_keys
-from ddos_shield.records import Category, RateBatch, TrafficBatch, take_rows
+from ddos_shield.dataplane.table import U64, key_words, sort_keys
+from ddos_shield.records import Category, RateBatch, TrafficBatch
 
 #: seconds of samples counted for the UDP estimate
 SPAN_SECONDS = 1.0
@@ -45,29 +45,33 @@ def with_flows(rates: RateBatch, samples: TrafficBatch, now: float) -> RateBatch
     rates["flows"][:, Category.TCP_SYN] = rates["pps"][:, Category.TCP_SYN]
     if len(samples) == 0:
         return rates
-    udp = take_rows(samples, (samples["category"] == Category.UDP) & (samples["ts"] > now - SPAN_SECONDS))
-    if len(udp) == 0:
+    sel = np.flatnonzero((samples["category"] == Category.UDP) & (samples["ts"] > now - SPAN_SECONDS))
+    if len(sel) == 0:
         return rates
+    m = len(sel)
     # Distinct (destination, source, source port) pairs, found on one 64-bit number per
     # sample: each address replaced by its rank among the distinct ones (sorting 64-bit
-    # words is several times cheaper than np.unique on 34-byte keys).
-    d_hi, d_lo = key_words(np.ascontiguousarray(udp["dst"]))
-    d_rank, hi, lo = _ranks(d_hi, d_lo)
-    s_rank, _, s_lo = _ranks(*key_words(np.ascontiguousarray(udp["src"])))
+    # words is several times cheaper than np.unique on 34-byte keys).  The rates'
+    # destinations are ranked with the samples' so that each rates row finds its own
+    # by rank, without a search.
+    d_rank, hi, _ = _ranks(*key_words(np.concatenate([samples["dst"][sel], rates["dst"]])))
+    s_rank, _, s_lo = _ranks(*key_words(samples["src"][sel]))
+    sport = samples["sport"][sel].astype(np.uint64)
+    u_rank = d_rank[:m]
     if len(hi) * len(s_lo) < 1 << 47:  # fits in 64 bits with the port
-        pair = (d_rank * np.uint64(len(s_lo)) + s_rank) * np.uint64(65536) + udp["sport"].astype(np.uint64)
+        pair = (u_rank * np.uint64(len(s_lo)) + s_rank) * np.uint64(65536) + sport
     else:  # some 10^7 samples a second: ranks of the pairs of ranks first
-        pair = _ranks(d_rank, s_rank)[0] * np.uint64(65536) + udp["sport"].astype(np.uint64)
+        pair = _ranks(u_rank, s_rank)[0] * np.uint64(65536) + sport
     order = np.argsort(pair)
     pair = pair[order]
     starts = np.flatnonzero(np.concatenate(([True], pair[1:] != pair[:-1])))
     # each distinct pair stands for as many as its sampling rate (the largest it was seen with)
-    weight = np.maximum.reduceat(udp["sample_rate"][order].astype(float).clip(min=1), starts)
-    per_dst = np.bincount(d_rank[order[starts]].astype(np.intp), weight, len(hi))
-    r_hi, r_lo = key_words(np.ascontiguousarray(rates["dst"]))
-    pos, found = find_keys(hi, lo, r_hi, r_lo)
-    rows = np.flatnonzero(found)
-    est = per_dst[pos[rows]] / SPAN_SECONDS
+    weight = np.maximum.reduceat(samples["sample_rate"][sel][order].astype(float).clip(min=1), starts)
+    per_dst = np.bincount(u_rank[order[starts]].astype(np.intp), weight, len(hi))
+    seen = np.bincount(u_rank.astype(np.intp), minlength=len(hi)) > 0
+    r_rank = d_rank[m:].astype(np.intp)
+    rows = np.flatnonzero(seen[r_rank])
+    est = per_dst[r_rank[rows]] / SPAN_SECONDS
     rates["flows"][rows, Category.UDP] = np.minimum(est, rates["pps"][rows, Category.UDP])
     return rates
 

@@ -72,8 +72,7 @@ class AttackSources:
             if mine.any():
                 mine &= ~inner_mask(rows, a, active)  # a carpet's host attacks keep their own sources
             if mine.any():
-                sel = rows[mine]
-                sk.add(sel["src"], sel["packets"])
+                sk.add(rows["src"][mine], rows["packets"][mine])  # the two columns, not whole rows
 
     def summary(self, attack_id: int) -> SourceSummary | None:
         sk = self._sketches.get(attack_id)
