@@ -107,6 +107,17 @@ def test_mitigation_carries_the_rule_and_its_collateral_share() -> None:
     # the next alerts about the attack list the rule in force
     end = b.build(attack("attack_end", 130.0))
     assert end is not None and [r["mitigation_id"] for r in end.payload["mitigations"]] == [12]
+    assert m["per_source"] is False
+
+
+def test_a_per_source_rate_limit_says_so() -> None:
+    b = AlertBuilder(parse(CONFIG))
+    b.build(attack("attack_start", 100.0))
+    rule = {**RULE, "action": "rate_limit", "rate_pps": 100, "per_source": True}
+    a = b.build({**attack("mitigation_applied", 100.2), "rule": rule, "backend": "nftables"})
+    assert a is not None
+    assert (a.payload["mitigation"]["rate_pps"], a.payload["mitigation"]["per_source"]) == (100, True)
+    assert "rate_limit proto=17 dst=203.0.113.10/32 dport=53 at 100 pps per source" in a.summary
 
 
 def test_long_attack_is_throttled_start_updates_end() -> None:

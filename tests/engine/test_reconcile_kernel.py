@@ -54,6 +54,7 @@ def test_restart_reconciles_the_kernel_with_the_record(pin_dir: str, tmp_path: P
         Action.RATE_LIMIT,
         60,
         rate_pps=500,
+        per_source=True,
         actor="cli:a",
         reason="lost",
     )
@@ -78,7 +79,8 @@ def test_restart_reconciles_the_kernel_with_the_record(pin_dir: str, tmp_path: P
         )
         kernel = {r.rule_id: r for r in dp3.backend.list()}
         assert sorted(kernel) == sorted([keep.rule_id, lost.rule_id])
-        assert (kernel[lost.rule_id].action, kernel[lost.rule_id].rate_pps) == (Action.RATE_LIMIT, 500)
+        got = kernel[lost.rule_id]
+        assert (got.action, got.rate_pps, got.per_source) == (Action.RATE_LIMIT, 500, True)
         assert sorted(m["mitigation_id"] for m in eng3.mitigations()) == sorted([keep.rule_id, lost.rule_id])
         saved = json.loads(state.read_text())
         assert sorted(m["rule"]["mitigation_id"] for m in saved["mitigations"]) == sorted([keep.rule_id, lost.rule_id])

@@ -471,6 +471,14 @@ def test_a_flood_from_few_sources_is_limited_per_source_and_the_clients_keep_the
     got = passed_after(h)
     assert all(got.get(c) == 20 for c in CLIENTS), got  # every client packet of the second
     assert all(got.get(s, 0) <= 100 + 10 for s in HEAVY), got  # each heavy source at its rate
+    # the live view says so
+    from rich.console import Console
+
+    from ddos_shield.cli.live import render
+
+    console = Console(width=200, record=True)
+    console.print(render(h.engine.snapshot(), now=h.now))
+    assert "rate_limit 100/s per source" in console.export_text()
 
 
 def test_the_same_flood_under_an_aggregate_limit_starves_the_clients() -> None:

@@ -14,7 +14,7 @@ An alert's ``payload`` is the JSON a webhook receives::
                 "started", "duration_seconds", "url"},
      "evidence": [{"category", "pps", "limit_pps", "bps", "limit_bps", "basis"}],
      "mitigation": {"mitigation_id", "action", "match", "description", "backend", "rate_pps",
-                    "expires_at", "attack_share", "collateral_share", "actor", "reason"},
+                    "per_source", "expires_at", "attack_share", "collateral_share", "actor", "reason"},
      "mitigations": [the rules in force against this attack],
      "event": {the event as the shield emitted it}}
 """
@@ -226,6 +226,7 @@ class AlertBuilder:
                 "description": desc,
                 "backend": ev.get("backend"),
                 "rate_pps": rule.get("rate_pps"),
+                "per_source": bool(rule.get("per_source", False)),  # rate_pps holds each source
                 "expires_at": rule.get("expires_at"),
                 "attack_share": rule.get("attack_share"),
                 "collateral_share": rule.get("collateral_share"),
@@ -236,6 +237,8 @@ class AlertBuilder:
             share = rule.get("collateral_share")
             parts.append(
                 f"rule {rule.get('mitigation_id')}: {rule.get('action')} {desc}"
+                + (f" at {rule.get('rate_pps')} pps" if rule.get("action") == "rate_limit" else "")
+                + (" per source" if rule.get("per_source") else "")
                 + (f" (expected collateral {float(share):.2%})" if share is not None else "")
             )
         elif ev.get("reason"):

@@ -56,9 +56,12 @@ def render(snap: dict[str, Any], now: float | None = None) -> Group:
         rules.add_column(col)
     for r in snap["rules"]:
         match = Match.from_json(r["match"]).describe()
+        action = r["action"]
+        if action == "rate_limit":
+            action += f" {r.get('rate_pps')}/s" + (" per source" if r.get("per_source") else "")
         rules.add_row(
             str(r["mitigation_id"]),
-            r["action"],
+            action,
             match,
             str(r["hits"]),
             str(r["dropped"]),

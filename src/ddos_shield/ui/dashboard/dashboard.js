@@ -235,7 +235,7 @@ function renderMitigations(items, now) {
       buttons.appendChild(actionButton("Withdraw", "withdraw", m));
     }
     const tr = row([
-      String(m.mitigation_id), m.state, m.action + (m.action === "rate_limit" ? " " + m.rate_pps + "/s" : ""),
+      String(m.mitigation_id), m.state, m.action + (m.action === "rate_limit" ? " " + m.rate_pps + "/s" + (m.per_source ? " per source" : "") : ""),
       "", String(m.hits.packets), String(m.hits.dropped), dur(m.expires_at - now), m.actor, buttons,
     ], { class: m.state, "data-testid": "mitigation-" + m.mitigation_id });
     const cell = tr.children[3];
