@@ -20,6 +20,10 @@ attach to ``rx0``.  No traffic is sent.
   backend's map updates one rule after the other), from an empty table; total
   seconds and rules per second, then read back with ``list`` to check that every one
   is in force.
+* **per-source rate limits**: with the ``--rules`` in force, ``--latency`` fingerprint
+  rate limits (UDP to port 53 of a host each) applied one at a time, held per source
+  (``Rule.per_source``: an nftables meter set each, or the XDP per-source flag) and
+  then the same as aggregate limits, each withdrawn again; median and 99th percentile.
 
 Prints a Markdown section for bench/RESULTS.md.
 """
@@ -42,7 +46,7 @@ from ddos_shield.dataplane.xdp import XdpDataPlane
 from ddos_shield.lab.netns import in_netns
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.mitigate.nftables import NftablesBackend, remove_table
-from ddos_shield.records import Action, Match, Rule
+from ddos_shield.records import Action, Match, Range, Rule
 
 TX, RX = "dsn-i3b-tx", "dsn-i3b-rx"  # main() sets them from --prefix
 TABLE = "dsn_i3b"
@@ -72,6 +76,20 @@ def source_rules(n: int, offset: int = 0) -> list[Rule]:
     exp = time.time() + 3600
     return [
         Rule(Match(src=ipaddress.ip_network(f"{ipaddress.IPv4Address(base + offset + i)}/32")), Action.DROP, exp)
+        for i in range(n)
+    ]
+
+
+def rate_limits(n: int, per_source: bool) -> list[Rule]:
+    exp = time.time() + 3600
+    return [
+        Rule(
+            Match(proto=17, dst=ipaddress.ip_network(f"10.{i // 250}.{i % 250}.1/32"), dport=Range(53, 53)),
+            Action.RATE_LIMIT,
+            exp,
+            rate_pps=100,
+            per_source=per_source,
+        )
         for i in range(n)
     ]
 
@@ -109,6 +127,13 @@ def measure(open_backend: Callable[[], Backend], rules: int, latency: int) -> di
                 b.withdraw(r.rule_id)
                 withdraw.append(time.perf_counter() - t)
             missing += len(b.list()) - (in_force + latency - len(mine))
+            limits: dict[bool, list[float]] = {True: [], False: []}
+            for per_source in (True, False):
+                for r in rate_limits(latency, per_source):
+                    t = time.perf_counter()
+                    applied = b.apply(r)
+                    limits[per_source].append(time.perf_counter() - t)
+                    b.withdraw(applied.rule_id)
         finally:
             close = getattr(b, "close_plane", None)
             if close is not None:
@@ -117,7 +142,12 @@ def measure(open_backend: Callable[[], Backend], rules: int, latency: int) -> di
     empty.sort()
     refresh.sort()
     withdraw.sort()
+    per_src, aggregate = sorted(limits[True]), sorted(limits[False])
     return {
+        "per_source_median_ms": statistics.median(per_src) * 1000,
+        "per_source_p99_ms": per_src[min(len(per_src) - 1, int(len(per_src) * 0.99))] * 1000,
+        "aggregate_median_ms": statistics.median(aggregate) * 1000,
+        "aggregate_p99_ms": aggregate[min(len(aggregate) - 1, int(len(aggregate) * 0.99))] * 1000,
         "refresh_median_ms": statistics.median(refresh) * 1000,
         "refresh_p99_ms": refresh[min(len(refresh) - 1, int(len(refresh) * 0.99))] * 1000,
         "withdraw_median_ms": statistics.median(withdraw) * 1000,
@@ -210,6 +240,17 @@ def main() -> int:
             f" | {bulk:.2f} s ({runs}) | {args.rules / bulk:,.0f} | {min(int(str(r['in_force'])) for r in rs):,}"
             f" | 1 s: {'met' if bulk <= 1 else 'not met'} |"
         )
+    print(
+        f"\n| backend | per-source rate limit, apply -> in force with {args.rules:,} rules in force: median / p99"
+        " | the same as an aggregate rate limit: median / p99 | per-source / aggregate (medians) |"
+    )
+    print("|---|---:|---:|---:|")
+    for name, rs in results.items():
+        ps = statistics.median(float(r["per_source_median_ms"]) for r in rs)  # type: ignore[arg-type]
+        ps99 = statistics.median(float(r["per_source_p99_ms"]) for r in rs)  # type: ignore[arg-type]
+        ag = statistics.median(float(r["aggregate_median_ms"]) for r in rs)  # type: ignore[arg-type]
+        ag99 = statistics.median(float(r["aggregate_p99_ms"]) for r in rs)  # type: ignore[arg-type]
+        print(f"| {name} | {ps:.2f} / {ps99:.2f} ms | {ag:.2f} / {ag99:.2f} ms | {ps / ag:.2f} |")
     return 0
 
 
