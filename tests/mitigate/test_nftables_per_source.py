@@ -14,6 +14,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
 from ddos_shield.mitigate.nftables import (
+    METER_SIZE,
     METER_TIMEOUT,
     MIN_BURST,
     NftablesBackend,
@@ -190,3 +191,41 @@ def test_heavy_sources_are_cut_to_the_rate_light_ones_untouched(
     again.withdraw(per.rule_id)
     assert again.list() == []
     assert not [n for n in again.state().sets if n[:1] in "rm" and n[1:2].isdigit()]
+
+
+def _ipv4_sources(n: int) -> list[bytes]:
+    """``n`` frames like :func:`udp` from 198.18.0.0 upwards, made from one template."""
+    tmpl = bytearray(udp("198.18.0.0", "203.0.113.10"))
+    out = []
+    for i in range(n):
+        f = bytearray(tmpl)
+        f[26:30] = (0xC6120000 + i).to_bytes(4, "big")  # 198.18.0.0 + i
+        f[24:26] = b"\0\0"
+        words = sum(int.from_bytes(f[14 + k : 16 + k], "big") for k in range(0, 20, 2))
+        while words > 0xFFFF:
+            words = (words & 0xFFFF) + (words >> 16)
+        f[24:26] = (~words & 0xFFFF).to_bytes(2, "big")  # the IPv4 header checksum
+        out.append(bytes(f))  # (the UDP checksum is left stale: nothing here reads it)
+    return out
+
+
+@pytest.mark.lab
+def test_a_full_meter_limits_the_sources_in_it_and_lets_new_ones_pass(
+    pair: VethPair, backend: NftablesBackend, observer: Observer
+) -> None:
+    """The documented limit: a source that finds its rule's meter full is not limited."""
+    rule = backend.apply(Rule(Match(proto=17, dport=Range(9, 9)), Action.RATE_LIMIT, FAR, rate_pps=10, per_source=True))
+    pair.send(_ipv4_sources(METER_SIZE))
+    state = backend.state()
+    assert len(state.elements(f"m{rule.rule_id}_4")) == METER_SIZE
+    before = backend.stats()[rule.rule_id]
+    pair.send([udp("198.19.0.1", "203.0.113.10")] * 100 + _ipv4_sources(1) * 100)
+    time.sleep(0.05)
+    after = backend.stats()[rule.rule_id]
+    got = observer.received()
+    assert got["198.19.0.1"] == 100  # not metered: not limited
+    assert got["198.18.0.0"] <= 1 + 10  # metered: its first packet, then its burst at most
+    assert (after.packets - before.packets, after.dropped - before.dropped) == (
+        200,
+        200 - (got["198.18.0.0"] - 1) - 100,
+    )

@@ -19,7 +19,7 @@ from ddos_shield.mitigate.base import Backend
 from ddos_shield.records import Action, IPNetwork, Rule, RuleStats, TrafficBatch, addresses_in
 
 #: per-source rate limits: a source unseen this long is forgotten (its bucket full again)
-SOURCE_IDLE_SECONDS = 60.0
+SOURCE_IDLE_SECONDS = 10.0
 
 
 class MemoryBackend(Backend):
