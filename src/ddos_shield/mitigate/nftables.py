@@ -117,8 +117,8 @@ ETH_HLEN = 14
 MIN_BURST = 5
 #: Per-source rate limits: a source unseen this long leaves the rule's meter (seconds).
 #: Short, because every element costs: libnftables reads them all whenever it lists the
-#: table or runs an echoed batch (measured: 10,000 elements made stats() 180 ms and a
-#: fingerprint rule's apply 26 ms; 16,384 0.24 s and 69 ms; 65,536 1.55 s and 0.53 s); a source back
+#: table or runs an echoed batch (bench/meter.py: 10,000 elements made stats() 83 ms and a
+#: fingerprint rule's apply 29 ms, 16,384 178 and 53 ms; 65,536 1.55 s and 0.53 s in a one-off run); a source back
 #: after a pause gets a fresh burst, a tenth of a second's worth
 METER_TIMEOUT = 10
 #: Per-source rate limits: most sources one rule's meter holds (kernel memory: ~200 bytes each)
