@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ddos_shield.capture import pcap
 from ddos_shield.capture.decode import decode_frames
 from ddos_shield.capture.pcap import CaptureReader
 from ddos_shield.capture.sflow import SflowDecoder
@@ -517,6 +518,12 @@ def main() -> int:
                 f"| `analyze` end to end on the capture | {fmt_rate(r['rate'])}packets/s | {fmt_runs(r['runs'])} |"
             )
             notes.append(f"analyze found: {r['found'] or 'nothing'}; wall-clock rate {fmt_rate(r['wall'])}packets/s.")
+            walk = "the numpy walk"
+            if getattr(pcap, "USE_NATIVE", False):  # trees before 9b4da1e have no compiled walker
+                from ddos_shield.capture import native
+
+                walk = "the compiled walker (capture/native.py)" if native.load() else walk
+            notes.append(f"pcap records walked with {walk}.")
     if "tick" in only:
         for n in (3000, 30000):
             ms, _ = bench_tick(n, 100, rng)
