@@ -234,3 +234,19 @@ def test_frozen_targets_hosts_and_prefixes() -> None:
         b.learn(batch(dsts), t, frozen=frozen)
     # 10 s frozen: nothing learned but the rest of the step begun before (under 5 s)
     assert (b.learned[: len(b)] - before < STEP_SECONDS).all()
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_destinations_are_found_by_their_slots(collide: bool) -> None:
+    # IPv4 and IPv6 keys, present and absent; with two keys folding alike, the exact search
+    rng = np.random.default_rng(8)
+    addrs = [f"203.0.113.{i}" for i in range(60)] + [f"2001:db8:{i:x}::" for i in range(40)]
+    b = Baselines(SETTINGS)
+    dst = np.frombuffer(b"".join(addr_bytes(a) for a in addrs[::2]), np.uint8).reshape(-1, 16)
+    b._add(dst, T0, since=T0)
+    slot = {bytes(b.keys[s]): s for s in range(len(dst))}
+    if collide:
+        b._fold_ok = False
+    queries = np.frombuffer(b"".join(addr_bytes(addrs[i]) for i in rng.integers(0, len(addrs), 300)), np.uint8)
+    queries = queries.reshape(-1, 16)
+    assert b._find(queries).tolist() == [slot.get(bytes(q), -1) for q in queries]
