@@ -303,15 +303,16 @@ def test_hit_counters_exact(plane: XdpDataPlane) -> None:
 
 
 def test_rate_limit_passes_one_burst(plane: XdpDataPlane) -> None:
-    # The per-CPU bucket starts full with one second of tokens (rate_pps / nr_cpus) and
-    # a test run of 1,000 packets takes well under a clock tick, so one burst passes.
-    per_cpu = 50
-    rule = plane.backend.apply(drop_rule(Match(proto=17), action=Action.RATE_LIMIT, rate_pps=per_cpu * plane.nr_cpus))
+    # The rule's bucket, shared by the CPUs, starts full with a tenth of a second of
+    # tokens and a test run of 1,000 packets (on one CPU) takes well under a clock tick,
+    # so one burst passes: rate_pps / 10, not divided by the CPUs as a per-CPU bucket was.
+    rate = 500
+    rule = plane.backend.apply(drop_rule(Match(proto=17), action=Action.RATE_LIMIT, rate_pps=rate))
     run(plane, v4(UDP()), repeat=1000)
     st = plane.backend.stats()[rule.rule_id]
     passed = st.packets - st.dropped
     assert st.packets == 1000
-    assert per_cpu <= passed <= per_cpu + 1
+    assert rate // 10 <= passed <= rate // 10 + 1
     assert plane.global_stats()["rate_limited"] == st.dropped
 
 

@@ -35,6 +35,7 @@ STRUCTS = (
     "protected_val",
     "rule",
     "rule_stats",
+    "src_bucket",
     "slot_ref",
     "fp_list",
     "dst_key",

@@ -68,6 +68,7 @@ MAP_NAMES = (
     "dst_stats",
     "samples",
     "src_buckets",
+    "rule_buckets",
 )
 BPFFS_MAGIC = 0xCAFE4A11
 MODES = ("auto", "native", "generic")
@@ -992,6 +993,9 @@ class XdpBackend(Backend):
     def _zero_stats(self, slot: int) -> None:
         vals = self._maps.percpu(self.abi.dtype("rule_stats"), 1)
         libbpf.map_update(self._maps.fd["rule_stats"], np.array([slot], "<u4"), vals)
+        # a full bucket for the slot's next rate limit
+        bucket = np.zeros(1, self.abi.dtype("src_bucket"))
+        libbpf.map_update(self._maps.fd["rule_buckets"], np.array([slot], "<u4"), bucket)
 
     def gc(self) -> list[int]:
         """Withdraw the rules past their expiry; returns their ids."""

@@ -268,33 +268,36 @@ static __always_inline int rule_match(const struct rule *r, const struct pkt *p,
 	return 1;
 }
 
-/* Per-CPU token bucket in packet-nanoseconds: refills at rate_pps / nr_cpus,
- * holds one second of tokens, and starts full (last_ns == 0 after the control
- * plane zeroes a slot's stats), so a test run sees exactly one burst. */
-static __always_inline int bucket_take(const struct rule *r, struct rule_stats *rs,
-				       const struct config *cfg, __u64 *now)
+/* A rule's token bucket (map rule_buckets, shared by the CPUs) in packet-nanoseconds:
+ * refills at rate_pps, holds a tenth of a second of it (at least SHIELD_RATE_MIN_BURST
+ * packets: a second's worth let a flood through whole for as long as it took to drain,
+ * past the ladder's settle time), and starts full (last_ns == 0 after the control plane
+ * zeroes the slot), so a test run sees exactly one burst. */
+static __always_inline int bucket_take(const struct rule *r, __u32 slot, __u64 *now)
 {
-	__u32 ncpu = cfg->nr_cpus ? cfg->nr_cpus : 1;
-	__u64 rate = r->rate_pps / ncpu;
-	__u64 burst, t = clock_now(now);
+	struct src_bucket *b = bpf_map_lookup_elem(&rule_buckets, &slot);
+	__u64 rate = r->rate_pps ? r->rate_pps : 1;
+	__u64 pkts = rate / SHIELD_RATE_BURST_DIV;
+	__u64 burst = (pkts > SHIELD_RATE_MIN_BURST ? pkts : SHIELD_RATE_MIN_BURST) * NSEC_PER_SEC;
+	__u64 t = clock_now(now);
 
-	if (!rate)
-		rate = 1;
-	burst = rate * NSEC_PER_SEC;
-	if (!rs->last_ns) {
-		rs->tokens = burst;
-	} else if (t > rs->last_ns) {
-		__u64 elapsed = t - rs->last_ns;
+	if (!b)
+		return 1;
+	if (!b->last_ns) {
+		b->tokens = burst;
+		b->last_ns = t;
+	} else if (t > b->last_ns) {
+		__u64 elapsed = t - b->last_ns;
 
 		if (elapsed > NSEC_PER_SEC)
 			elapsed = NSEC_PER_SEC;
-		rs->tokens += elapsed * rate;
-		if (rs->tokens > burst)
-			rs->tokens = burst;
+		b->tokens += elapsed * rate;
+		if (b->tokens > burst)
+			b->tokens = burst;
+		b->last_ns = t;
 	}
-	rs->last_ns = t;
-	if (rs->tokens >= NSEC_PER_SEC) {
-		rs->tokens -= NSEC_PER_SEC;
+	if (b->tokens >= NSEC_PER_SEC) {
+		b->tokens -= NSEC_PER_SEC;
 		return 1;
 	}
 	return 0;
@@ -431,7 +434,7 @@ int shield_xdp(struct xdp_md *ctx)
 			verdict = V_DROP;
 		} else if (r->action == ACT_RATE_LIMIT) {
 			int ok = (r->flags & RF_PER_SOURCE) ? src_bucket_take(r, &p, &now)
-							    : (!rs || bucket_take(r, rs, cfg, &now));
+							    : bucket_take(r, slot, &now);
 
 			if (!ok) {
 				action = XDP_DROP;

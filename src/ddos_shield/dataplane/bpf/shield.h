@@ -30,6 +30,8 @@ enum shield_limits {
 	SHIELD_MAX_FP_INDEX = 16384,   /* destination prefixes with fingerprint rules */
 	SHIELD_FP_LIST_MAX = 16,       /* fingerprint rules checked per destination */
 	SHIELD_MAX_SRC_BUCKETS = 131072, /* LRU-bounded (rule, source) buckets of per-source rate limits */
+	SHIELD_RATE_BURST_DIV = 10,    /* a rule's rate limit holds 1/10 s of its rate as burst ... */
+	SHIELD_RATE_MIN_BURST = 5,     /* ... and at least this many packets (as nftables' limit) */
 	SHIELD_MAX_VLAN = 2,           /* VLAN tags parsed (QinQ) */
 	SHIELD_MAX_EXTHDR = 6,         /* IPv6 extension headers walked */
 	SHIELD_RINGBUF_BYTES = 4194304,
@@ -161,8 +163,8 @@ struct rule_stats {            /* map "rule_stats" (per-CPU array, per slot) */
 	__u64 pkts;                /* packets that matched */
 	__u64 bytes;
 	__u64 dropped;             /* of those, dropped */
-	__u64 tokens;              /* rate limit: per-CPU token bucket, in packets * 1e9 */
-	__u64 last_ns;
+	__u64 tokens;              /* unused: a rate limit's bucket is in "rule_buckets", shared */
+	__u64 last_ns;             /* by the CPUs (kept for the layout) */
 };
 
 struct src_bucket_key {       /* map "src_buckets" (LRU hash): a per-source rate limit's bucket */
@@ -170,7 +172,8 @@ struct src_bucket_key {       /* map "src_buckets" (LRU hash): a per-source rate
 	__u8 addr[16];             /* the source, IPv4-mapped */
 };
 
-struct src_bucket {            /* token bucket in packet-nanoseconds, shared by the CPUs */
+struct src_bucket {            /* token bucket in packet-nanoseconds, shared by the CPUs; also */
+	                           /* the value of map "rule_buckets" (a rule's own bucket) */
 	__u64 tokens;
 	__u64 last_ns;
 };
@@ -259,6 +262,18 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rule_stats);
 } rule_stats SEC(".maps");
+
+/* A rate limit's token bucket, per rule slot, shared by the CPUs (zeroed with the slot:
+ * last_ns == 0 is a full bucket). Not per CPU: a flood's packets may all land on one
+ * CPU (one receive queue, one flow hash), and a per-CPU bucket of rate_pps / nr_cpus
+ * then let through only its share of the rate. Concurrent updates may race, which lets
+ * a few packets too many through, never too few. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SHIELD_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct src_bucket);
+} rule_buckets SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
