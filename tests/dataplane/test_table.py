@@ -175,17 +175,44 @@ def random_batch(rng: np.random.Generator, n: int, hosts: int, v6_share: float) 
 @pytest.mark.parametrize(
     "prefixes", [["203.0.113.0/24", "2001:db8::/32"], ["0.0.0.0/0", "::/0"], ["203.0.114.0/25", "2001:db8:0:2::/64"]]
 )
-def test_random_batches_match_reference(plen: int, prefixes: list[str]) -> None:
+@pytest.mark.parametrize("v6_share", [0.0, 0.3])
+@pytest.mark.parametrize("fold", ["distinct", "alike"])
+def test_random_batches_match_reference(
+    monkeypatch: pytest.MonkeyPatch, plen: int, prefixes: list[str], v6_share: float, fold: str
+) -> None:
+    if fold == "alike":  # keys fold into one word alike (IPv6 hosts of several /64s): no folded index
+        monkeypatch.setattr(table, "_FOLD", np.uint64(0))
     rng = np.random.default_rng(plen)
     nets = [as_network(p) for p in prefixes]
     t = CounterTable({n: 0 for n in nets}, plen)
+    known = t._known
+    short: list[bool] = []  # batches whose destinations were all known: counted without a sort
+
+    def spy(hi: Any, lo: Any) -> Any:
+        got = known(hi, lo)
+        short.append(got is not None)
+        return got
+
+    t._known = spy  # type: ignore[method-assign]
     want: dict[bytes, list[int]] = {}
     for k in range(25):
-        b = random_batch(rng, int(rng.integers(0, 400)), int(rng.integers(1, 200)), 0.3)
+        b = random_batch(rng, int(rng.integers(0, 400)), int(rng.integers(1, 200)), v6_share)
         drop = rng.random(len(b)) < 0.2 if k % 2 else None
         t.add(b, drop)
         reference(want, b, drop, nets, plen)
         assert as_dict(t.snapshot()) == want
+    if fold == "distinct":
+        assert any(short)
+
+
+def test_keys_that_fold_alike_are_counted_by_the_sorting_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(table, "_FOLD", np.uint64(0))  # two /64s differing in their high words only
+    t = CounterTable({as_network("::/0"): 0}, 64)
+    b = batch([("2001:db8:0:1::", 2, 1, 100), ("2001:db8:0:2::", 2, 1, 100)])
+    t.add(b)
+    assert t._known(*table.key_words(b["dst"])) is None
+    t.add(b)
+    assert [c[0][2] for c in counts(t).values()] == [2, 2]
 
 
 def test_huge_counts_stay_exact() -> None:

@@ -167,6 +167,14 @@ class CounterTable:
         self._khi: U64 = np.zeros(0, dtype=np.uint64)
         self._klo: U64 = np.zeros(0, dtype=np.uint64)
         self._kslot = np.zeros(0, dtype=np.int64)
+        # the same keys folded into one word each, sorted (rebuilt when keys change):
+        # a batch whose destinations are all known finds each row's slot with one
+        # binary search, without sorting the batch (see _known)
+        self._fold: U64 | None = None  # None: keys fold alike, no index
+        self._fold_stale = True
+        self._fold_hi: U64 = np.zeros(0, dtype=np.uint64)
+        self._fold_lo: U64 = np.zeros(0, dtype=np.uint64)
+        self._fold_slot = np.zeros(0, dtype=np.int64)
         self._tick = 0
         self._last: tuple[U64, U64, npt.NDArray[np.int64]] | None = None
         self.set_protected(protected)
@@ -228,8 +236,12 @@ class CounterTable:
         if v6.any():
             hi = np.where(v6, hi & self._v6_hi, hi)
             lo = np.where(v6, lo & self._v6_lo, lo)
-        uhi, ulo, inv = _distinct(hi, lo)
-        slots = self._slots(uhi, ulo)
+        known = self._known(hi, lo)
+        if known is not None:
+            inv, slots = known
+        else:
+            uhi, ulo, inv = _distinct(hi, lo)
+            slots = self._slots(uhi, ulo)
         kept = slots >= 0
         if not kept.all():  # more new destinations in one batch than the table holds
             rows_kept = kept[inv]
@@ -253,6 +265,39 @@ class CounterTable:
         self._tick += 1
         self._seen[slots] = self._tick
         return int(col("packets").sum())
+
+    def _known(self, hi: U64, lo: U64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]] | None:
+        """(each row's index among the distinct slots it hits, those slots) when every
+        row's destination is in the table; None otherwise (new destinations, keys that
+        fold alike, or a table much larger than the batch)."""
+        n = self._n
+        if n == 0 or n > 4 * len(hi) + 1024:
+            return None
+        if self._fold_stale:
+            self._refold()
+        fold = self._fold
+        if fold is None:
+            return None
+        at = np.minimum(np.searchsorted(fold, (hi * _FOLD) ^ lo), n - 1)
+        if not bool(((self._fold_hi[at] == hi) & (self._fold_lo[at] == lo)).all()):
+            return None
+        row_slot = self._fold_slot[at]
+        present = np.bincount(row_slot, minlength=n) > 0
+        inv: npt.NDArray[np.intp] = (np.cumsum(present) - 1)[row_slot]
+        slots: npt.NDArray[np.int64] = np.flatnonzero(present).astype(np.int64)
+        return inv, slots
+
+    def _refold(self) -> None:
+        """Rebuild the folded index (none when two keys fold alike)."""
+        self._fold_stale = False
+        fold = (self._khi * _FOLD) ^ self._klo
+        order = np.argsort(fold)
+        fold = fold[order]
+        if not bool((fold[1:] != fold[:-1]).all()):
+            self._fold = None
+            return
+        self._fold, self._fold_hi, self._fold_lo = fold, self._khi[order], self._klo[order]
+        self._fold_slot = self._kslot[order]
 
     def _slots(self, hi: U64, lo: U64) -> npt.NDArray[np.int64]:
         """The slot of each distinct key (sorted by (hi, lo)), new keys added; -1 for keys
@@ -286,6 +331,7 @@ class CounterTable:
             self._khi = np.insert(self._khi, at, hi[new])
             self._klo = np.insert(self._klo, at, lo[new])
             self._kslot = np.insert(self._kslot, at, fresh)
+            self._fold_stale = True
         return slots
 
     def _grow(self, k: int) -> int:
@@ -313,6 +359,7 @@ class CounterTable:
 
     def _compact(self, keep: npt.NDArray[np.intp]) -> None:
         self._last = None
+        self._fold_stale = True
         rows, seen = self._rows[keep], self._seen[keep]
         self._rows = np.zeros(max(len(self._rows), 64), dtype=COUNTER_DTYPE)
         self._seen = np.zeros(len(self._rows), dtype=np.int64)
