@@ -108,3 +108,50 @@ def test_run_keeps_a_history_and_protects_on_without_one(tmp_path: Path) -> None
     failed = [e for e in evs if e["event"] == "store_failed"]
     assert len(failed) == 1 and "junk.sqlite3" in str(failed[0]["reason"])
     assert [e["event"] for e in evs][-1] == "stopped"
+
+
+def test_sighup_reloads_the_file_or_refuses_it_naming_the_field(tmp_path: Path) -> None:
+    """`run` re-reads its configuration on SIGHUP (no API configured): a valid change is
+    in force (config_reloaded), a bad one refused with file, line and field (config_refused)."""
+    import signal
+    import time
+
+    events = tmp_path / "events.jsonl"
+    cfg = tmp_path / "run.toml"
+    base = (
+        f'protected = ["203.0.113.0/24"]\n[shield]\nstate_dir = "{tmp_path / "state"}"\n[events]\nfile = "{events}"\n'
+    )
+    cfg.write_text(base)
+
+    def wait_for(name: str) -> dict[str, object]:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            found = [e for e in map(json.loads, events.read_text().splitlines()) if e["event"] == name]
+            if found:
+                return dict(found[-1])
+            time.sleep(0.1)
+        raise AssertionError(f"no {name} event")
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "ddos_shield.cli.main", "run", "--config", str(cfg), "--no-live"],
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as p:
+        try:
+            assert p.stderr is not None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "ready" not in p.stderr.readline():
+                pass
+            cfg.write_text(base.replace("[shield]", 'allowlist = ["198.51.100.53/32"]\n[shield]'))
+            p.send_signal(signal.SIGHUP)
+            done = wait_for("config_reloaded")
+            assert (done["actor"], done["source"]) == ("signal:SIGHUP", "file")
+            cfg.write_text(base + "[[groups]]\nname = 7\n")
+            p.send_signal(signal.SIGHUP)
+            refused = wait_for("config_refused")
+            assert refused["actor"] == "signal:SIGHUP" and "run.toml:7: groups[0].name" in str(refused["errors"])
+            assert p.poll() is None  # the shield runs on with the configuration before
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(30) == 0
+        finally:
+            p.kill()

@@ -34,7 +34,7 @@ Attack events carry ``ts`` (Unix seconds), ``attack_id``, ``target`` (CIDR),
 and ``bps``, their peaks ``peak_pps`` and ``peak_bps``, and ``basis`` (``"static"``
 thresholds or the learned ``"baseline"``); mitigation events also carry ``rule``.  Events that record an action
 carry ``actor``: ``"shield"`` for the automatic path, ``"token:<name>"`` for the API,
-``"cli:<user>"`` for the local command line.
+``"cli:<user>"`` for the local command line, ``"signal:SIGHUP"`` for a reload by signal.
 
 The sink is also the shield's internal bus: the store, the alerts and the live
 views :meth:`~EventSink.subscribe` to it instead of reaching into the engine.

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "wait for an operator's approval; nothing covers the never-block list. At start the backends are "
         "reconciled with the record of mitigations in shield.state_dir. The history (attacks, mitigations, "
         "audit log, attack captures) goes to an SQLite file, or PostgreSQL when configured ([store]); alerts go to "
-        "webhooks, syslog and e-mail ([alerts]).",
+        "webhooks, syslog and e-mail ([alerts]). SIGHUP re-reads the configuration file (as the API's reload: "
+        "validated whole, refused with the reasons logged, or swapped in at once).",
     )
     r.add_argument("--config", "-c", required=True, help="configuration file (TOML)")
     r.add_argument(
@@ -332,6 +333,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pidf.write_text(f"{os.getpid()}\n")
     detached = False
     api: ApiService | None = None
+
+    def _reload_file() -> None:
+        from ddos_shield.api.view import ReloadRefused, ShieldView
+
+        # the same path as the API's reload (validation, restart-only settings, events)
+        view = api.view if api is not None else ShieldView(engine, events, config_path=args.config)
+        try:
+            view.reload(None, actor="signal:SIGHUP")
+        except ReloadRefused as e:
+            logging.getLogger(__name__).error("SIGHUP: reload refused: %s", "; ".join(e.errors))
+        finally:
+            if api is None:
+                view.close()
+
+    def _on_hup(signum: int, _frame: object) -> None:
+        # not in the handler itself: it interrupts the main thread, maybe inside a tick
+        threading.Thread(target=_reload_file, name="sighup-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, _on_hup)
     try:
         engine.start(time.time())
         if cfg.api.listen:
