@@ -31,7 +31,7 @@ from ddos_shield.lab.netns import in_netns
 from ddos_shield.mitigate.base import Backend
 from ddos_shield.mitigate.bgp import BgpBackend, speaker_pid, stop_speaker
 from ddos_shield.mitigate.registry import open_backend
-from ddos_shield.records import Action, Match
+from ddos_shield.records import Action, Match, Rule
 
 pytestmark = [pytest.mark.lab]
 
@@ -224,7 +224,11 @@ def test_a_reload_rebuilds_the_bgp_backend_and_keeps_the_router_consistent(
         actor="t",
         reason="t",
     )
-    peer.wait(lambda: peer.routes() == 2, what="both at the router")
+    # and one announced behind the shield's back (not in its record)
+    stray = shield.engine.backends["bgp"].apply(
+        Rule(Match.from_json({"dst": "203.0.113.21/32", "proto": 6}), Action.DROP, time.time() + 600)
+    )
+    peer.wait(lambda: peer.routes() == 3, what="three at the router")
     first = shield.speaker()
 
     # new communities and next hop: the same speaker (no session reset), each route
@@ -242,12 +246,13 @@ def test_a_reload_rebuilds_the_bgp_backend_and_keeps_the_router_consistent(
         what="the blackhole with its new next hop and community",
     )
     peer.wait(lambda: shield.flowspec() == {"203.0.113.11/32": [community("64513:100")]}, what="new flowspec comm.")
-    assert shield.speaker() == first and peer.routes() == 2
+    peer.wait(lambda: peer.routes() == 2, what="the orphan withdrawn")
+    assert shield.speaker() == first
     (rebuilt,) = shield.events("backend_rebuilt")
     assert (rebuilt["reapplied"], rebuilt["removed"], rebuilt["orphaned"]) == (
         [bh.rule_id, fs.rule_id],
         [],
-        [],
+        [stray.rule_id],
     )
 
     # blackholes off: the speaker's address families change, so a new speaker; the

@@ -334,3 +334,85 @@ def test_a_reload_does_not_switch_dry_run() -> None:
     h.engine.reload(parse(CONFIG))
     r = h.engine.add_mitigation(Match(proto=47), Action.DROP, 10.0, actor=OPERATOR, reason="still a dry run")
     assert [m["state"] for m in h.engine.mitigations()] == ["dry_run"] and r.rule_id > 0
+
+
+# ---- a reload that changes the BGP settings (the real speaker: test_bgp_lab.py) -------------
+
+BGP_ON = (
+    CONFIG.replace("[shield]", 'never_block = ["203.0.113.200/32"]\n[shield]')
+    + '[mitigation]\nbackends = ["bgp"]\n[bgp]\nlocal_as = 64513\nrouter_id = "192.0.2.1"\nblackhole = true\n'
+    '[[bgp.peers]]\naddress = "192.0.2.2"\npeer_as = 64512\nlocal_address = "192.0.2.1"\n'
+)
+
+
+def test_a_reload_rebuilds_the_bgp_backend_on_its_in_memory_stand_in() -> None:
+    from ddos_shield.dataplane.replay import ReplayDataPlane
+    from ddos_shield.engine import Engine
+    from ddos_shield.errors import MitigationError
+    from ddos_shield.events import EventSink
+    from ddos_shield.mitigate.base import Backend
+    from ddos_shield.mitigate.memory import MemoryBackend
+
+    opened: list[MemoryBackend] = []
+    fail = [False]
+
+    def opener(kind: str, cfg: object) -> Backend:
+        if fail[0]:
+            raise MitigationError("bgp: exabgp exited with 1")
+        b = MemoryBackend(lambda: now)
+        b.name = kind
+        opened.append(b)
+        return b
+
+    now = 1000.0
+    cfg = parse(BGP_ON)
+    dp = ReplayDataPlane(clock=lambda: now)
+    out = __import__("io").StringIO()
+    engine = Engine(
+        cfg, dp, dp.backend, EventSink(out), clock=lambda: now, backends=[opener("bgp", cfg)], opener=opener
+    )
+    engine.start(now)
+    bh = engine.add_mitigation(
+        Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, 60.0, actor=OPERATOR, reason="r"
+    )
+    fs = engine.add_mitigation(
+        Match(proto=17, dst=as_network("203.0.113.11/32")), Action.DROP, 60.0, backend="bgp", actor=OPERATOR, reason="r"
+    )
+
+    def events(name: str) -> list[dict[str, object]]:
+        return [e for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == name]
+
+    # changed settings: a new backend holds every BGP mitigation under its id
+    engine.reload(
+        parse(BGP_ON.replace("blackhole = true", 'blackhole = true\ncommunities = ["64513:666"]')), actor=OPERATOR
+    )
+    assert len(opened) == 2 and engine.backends["bgp"] is opened[1]
+    assert sorted(r.rule_id for r in opened[1].list()) == [bh.rule_id, fs.rule_id]
+    (rebuilt,) = events("backend_rebuilt")
+    assert (rebuilt["reapplied"], rebuilt["actor"]) == ([bh.rule_id, fs.rule_id], OPERATOR)
+    # a new backend that cannot be opened: refused, the old one keeps what it held, the configuration stays
+    fail[0] = True
+    with pytest.raises(MitigationError, match="exabgp exited"):
+        engine.reload(parse(BGP_ON.replace("local_as = 64513", "local_as = 64999")))
+    assert engine.config.bgp is not None and engine.config.bgp.local_as == 64513
+    assert engine.backends["bgp"] is opened[1] and len(opened[1].list()) == 2
+    fail[0] = False
+    # BGP off: every BGP mitigation withdrawn and the backend out of service; a blackhole is refused
+    engine.reload(parse(CONFIG.replace("[shield]", 'never_block = ["203.0.113.200/32"]\n[shield]')))
+    assert "bgp" not in engine.backends and opened[1].list() == [] and engine.mitigations() == []
+    assert events("backend_rebuilt")[-1]["enabled"] is False
+    assert sorted(e["rule"]["mitigation_id"] for e in events("mitigation_removed")) == [bh.rule_id, fs.rule_id]
+    with pytest.raises(ValueError, match="no BGP backend configured"):
+        engine.add_mitigation(
+            Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, 60.0, actor=OPERATOR, reason="r"
+        )
+    # and on again: the policy's upstream steps have a backend again
+    engine.reload(parse(BGP_ON))
+    assert engine.backends["bgp"] is opened[2]
+    assert engine.add_mitigation(
+        Match(dst=as_network("203.0.113.10/32")), Action.BLACKHOLE, 60.0, actor=OPERATOR, reason="r"
+    )
+    with pytest.raises(ValueError, match="never-block"):
+        engine.add_mitigation(
+            Match(dst=as_network("203.0.113.200/32")), Action.BLACKHOLE, 60.0, actor=OPERATOR, reason="r"
+        )
