@@ -369,6 +369,12 @@ class Mitigation(_Model):
         le=1,
         description="verify: a step is rolled back when the target's other traffic falls by more than this share with it",
     )
+    connection_syn_pps: PositiveInt = Field(
+        20,
+        description="a connection flood's 'rate_limit' step: new connections (SYNs without ACK) per second let "
+        "through from each source the detector named, to its target; keep it well below "
+        "classification.connection_flood_min_rate, above what one client opens at its own pace",
+    )
 
 
 class Classification(_Model):

@@ -49,7 +49,9 @@ def shield(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabShield]:
     with lab_session():
         lb = Lab()
         lb.up()
-        s = LabShield(tmp_path_factory.mktemp("classify"))
+        # observe: each attack runs unhindered (the client's slow attack would otherwise get
+        # it dropped, and its connection flood could not open its connections)
+        s = LabShield(tmp_path_factory.mktemp("classify"), action="observe")
         try:
             s.start()
             yield s

@@ -16,7 +16,7 @@ from ddos_shield.detect.lifecycle import AttackChange
 from ddos_shield.mitigate.memory import MemoryBackend
 from ddos_shield.policy import Apply, Policy, Verified, Withdraw, per_source_passes
 from ddos_shield.records import Action, Attack, AttackType, Category, Match, addr_bytes, as_network, empty_rates
-from tests.engine.test_engine import CONFIG, VICTIM, Harness
+from tests.engine.test_engine import CLIENT, CONFIG, VICTIM, Harness
 from tests.traffic import packets, spoofed_v4
 
 ATTACKER = "198.51.100.66"
@@ -531,3 +531,144 @@ def test_per_source_passes(rows: list[tuple[str, int]], want: float | None) -> N
     batch = np.concatenate([packets(n, src=s, dst=VICTIM, proto=17, category=Category.UDP) for s, n in rows])
     got = per_source_passes(batch, 10000.0, float(batch["packets"].sum()), 100.0)
     assert got == (pytest.approx(want) if want is not None else None)
+
+
+# ---- connection floods and slow attacks: rules on the sources the detector named ------------
+
+
+class Conns:
+    """Real-looking connections from ``src``: each tick ``per_tick`` new ones (a SYN, then
+    two ACKed data packets), every one on its own source port."""
+
+    def __init__(self, src: str, per_tick: int) -> None:
+        self.src, self.per_tick, self.port = src, per_tick, 20000
+
+    def __call__(self, now: float) -> np.ndarray:
+        parts = []
+        for _ in range(self.per_tick):
+            self.port += 1
+            syn = packets(1, src=self.src, dst=VICTIM, proto=6, category=Category.TCP_SYN, tcp_flags=0x02, ts=now)
+            data = packets(2, src=self.src, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x18, ts=now)
+            syn["sport"] = data["sport"] = self.port
+            parts += [syn, data]
+        return np.concatenate(parts)
+
+
+#: one connection a tick: a client at its own pace
+client_conns = Conns(CLIENT, 1)
+
+
+def connection_config(steps: str, extra: str = "", top: str = "") -> str:
+    """A ladder, ``extra`` sections after the config, ``top`` keys before its first section."""
+    return ladder(steps).replace("protected =", f"{top}\nprotected =") + extra
+
+
+def offered(h: Harness, makers: list[Any], seconds: float = 1.0) -> dict[str, tuple[int, int]]:
+    """Per source, (SYNs, other packets) the rules in force let through of ``seconds`` more."""
+    got: dict[str, tuple[int, int]] = {}
+    for _ in range(round(seconds / 0.1)):
+        h.now += 0.1
+        batch = np.concatenate([m(h.now) for m in makers])
+        kept = batch[~h.dp.backend.offer(batch)]
+        for s, f in zip(kept["src"], kept["tcp_flags"], strict=True):
+            key = str(ipaddress.ip_address(bytes(s[12:])))
+            syn, other = got.get(key, (0, 0))
+            got[key] = (syn + 1, other) if f == 0x02 else (syn, other + 1)
+    return got
+
+
+def test_a_connection_flood_gets_a_syn_rate_limit_on_its_source_and_the_client_is_untouched() -> None:
+    h = Harness(connection_config('["rate_limit", "drop"]'))
+    h.run(3.0, [Conns(ATTACKER, 30), client_conns])  # 300 new connections a second, the limit is 200
+    (e,) = h.events("mitigation_applied")
+    assert e["rule"]["match"] == {
+        "src": f"{ATTACKER}/32",
+        "dst": f"{VICTIM}/32",
+        "proto": 6,
+        "tcp_flags": {"mask": 0x12, "value": 0x02},
+    }
+    assert (e["rule"]["action"], e["rule"]["rate_pps"]) == ("rate_limit", 20)
+    assert "connection_flood" in e["reason"] and "limited to 20/s" in e["reason"]
+    assert not [s for s in h.events("mitigation_skipped") if "not mitigated" in s["reason"]]
+    # the source's SYNs are held to 20 a second (and a burst of a tenth of a second); the
+    # rest of its packets and the client's pass
+    got = offered(h, [Conns(ATTACKER, 30), client_conns])
+    assert got[ATTACKER][0] <= 25 and got[ATTACKER][1] == 30 * 2 * 10 and got[CLIENT] == (10, 20)
+    # no rate verdict on a connection flood: the step is kept while the attack lasts, not escalated
+    h.run(3.0, [Conns(ATTACKER, 30), client_conns])
+    assert steps_applied(h) == [("rate_limit", "rate_limit")] and h.events("mitigation_verified") == []
+
+
+def test_a_connection_flood_under_drop_loses_its_source_and_the_rule_goes_after_it() -> None:
+    h = Harness(connection_config('["drop"]'))
+    h.run(3.0, [Conns(ATTACKER, 30), client_conns])
+    (e,) = h.events("mitigation_applied")
+    assert e["rule"]["match"] == {"src": f"{ATTACKER}/32", "dst": f"{VICTIM}/32"} and e["rule"]["action"] == "drop"
+    got = offered(h, [Conns(ATTACKER, 30), client_conns])
+    assert ATTACKER not in got and got[CLIENT] == (10, 20)
+    # a second source named later gets its own rule at the same step
+    h.run(3.0, [Conns(ATTACKER, 30), Conns("198.51.100.67", 30), client_conns])
+    srcs = [x["rule"]["match"]["src"] for x in h.events("mitigation_applied")]
+    assert srcs == [f"{ATTACKER}/32", "198.51.100.67/32"]
+    assert "named after the step was taken" in h.events("mitigation_applied")[1]["reason"]
+
+
+def test_observe_reports_a_connection_flood_and_the_ladder_goes_on_after_settling() -> None:
+    h = Harness(connection_config('["observe", "drop"]'))
+    h.run(1.5, [Conns(ATTACKER, 30)])
+    assert h.events("mitigation_applied") == []
+    assert any("observe" in s["reason"] for s in h.events("mitigation_skipped"))
+    h.run(1.5, [Conns(ATTACKER, 30)])
+    assert steps_applied(h) == [("drop", "drop")]
+
+
+def test_an_observe_group_only_reports_a_connection_flood() -> None:
+    h = Harness(connection_config('["observe"]'))
+    h.run(4.0, [Conns(ATTACKER, 30)])
+    assert h.events("mitigation_applied") == [] and h.events("mitigation_skipped")
+
+
+def slowloris(now: float) -> np.ndarray:
+    """120 connections held open, each sending a packet every 2 s (opened at the start)."""
+    if round(now * 10) % 20:
+        return np.zeros(0, dtype=packets(0, src=ATTACKER, dst=VICTIM, proto=6, category=Category.TCP).dtype)
+    b = packets(120, src=ATTACKER, dst=VICTIM, proto=6, category=Category.TCP, tcp_flags=0x18, ts=now)
+    b["sport"] = 30000 + np.arange(120)
+    return b
+
+
+def test_a_slow_attack_is_reported_at_rate_limit_and_its_source_dropped_from_the_drop_step() -> None:
+    cfg = "\n[classification]\nslow_min_hold_seconds = 3.0\nconnection_window_seconds = 10.0\n"
+    h = Harness(connection_config('["rate_limit"]', cfg))
+    h.run(8.0, [slowloris])
+    assert h.events("mitigation_applied") == []
+    assert any("rate limit cannot stop a slow attack" in s["reason"] for s in h.events("mitigation_skipped"))
+
+    h = Harness(connection_config('["rate_limit", "drop"]', cfg))
+    h.run(8.0, [slowloris])
+    (e,) = h.events("mitigation_applied")
+    assert e["rule"]["match"] == {"src": f"{ATTACKER}/32", "dst": f"{VICTIM}/32"} and "slow_attack" in e["reason"]
+
+
+def test_connection_flood_sources_respect_the_allow_list_critical_assets_and_dry_run() -> None:
+    h = Harness(connection_config('["drop"]', top=f'allowlist = ["{ATTACKER}/32"]'))
+    h.run(3.0, [Conns(ATTACKER, 30)])
+    assert h.events("mitigation_applied") == []
+    assert any("allow-listed" in s["reason"] for s in h.events("mitigation_skipped"))
+
+    # a critical asset: the source rate-limited now, its drop filed for an operator
+    h = Harness(connection_config('["drop"]', top=f'critical = ["{VICTIM}/32"]'))
+    h.run(3.0, [Conns(ATTACKER, 30)])
+    (e,) = h.events("mitigation_applied")
+    assert e["rule"]["action"] == "rate_limit" and e["rule"]["match"] == {
+        "src": f"{ATTACKER}/32",
+        "dst": f"{VICTIM}/32",
+    }
+    (p,) = h.events("mitigation_pending")
+    assert p["rule"]["action"] == "drop"
+
+    # dry run: decided and reported, enforced nowhere (the replay data plane's backend
+    # is the in-memory record a dry run keeps)
+    h = Harness(connection_config('["drop"]').replace("[shield]\n", "[shield]\ndry_run = true\n"))
+    h.run(3.0, [Conns(ATTACKER, 30)])
+    assert [e["state"] for e in h.events("mitigation_applied")] == ["dry_run"]

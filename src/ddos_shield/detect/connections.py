@@ -18,9 +18,9 @@ read) when it holds them -- ``connection_min_flows`` open at once, half of them 
 for ``slow_min_hold_seconds`` or longer -- nearly idle, below ``slow_max_pps_per_flow``.
 A client opening connections at its own pace, each used for a while and closed, holds
 a few at a time and is neither.  Counts are of sampled packets (every packet without
-load).  These attacks are reported, not mitigated automatically: the target's TCP is
-mostly its real clients', so no fingerprint of it would be fair; the events name the
-source (``sources``) for an operator to block.
+load).  No fingerprint is built for these attacks (no categories): the target's TCP is
+mostly its real clients', so none would be fair; each finding names its source, and the
+policy narrows its rules to the named sources (see :mod:`ddos_shield.policy`).
 
 No I/O, no clock: :meth:`ConnectionDetector.observe` takes the new samples and ``now``.
 """

@@ -74,6 +74,7 @@ from ddos_shield.records import (
     Action,
     Attack,
     AttackType,
+    IPAddress,
     IPNetwork,
     Match,
     RateBatch,
@@ -182,6 +183,8 @@ class Engine:
         self.scans = ScanDetector(config)
         self.connections = ConnectionDetector(config)
         self._sources: dict[int, set[str]] = {}  # attack id -> sources the behaviour detectors named
+        # attack id -> the same, by what they did: the policy blocks connection floods' and slow attacks'
+        self._named: dict[int, dict[AttackType, set[IPAddress]]] = {}
         self._prev_counters = np.zeros(0, dtype=COUNTER_DTYPE)
         self._prev_time: float | None = None
         self._window = SampleWindow(WINDOW_SECONDS)
@@ -470,6 +473,7 @@ class Engine:
             )
             if ch.kind == "end":
                 self._sources.pop(ch.attack.attack_id, None)
+                self._named.pop(ch.attack.attack_id, None)
             extra.update(self._source_fields(ch.attack))
             self.events.emit(f"attack_{ch.kind}", now, **attack_fields(ch.attack), **extra)
         if self.config.baseline.enabled:
@@ -482,7 +486,9 @@ class Engine:
                 busy = int(np.count_nonzero(rates["pps"].any(axis=1))) if len(rates) else 0
                 self._learn_wait = math.ceil(busy / LEARN_ROWS_PER_TICK)
             self._save_baselines(now)
-        for cmd in self.policy.step(changes, self.tracker.active, window, now, rates, self._kill_switch(now)):
+        for cmd in self.policy.step(
+            changes, self.tracker.active, window, now, rates, self._kill_switch(now), named=self._named
+        ):
             self._execute(cmd)
         self._expire(now)
         self._save(now)
@@ -501,9 +507,11 @@ class Engine:
         cats = {o.target: o.categories for o in floods}
         hints: dict[IPNetwork, tuple[AttackType, ...]] = {}
         sources: dict[IPNetwork, set[str]] = {}
+        named: dict[IPNetwork, list[Finding]] = {}
         for f in slow:
             hints[f.observation.target] = (*hints.get(f.observation.target, ()), f.type)
             sources.setdefault(f.observation.target, set()).add(str(f.source))
+            named.setdefault(f.observation.target, []).append(f)
         for o in floods:
             if o.extra_types:  # e.g. carpet bombing
                 hints[o.target] = (*hints.get(o.target, ()), *o.extra_types)
@@ -523,6 +531,9 @@ class Engine:
             typed[attack.attack_id] = self.tracker.retype(attack.target, types) or attack
             if attack.target in sources:
                 self._sources.setdefault(attack.attack_id, set()).update(sources[attack.target])
+                by_type = self._named.setdefault(attack.attack_id, {})
+                for f in named[attack.target]:
+                    by_type.setdefault(f.type, set()).add(f.source)
             if attack.attack_id not in changed and before is not None and types != before:
                 news.append(AttackChange("update", typed[attack.attack_id]))  # a new type is news
         out = []

@@ -41,8 +41,10 @@ def lab_config(
     hold_seconds: float = 3.0,
     allowlist: Sequence[str] = (),
     end_after_seconds: float = 1.5,
+    action: str = "drop",
 ) -> str:
-    """The shield's configuration for the lab (thresholds suit its 10 Mbit/s link)."""
+    """The shield's configuration for the lab (thresholds suit its 10 Mbit/s link);
+    ``action`` is the default group's (``observe`` lets every attack run unhindered)."""
     return f"""
 protected = ["{lab.INSIDE_V4}", "{lab.INSIDE_V6}"]
 allowlist = {json.dumps(list(allowlist))}
@@ -60,6 +62,7 @@ file = "{events_file}"
 
 [[groups]]
 name = "default"
+action = "{action}"
 hold_seconds = {hold_seconds}
 end_after_seconds = {end_after_seconds}
 [groups.thresholds]
@@ -122,6 +125,7 @@ class LabShield:
         allowlist: Sequence[str] = (),
         extra_config: str = "",
         end_after_seconds: float = 1.5,
+        action: str = "drop",
     ) -> None:
         """``extra_config`` is TOML appended to the lab configuration (e.g. ``[[sources]]``)."""
         self.workdir = workdir
@@ -133,6 +137,7 @@ class LabShield:
             hold_seconds=hold_seconds,
             allowlist=allowlist,
             end_after_seconds=end_after_seconds,
+            action=action,
         )
         self.config_path.write_text(text + extra_config)
         self.stderr_path = workdir / "shield.stderr"

@@ -37,12 +37,26 @@ says drop, and the drop is filed as :class:`Pending` until an operator approves;
 drop that would cover the never-block list is narrowed or refused (:class:`Refuse`)
 and a rate limit takes its place.  A rule an operator withdrew is not put back for
 the same attack (:meth:`Policy.suppress`).
+
+Connection floods and slow attacks (:mod:`~ddos_shield.detect.connections`) have no
+flood to fingerprint -- the target's TCP is mostly its real clients' -- but they come
+from few real sources (their handshakes complete), which the detector names.  Their
+rules are narrowed to those sources and the target, one rule per source: the
+``rate_limit`` step holds each connection-flood source's new connections (SYNs without
+ACK) to ``mitigation.connection_syn_pps``; ``drop`` and ``drop_sources`` drop each named
+source to the target.  A slow attack is low-rate, so a rate limit cannot stop it: its
+``rate_limit`` step enforces nothing (the ladder goes on to the next step), and from
+``drop`` on its sources are dropped.  Upstream steps take nothing for them.  The rates
+at the target cannot judge such a step (the attack is below every packet threshold):
+an enforcing step is kept while the detector names the sources (a source named later
+gets its rule at the same step) and is not verified; from ``observe`` the ladder goes
+on after ``settle_seconds`` while the attack lasts.  Scans and sweeps are reported only.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -58,6 +72,7 @@ from ddos_shield.records import (
     Attack,
     AttackType,
     Category,
+    IPAddress,
     IPNetwork,
     Match,
     RateBatch,
@@ -78,6 +93,13 @@ MIN_LEGIT_PPS = 100.0
 #: fields Flowspec (RFC 8955/8956) cannot match on: the flowspec step's fingerprints
 #: leave them open (and are previewed that way) rather than being refused upstream
 FLOWSPEC_OPEN = ("ttl",)
+#: attack types whose named sources (not a fingerprint) get rules (see the module docstring)
+CONNECTION_TYPES = (AttackType.CONNECTION_FLOOD, AttackType.SLOW_ATTACK)
+#: SYN without ACK: a new connection
+NEW_CONNECTION = (0x12, 0x02)
+
+#: per attack id, the sources the behaviour detectors named, by attack type
+Named = Mapping[int, Mapping[AttackType, Collection[IPAddress]]]
 
 
 @dataclass(frozen=True)
@@ -172,6 +194,8 @@ class _Mitigation:
     #: when rules were last added for a vector that joined the attack
     extended_at: float = float("-inf")
     cover_checked: float = float("-inf")
+    #: connection attacks: the source rules last built for sources named after the step was taken
+    tried: frozenset[Match] = frozenset()
 
     @property
     def rules(self) -> list[Rule]:
@@ -189,6 +213,7 @@ class Policy:
         self._adopted: dict[int, tuple[Rule, str]] = {}
         self._kill_switch = False
         self._active: list[Attack] = []  # this step's open attacks: a carpet's host attacks keep their samples
+        self._named: Named = {}  # this step's named sources of connection floods and slow attacks
         self.reconfigure(config)
 
     def reconfigure(self, config: Config, others: Collection[str] | None = None) -> None:
@@ -266,12 +291,15 @@ class Policy:
         now: float,
         rates: RateBatch | None = None,
         kill_switch: bool = False,
+        named: Named | None = None,
     ) -> list[Command]:
         """One tick.  While ``kill_switch`` is on (an operator passes everything), rules
         are kept and refreshed but no step is judged or climbed: nothing is dropped, so
-        every step would look useless; each step settles again once it is off."""
+        every step would look useless; each step settles again once it is off.
+        ``named``: per attack id, the sources the connection detector named, by type."""
         cmds: list[Command] = []
         self._active = active
+        self._named = named or {}
         self._kill_switch = kill_switch
         for ch in changes:
             m = self._by_attack.get(ch.attack.attack_id)
@@ -300,19 +328,17 @@ class Policy:
         return cmds
 
     def _mitigate(self, m: _Mitigation, window: TrafficBatch, now: float, rates: RateBatch | None) -> list[Command]:
-        if not m.attack.categories:  # scans, sweeps, connection floods, slow attacks (detect/)
+        if not m.attack.categories and set(m.attack.types) & set(CONNECTION_TYPES):
+            # wait for the detector's sources (the engine hands them in the tick that types the attack)
+            return self._mitigate_connections(m, window, now) if self._connection_sources(m.attack) else []
+        if not m.attack.categories:  # scans, sweeps; connection attacks before their sources are named
             if m.exhausted:
                 return []
             m.exhausted = m.verified = True
             return [Skip(m.attack, "reported, not mitigated: no flood to fingerprint (see the attack's sources)")]
         group = self._config.group_for_name(m.attack.group)
         ladder = group.steps()
-        cmds: list[Command] = []
-        if m.held and now - m.last_refresh >= REFRESH_EVERY:
-            m.last_refresh = now
-            for h in m.held:
-                h.rule = h.rule.refreshed(now + h.ttl)
-            cmds += [Refresh(h.rule) for h in m.held]
+        cmds = self._refresh(m, now)
         if m.step < 0:
             return cmds + self._climb(m, ladder, group, 0, window, now, rates)
         cmds += self._extend(m, ladder[m.step], group, window, now, rates)
@@ -382,6 +408,87 @@ class Policy:
             return cmds
         return cmds + self._climb(m, ladder, group, m.step + 1, window, now, rates)
 
+    # ---- connection floods and slow attacks -------------------------------------------
+
+    def _connection_sources(self, attack: Attack) -> dict[IPAddress, set[AttackType]]:
+        """The sources the connection detector named for ``attack``, with what each did."""
+        out: dict[IPAddress, set[AttackType]] = {}
+        for kind, addrs in self._named.get(attack.attack_id, {}).items():
+            if kind in CONNECTION_TYPES:
+                for a in addrs:
+                    out.setdefault(a, set()).add(kind)
+        return out
+
+    def _connection_candidates(self, attack: Attack, step: str, window: TrafficBatch) -> list[fingerprint.Candidate]:
+        """One rule candidate per named source that step ``step`` acts on: its new
+        connections to the target at ``rate_limit`` (connection-flood sources only: a
+        slow attack's rate is low already), all its traffic to the target from ``drop``
+        on.  Allow-listed sources are left out (they are never dropped or limited).  The
+        attack share is the source's share of the named sources' samples to the target;
+        the collateral is none, as the rule matches only what the source sends the target."""
+        named = self._connection_sources(attack)
+        if step == "rate_limit":
+            named = {a: k for a, k in named.items() if AttackType.CONNECTION_FLOOD in k}
+        srcs = sorted(
+            (a for a in named if not any(a in net for net in self._allow)),
+            key=lambda a: (a.version, int(a)),
+        )
+        if not srcs:
+            return []
+        nets = [ipaddress.ip_network(a) for a in srcs]
+        rows = window[addresses_in(window["dst"], attack.target)] if len(window) else window
+        w = rows["packets"].astype(np.float64)
+        per = [float(w[addresses_in(rows["src"], n)].sum()) for n in nets]
+        total = sum(per)
+        out: list[fingerprint.Candidate] = []
+        for net, p in zip(nets, per, strict=True):
+            if step == "rate_limit":
+                match = Match(src=net, dst=attack.target, proto=6, tcp_flags=NEW_CONNECTION)
+            else:
+                match = Match(src=net, dst=attack.target)
+            out.append(fingerprint.Candidate(match, "source", p / total if total else 1.0 / len(nets), 0.0))
+        return out
+
+    def _mitigate_connections(self, m: _Mitigation, window: TrafficBatch, now: float) -> list[Command]:
+        """The ladder for a connection flood or slow attack (see the module docstring)."""
+        group = self._config.group_for_name(m.attack.group)
+        ladder = group.steps()
+        cmds = self._refresh(m, now)
+        if m.step < 0:
+            return cmds + self._climb(m, ladder, group, 0, window, now, None)
+        step = ladder[m.step]
+        if step.step == "observe" or not m.held:
+            # nothing enforced (observe, or a step that made no rule): the attack still
+            # named settle_seconds on is the sign the ladder must go on
+            if not m.exhausted and not self._kill_switch and now - m.step_at >= group.settle_seconds:
+                cmds += self._climb(m, ladder, group, m.step + 1, window, now, None)
+            return cmds
+        if m.suppressed or now - m.extended_at < REFRESH_EVERY:
+            return cmds  # an operator took over; or looked at a moment ago
+        m.extended_at = now
+        # a source named after the step was taken gets its rule at the same step (once)
+        held = {h.rule.match for h in m.held} | {match for match, _ in m.suppressed}
+        fresh = frozenset(c.match for c in self._connection_candidates(m.attack, step.step, window)) - held
+        if not fresh or fresh == m.tried:
+            return cmds
+        m.tried = fresh
+        built = self._build(m, step, group, window, now, why=" (named after the step was taken)")
+        if built is not None:
+            got, skipped = built
+            cmds += got
+            if skipped is not None:
+                cmds.append(Skip(m.attack, skipped))
+        return cmds
+
+    def _refresh(self, m: _Mitigation, now: float) -> list[Command]:
+        """Push the expiries of ``m``'s rules forward, every :data:`REFRESH_EVERY`."""
+        if not m.held or now - m.last_refresh < REFRESH_EVERY:
+            return []
+        m.last_refresh = now
+        for h in m.held:
+            h.rule = h.rule.refreshed(now + h.ttl)
+        return [Refresh(h.rule) for h in m.held]
+
     # ---- the ladder ------------------------------------------------------------------
 
     def _climb(
@@ -448,7 +555,21 @@ class Policy:
         target = attack.target
         lead = 2 * self._config.shield.interval_ms / 1000
         cands: list[fingerprint.Candidate]
-        if name == "blackhole":
+        conn = not attack.categories  # a connection flood or slow attack: its named sources
+        if conn:
+            if upstream:
+                return (
+                    [],
+                    f"ladder step {name}: not for connection floods or slow attacks (their sources are dropped locally)",
+                )
+            cands = self._connection_candidates(attack, name, window)
+            if not cands:
+                return [], (
+                    f"ladder step {name}: a rate limit cannot stop a slow attack (it is low-rate): reported only"
+                    if name == "rate_limit"
+                    else f"ladder step {name}: no named source left to block (allow-listed)"
+                )
+        elif name == "blackhole":
             cands = [fingerprint.Candidate(Match(dst=target), "fingerprint", 1.0, 1.0)]
         else:
             built = fingerprint.build(
@@ -487,14 +608,23 @@ class Policy:
         room_total = mit.max_rules_total - len(self.rules())
         new: list[_Held] = []
         for c in cands:
+            rate = group.rate_limit_pps if action == Action.RATE_LIMIT else 0
+            reason = f"{name}: {c.kind} of {', '.join(t.value for t in attack.types)} on {target}{why}"
+            if conn:
+                rate = mit.connection_syn_pps if action == Action.RATE_LIMIT else 0
+                what = f"its new connections (SYN) limited to {rate}/s" if rate else "its traffic to the target dropped"
+                reason = (
+                    f"{name}: source {c.match.src} named by the {', '.join(t.value for t in attack.types)} "
+                    f"detector on {target}: {what}{why}"
+                )
             rule = Rule(
                 match=c.match,
                 action=action,
                 expires_at=now + ttl,
-                rate_pps=group.rate_limit_pps if action == Action.RATE_LIMIT else 0,
+                rate_pps=rate,
                 attack_id=m.attack.attack_id,
                 created_at=now,
-                reason=f"{name}: {c.kind} of {', '.join(t.value for t in attack.types)} on {target}{why}",
+                reason=reason,
                 attack_share=c.attack_share,
                 collateral_share=c.collateral_share,
             )
