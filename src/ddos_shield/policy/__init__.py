@@ -556,6 +556,7 @@ class Policy:
         lead = 2 * self._config.shield.interval_ms / 1000
         cands: list[fingerprint.Candidate]
         conn = not attack.categories  # a connection flood or slow attack: its named sources
+        named = self._connection_sources(attack) if conn else {}
         if conn:
             if upstream:
                 return (
@@ -613,10 +614,9 @@ class Policy:
             if conn:
                 rate = mit.connection_syn_pps if action == Action.RATE_LIMIT else 0
                 what = f"its new connections (SYN) limited to {rate}/s" if rate else "its traffic to the target dropped"
-                reason = (
-                    f"{name}: source {c.match.src} named by the {', '.join(t.value for t in attack.types)} "
-                    f"detector on {target}: {what}{why}"
-                )
+                src = c.match.src
+                did = sorted(t.value for t in named.get(src.network_address, ())) if src is not None else []
+                reason = f"{name}: source {src} named as {' and '.join(did)} on {target}: {what}{why}"
             rule = Rule(
                 match=c.match,
                 action=action,
