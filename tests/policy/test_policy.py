@@ -660,15 +660,31 @@ def test_connection_flood_sources_respect_the_allow_list_critical_assets_and_dry
     h = Harness(connection_config('["drop"]', top=f'critical = ["{VICTIM}/32"]'))
     h.run(3.0, [Conns(ATTACKER, 30)])
     (e,) = h.events("mitigation_applied")
-    assert e["rule"]["action"] == "rate_limit" and e["rule"]["match"] == {
-        "src": f"{ATTACKER}/32",
-        "dst": f"{VICTIM}/32",
-    }
+    assert (e["rule"]["action"], e["rule"]["rate_pps"]) == ("rate_limit", 20)
+    assert e["rule"]["match"]["src"] == f"{ATTACKER}/32" and e["rule"]["match"]["tcp_flags"]["value"] == 2
     (p,) = h.events("mitigation_pending")
-    assert p["rule"]["action"] == "drop"
+    assert p["rule"]["action"] == "drop" and p["rule"]["match"] == {"src": f"{ATTACKER}/32", "dst": f"{VICTIM}/32"}
+
+    # the never-block list: no drop to the target; the source's new connections limited instead
+    h = Harness(connection_config('["drop"]', top=f'never_block = ["{VICTIM}/32"]'))
+    h.run(3.0, [Conns(ATTACKER, 30)])
+    assert "never-block" in h.events("mitigation_refused")[0]["reason"]
+    assert [(e["rule"]["action"], e["rule"]["rate_pps"]) for e in h.events("mitigation_applied")] == [
+        ("rate_limit", 20)
+    ]
 
     # dry run: decided and reported, enforced nowhere (the replay data plane's backend
     # is the in-memory record a dry run keeps)
     h = Harness(connection_config('["drop"]').replace("[shield]\n", "[shield]\ndry_run = true\n"))
     h.run(3.0, [Conns(ATTACKER, 30)])
     assert [e["state"] for e in h.events("mitigation_applied")] == ["dry_run"]
+
+
+def test_connection_flood_sources_are_held_to_the_rule_limits() -> None:
+    h = Harness(connection_config('["drop"]', "\n[mitigation]\nmax_rules_per_target = 1\n"))
+    h.run(3.0, [Conns(ATTACKER, 30), Conns("198.51.100.67", 30)])
+    assert [e["rule"]["match"]["src"] for e in h.events("mitigation_applied")] == [f"{ATTACKER}/32"]
+    (r,) = h.events("mitigation_refused")
+    assert r["rule"]["match"]["src"] == "198.51.100.67/32" and "rule limit reached" in r["reason"]
+    h.run(2.0, [Conns(ATTACKER, 30), Conns("198.51.100.67", 30)])
+    assert len(h.events("mitigation_refused")) == 1  # refused once, not again every second

@@ -194,8 +194,8 @@ class _Mitigation:
     #: when rules were last added for a vector that joined the attack
     extended_at: float = float("-inf")
     cover_checked: float = float("-inf")
-    #: connection attacks: the source rules last built for sources named after the step was taken
-    tried: frozenset[Match] = frozenset()
+    #: connection attacks: the named sources a step has built rules for (or had refused)
+    tried: set[IPNetwork] = field(default_factory=set)
 
     @property
     def rules(self) -> list[Rule]:
@@ -466,12 +466,11 @@ class Policy:
         if m.suppressed or now - m.extended_at < REFRESH_EVERY:
             return cmds  # an operator took over; or looked at a moment ago
         m.extended_at = now
-        # a source named after the step was taken gets its rule at the same step (once)
-        held = {h.rule.match for h in m.held} | {match for match, _ in m.suppressed}
-        fresh = frozenset(c.match for c in self._connection_candidates(m.attack, step.step, window)) - held
-        if not fresh or fresh == m.tried:
+        # a source named after the step was taken gets its rule at the same step (tried
+        # once: one refused by the rule limits is not refused again every second)
+        named = {c.match.src for c in self._connection_candidates(m.attack, step.step, window)}
+        if not named - m.tried:
             return cmds
-        m.tried = fresh
         built = self._build(m, step, group, window, now, why=" (named after the step was taken)")
         if built is not None:
             got, skipped = built
@@ -563,7 +562,11 @@ class Policy:
                     [],
                     f"ladder step {name}: not for connection floods or slow attacks (their sources are dropped locally)",
                 )
-            cands = self._connection_candidates(attack, name, window)
+            # a source this step holds a rule for already (a critical asset's stand-in rate
+            # limit has a match of its own) gets no second one
+            covered = {h.rule.match.src for h in m.held if h.step == name}
+            cands = [c for c in self._connection_candidates(attack, name, window) if c.match.src not in covered]
+            m.tried |= {c.match.src for c in cands if c.match.src is not None}
             if not cands:
                 return [], (
                     f"ladder step {name}: a rate limit cannot stop a slow attack (it is low-rate): reported only"
@@ -652,14 +655,14 @@ class Policy:
                 cmds.append(Refuse(rule, m.attack, str(e)))
                 if upstream or action != Action.DROP:
                     continue
-                pieces = [per_source.limit(replace(rule, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps), c)]
+                pieces = [per_source.limit(_instead_of_drop(rule, group, mit.connection_syn_pps, conn), c)]
             if len(pieces) > 1:
                 cmds.append(Refuse(rule, m.attack, "narrowed around the never-block list"))
             for p in pieces:
                 if critical and p.action == Action.DROP and not upstream:
                     # never dropped automatically: limit now, drop once an operator approves
                     cmds.append(Pending(p, m.attack, f"{target} is a critical asset", backend))
-                    p = replace(p, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)
+                    p = _instead_of_drop(p, group, mit.connection_syn_pps, conn)
                 if p.action == Action.RATE_LIMIT and not upstream:
                     p = per_source.limit(p, c)
                 key = (p.match, backend)
@@ -865,6 +868,28 @@ class _PerSource:
             rate_pps=rate,
             reason=rule.reason + f" (per source, {rate} pps each: ~{passes:.0f} pps of it would pass)",
         )
+
+
+def _instead_of_drop(rule: Rule, group: Group, syn_pps: int, conn: bool) -> Rule:
+    """The rate limit that stands in for a drop the policy may not enforce (a critical
+    asset's, pending approval; one the never-block list refused): the group's
+    ``rate_limit_pps`` on the same match; for a connection attack's source, its new
+    connections held to ``syn_pps`` (its packets, a few a connection, are not what floods).
+
+    >>> from ddos_shield.config import Group
+    >>> r = Rule(Match(src=ipaddress.ip_network("198.51.100.66/32")), Action.DROP, 0.0)
+    >>> _instead_of_drop(r, Group(name="default"), 20, conn=True).match.tcp_flags
+    (18, 2)
+    """
+    if conn:
+        return replace(
+            rule,
+            match=replace(rule.match, proto=6, tcp_flags=NEW_CONNECTION),
+            action=Action.RATE_LIMIT,
+            rate_pps=syn_pps,
+            reason=f"{rule.reason}; meanwhile its new connections (SYN) limited to {syn_pps}/s",
+        )
+    return replace(rule, action=Action.RATE_LIMIT, rate_pps=group.rate_limit_pps)
 
 
 def _service(attack: Attack, cands: list[fingerprint.Candidate]) -> list[fingerprint.Candidate]:
