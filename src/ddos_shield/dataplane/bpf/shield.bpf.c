@@ -268,6 +268,27 @@ static __always_inline int rule_match(const struct rule *r, const struct pkt *p,
 	return 1;
 }
 
+/* Refill a bucket (tokens in packet-nanoseconds) for the time since it was last seen,
+ * at most a second's worth at once, capped at burst; take one packet if it holds one. */
+static __always_inline int bucket_spend(struct src_bucket *b, __u64 rate, __u64 burst, __u64 t)
+{
+	if (t > b->last_ns) {
+		__u64 elapsed = t - b->last_ns;
+
+		if (elapsed > NSEC_PER_SEC)
+			elapsed = NSEC_PER_SEC;
+		b->tokens += elapsed * rate;
+		if (b->tokens > burst)
+			b->tokens = burst;
+		b->last_ns = t;
+	}
+	if (b->tokens >= NSEC_PER_SEC) {
+		b->tokens -= NSEC_PER_SEC;
+		return 1;
+	}
+	return 0;
+}
+
 /* A rule's token bucket (map rule_buckets, shared by the CPUs) in packet-nanoseconds:
  * refills at rate_pps, holds a tenth of a second of it (at least SHIELD_RATE_MIN_BURST
  * packets: a second's worth let a flood through whole for as long as it took to drain,
@@ -286,21 +307,8 @@ static __always_inline int bucket_take(const struct rule *r, __u32 slot, __u64 *
 	if (!b->last_ns) {
 		b->tokens = burst;
 		b->last_ns = t;
-	} else if (t > b->last_ns) {
-		__u64 elapsed = t - b->last_ns;
-
-		if (elapsed > NSEC_PER_SEC)
-			elapsed = NSEC_PER_SEC;
-		b->tokens += elapsed * rate;
-		if (b->tokens > burst)
-			b->tokens = burst;
-		b->last_ns = t;
 	}
-	if (b->tokens >= NSEC_PER_SEC) {
-		b->tokens -= NSEC_PER_SEC;
-		return 1;
-	}
-	return 0;
+	return bucket_spend(b, rate, burst, t);
 }
 
 /* The bucket of one source of a per-source rate limit (RF_PER_SOURCE): rate_pps for
@@ -320,21 +328,7 @@ static __always_inline int src_bucket_take(const struct rule *r, const struct pk
 		bpf_map_update_elem(&src_buckets, &k, &fresh, BPF_NOEXIST);
 		return 1;
 	}
-	if (t > b->last_ns) {
-		__u64 elapsed = t - b->last_ns;
-
-		if (elapsed > NSEC_PER_SEC)
-			elapsed = NSEC_PER_SEC;
-		b->tokens += elapsed * rate;
-		if (b->tokens > burst)
-			b->tokens = burst;
-		b->last_ns = t;
-	}
-	if (b->tokens >= NSEC_PER_SEC) {
-		b->tokens -= NSEC_PER_SEC;
-		return 1;
-	}
-	return 0;
+	return bucket_spend(b, rate, burst, t);
 }
 
 static __always_inline void ipv6_mask(__u8 *addr, __u32 plen)
