@@ -36,6 +36,8 @@ from ddos_shield.mitigate.nftables import (
 from ddos_shield.records import Action, Match, Range, Rule, as_network
 from tests.vethpair import Observer, VethPair, frame
 
+#: this module's veth pair (tests/mitigate/conftest.py)
+VETH_PREFIX = "dsn-mt"
 TABLE = "dsn_shield"
 FAR = 2e9  # an expiry far enough for a test
 
@@ -112,38 +114,6 @@ def test_blackhole_is_refused() -> None:
 
 
 # ---- real packets --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[VethPair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    p = VethPair("dsn-mt").create()
-    try:
-        yield p
-    finally:
-        p.delete()
-
-
-@pytest.fixture
-def observer(pair: VethPair) -> Iterator[Observer]:
-    with pair.inside():
-        obs = Observer(pair.rx_if)
-        try:
-            yield obs
-        finally:
-            obs.close()
-
-
-@pytest.fixture
-def backend(pair: VethPair, observer: Observer) -> Iterator[NftablesBackend]:
-    with pair.inside():
-        b = NftablesBackend([pair.rx_if], table=TABLE)
-        try:
-            yield b
-        finally:
-            b.close()
-            remove_table(TABLE)
 
 
 def udp4(src: str, dport: int = 9, dst: str = "203.0.113.10", size: int = 32) -> bytes:

@@ -4,9 +4,7 @@ namespace pair (dsn-ps-tx -> dsn-ps-rx), counted by the kernel."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -19,12 +17,13 @@ from ddos_shield.mitigate.nftables import (
     MIN_BURST,
     NftablesBackend,
     parse_state,
-    remove_table,
     verdict_exprs,
 )
 from ddos_shield.records import Action, Match, Range, Rule, as_network
 from tests.vethpair import Observer, VethPair, frame
 
+#: this module's veth pair (tests/mitigate/conftest.py)
+VETH_PREFIX = "dsn-ps"
 TABLE = "dsn_ps"
 FAR = 2e9
 
@@ -92,38 +91,6 @@ def test_a_listed_per_source_rule_is_rebuilt() -> None:
 
 
 # ---- real packets --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[VethPair]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    p = VethPair("dsn-ps").create()
-    try:
-        yield p
-    finally:
-        p.delete()
-
-
-@pytest.fixture
-def observer(pair: VethPair) -> Iterator[Observer]:
-    with pair.inside():
-        obs = Observer(pair.rx_if)
-        try:
-            yield obs
-        finally:
-            obs.close()
-
-
-@pytest.fixture
-def backend(pair: VethPair, observer: Observer) -> Iterator[NftablesBackend]:
-    with pair.inside():
-        b = NftablesBackend([pair.rx_if], table=TABLE)
-        try:
-            yield b
-        finally:
-            b.close()
-            remove_table(TABLE)
 
 
 def udp(src: str, dst: str) -> bytes:
