@@ -78,6 +78,7 @@ from ddos_shield.records import (
     RateBatch,
     Rule,
     TrafficBatch,
+    addr_bytes,
     addresses_in,
     bytes_addr,
 )
@@ -419,26 +420,39 @@ class Policy:
                     out.setdefault(a, set()).add(kind)
         return out
 
-    def _connection_candidates(self, attack: Attack, step: str, window: TrafficBatch) -> list[fingerprint.Candidate]:
-        """One rule candidate per named source that step ``step`` acts on: its new
-        connections to the target at ``rate_limit`` (connection-flood sources only: a
-        slow attack's rate is low already), all its traffic to the target from ``drop``
-        on.  Allow-listed sources are left out (they are never dropped or limited).  The
-        attack share is the source's share of the named sources' samples to the target;
-        the collateral is none, as the rule matches only what the source sends the target."""
+    def _step_sources(self, attack: Attack, step: str) -> list[IPNetwork]:
+        """The named sources step ``step`` acts on, each as its own network: at
+        ``rate_limit`` the connection-flood sources only (a slow attack's rate is low
+        already), from ``drop`` on all.  Allow-listed sources are left out (they are never
+        dropped or limited)."""
         named = self._connection_sources(attack)
         if step == "rate_limit":
             named = {a: k for a, k in named.items() if AttackType.CONNECTION_FLOOD in k}
-        srcs = sorted(
-            (a for a in named if not any(a in net for net in self._allow)),
-            key=lambda a: (a.version, int(a)),
-        )
-        if not srcs:
+        srcs = sorted((a for a in named if not any(a in net for net in self._allow)), key=lambda a: (a.version, int(a)))
+        return [ipaddress.ip_network(a) for a in srcs]
+
+    def _connection_candidates(
+        self, attack: Attack, step: str, window: TrafficBatch, skip: Collection[IPNetwork | None] = ()
+    ) -> list[fingerprint.Candidate]:
+        """One rule candidate per source of :meth:`_step_sources` not in ``skip``: its new
+        connections to the target at ``rate_limit``, all its traffic to the target from
+        ``drop`` on.  The attack share is the source's share of the named sources' samples
+        to the target; the collateral is none, as the rule matches only what the source
+        sends the target."""
+        nets = [n for n in self._step_sources(attack, step) if n not in skip]
+        if not nets:
             return []
-        nets = [ipaddress.ip_network(a) for a in srcs]
         rows = window[addresses_in(window["dst"], attack.target)] if len(window) else window
-        w = rows["packets"].astype(np.float64)
-        per = [float(w[addresses_in(rows["src"], n)].sum()) for n in nets]
+        # one pass over the target's samples: weight per source address
+        uniq, inv = np.unique(np.ascontiguousarray(rows["src"]).view("V16").ravel(), return_inverse=True)
+        by_src = dict(
+            zip(
+                uniq.tolist(),
+                np.bincount(inv.ravel(), weights=rows["packets"].astype(np.float64)).tolist(),
+                strict=True,
+            )
+        )
+        per = [float(by_src.get(addr_bytes(n.network_address), 0.0)) for n in nets]
         total = sum(per)
         out: list[fingerprint.Candidate] = []
         for net, p in zip(nets, per, strict=True):
@@ -468,8 +482,7 @@ class Policy:
         m.extended_at = now
         # a source named after the step was taken gets its rule at the same step (tried
         # once: one refused by the rule limits is not refused again every second)
-        named = {c.match.src for c in self._connection_candidates(m.attack, step.step, window)}
-        if not named - m.tried:
+        if not set(self._step_sources(m.attack, step.step)) - m.tried:
             return cmds
         built = self._build(m, step, group, window, now, why=" (named after the step was taken)")
         if built is not None:
@@ -565,7 +578,7 @@ class Policy:
             # a source this step holds a rule for already (a critical asset's stand-in rate
             # limit has a match of its own) gets no second one
             covered = {h.rule.match.src for h in m.held if h.step == name}
-            cands = [c for c in self._connection_candidates(attack, name, window) if c.match.src not in covered]
+            cands = self._connection_candidates(attack, name, window, skip=covered)
             m.tried |= {c.match.src for c in cands if c.match.src is not None}
             if not cands:
                 return [], (
