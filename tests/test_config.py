@@ -57,10 +57,6 @@ BAD = [
         'protected = ["203.0.113.0/24"]\n[store]\nbackend = "postgresql"\ndsn = "db h"\n',
         "dsn: not a libpq connection string",
     ),
-    (
-        'protected = ["203.0.113.0/24"]\n[mitigation]\nconnection_syn_pps = 200\n',
-        "mitigation.connection_syn_pps: 200 is not below classification.connection_flood_min_rate (200.0)",
-    ),
 ]
 
 

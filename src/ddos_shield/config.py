@@ -372,8 +372,8 @@ class Mitigation(_Model):
     connection_syn_pps: PositiveInt = Field(
         20,
         description="a connection flood's 'rate_limit' step: new connections (SYNs without ACK) per second let "
-        "through from each source the detector named, to its target; below "
-        "classification.connection_flood_min_rate (well below it), above what one client opens at its own pace",
+        "through from each source the detector named, to its target; keep it well below "
+        "classification.connection_flood_min_rate, above what one client opens at its own pace",
     )
 
 
@@ -783,12 +783,6 @@ class Config(_Model):
             for net in g.networks():
                 if not any(net.version == p.version and net.subnet_of(p) for p in protected):  # type: ignore[arg-type]
                     raise ValueError(f"group {g.name!r}: prefix {net} lies outside every protected prefix")
-        syn, flood = self.mitigation.connection_syn_pps, self.classification.connection_flood_min_rate
-        if syn >= flood:
-            # a source held to it could go on opening connections at a flood's rate
-            raise ValueError(
-                f"mitigation.connection_syn_pps: {syn} is not below classification.connection_flood_min_rate ({flood})"
-            )
         return self
 
     def protected_networks(self) -> list[IPNetwork]:
