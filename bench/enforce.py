@@ -24,6 +24,8 @@ attach to ``rx0``.  No traffic is sent.
   rate limits (UDP to port 53 of a host each) applied one at a time, held per source
   (``Rule.per_source``: an nftables meter set each, or the XDP per-source flag) and
   then the same as aggregate limits, each withdrawn again; median and 99th percentile.
+  Then ``--latency`` aggregate limits applied and held, and withdrawn one at a time
+  while the others stay in force (nftables rewrites the jumps to the others' chains).
 
 Prints a Markdown section for bench/RESULTS.md.
 """
@@ -117,7 +119,7 @@ def measure(open_backend: Callable[[], Backend], rules: int, latency: int) -> di
             listed = {x.rule_id for x in b.list()}
             missing = sum(1 for _ in [applied] if applied.rule_id not in listed)
             mine = [r for r in b.list() if r.rule_id > applied.rule_id - latency]
-            refresh, withdraw = [], []
+            refresh, withdraw, fp_withdraw = [], [], []
             for r in mine:
                 t = time.perf_counter()
                 b.apply(r.refreshed(r.expires_at + 600))
@@ -134,6 +136,13 @@ def measure(open_backend: Callable[[], Backend], rules: int, latency: int) -> di
                     applied = b.apply(r)
                     limits[per_source].append(time.perf_counter() - t)
                     b.withdraw(applied.rule_id)
+            # withdrawing fingerprint rules while others stay in force (nftables rewrites
+            # the jumps to the others)
+            held = [b.apply(r) for r in rate_limits(latency, False)]
+            for r in held:
+                t = time.perf_counter()
+                b.withdraw(r.rule_id)
+                fp_withdraw.append(time.perf_counter() - t)
         finally:
             close = getattr(b, "close_plane", None)
             if close is not None:
@@ -143,11 +152,14 @@ def measure(open_backend: Callable[[], Backend], rules: int, latency: int) -> di
     refresh.sort()
     withdraw.sort()
     per_src, aggregate = sorted(limits[True]), sorted(limits[False])
+    fp_withdraw.sort()
     return {
         "per_source_median_ms": statistics.median(per_src) * 1000,
         "per_source_p99_ms": per_src[min(len(per_src) - 1, int(len(per_src) * 0.99))] * 1000,
         "aggregate_median_ms": statistics.median(aggregate) * 1000,
         "aggregate_p99_ms": aggregate[min(len(aggregate) - 1, int(len(aggregate) * 0.99))] * 1000,
+        "fp_withdraw_median_ms": statistics.median(fp_withdraw) * 1000,
+        "fp_withdraw_p99_ms": fp_withdraw[min(len(fp_withdraw) - 1, int(len(fp_withdraw) * 0.99))] * 1000,
         "refresh_median_ms": statistics.median(refresh) * 1000,
         "refresh_p99_ms": refresh[min(len(refresh) - 1, int(len(refresh) * 0.99))] * 1000,
         "withdraw_median_ms": statistics.median(withdraw) * 1000,
@@ -242,15 +254,20 @@ def main() -> int:
         )
     print(
         f"\n| backend | per-source rate limit, apply -> in force with {args.rules:,} rules in force: median / p99"
-        " | the same as an aggregate rate limit: median / p99 | per-source / aggregate (medians) |"
+        " | the same as an aggregate rate limit: median / p99 | per-source / aggregate (medians)"
+        f" | withdraw of one of {args.latency}..1 aggregate limits in force: median / p99 |"
     )
-    print("|---|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|")
     for name, rs in results.items():
         ps = statistics.median(float(r["per_source_median_ms"]) for r in rs)  # type: ignore[arg-type]
         ps99 = statistics.median(float(r["per_source_p99_ms"]) for r in rs)  # type: ignore[arg-type]
         ag = statistics.median(float(r["aggregate_median_ms"]) for r in rs)  # type: ignore[arg-type]
         ag99 = statistics.median(float(r["aggregate_p99_ms"]) for r in rs)  # type: ignore[arg-type]
-        print(f"| {name} | {ps:.2f} / {ps99:.2f} ms | {ag:.2f} / {ag99:.2f} ms | {ps / ag:.2f} |")
+        fw = statistics.median(float(r["fp_withdraw_median_ms"]) for r in rs)  # type: ignore[arg-type]
+        fw99 = statistics.median(float(r["fp_withdraw_p99_ms"]) for r in rs)  # type: ignore[arg-type]
+        print(
+            f"| {name} | {ps:.2f} / {ps99:.2f} ms | {ag:.2f} / {ag99:.2f} ms | {ps / ag:.2f} | {fw:.2f} / {fw99:.2f} ms |"
+        )
     return 0
 
 

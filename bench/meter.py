@@ -1,14 +1,14 @@
 """What a per-source rate limit's nftables meter costs the control plane as it fills.
 
-    sudo .venv/bin/python bench/meter.py [--sizes 0,1000,10000,16384] [--runs 3]
+    sudo .venv/bin/python bench/meter.py [--sizes 0,1000,10000,16384] [--runs 3] [--prefix dsn-ps-m]
 
 Every source a per-source rule meets takes an element of its meter (``m<id>_4``), and
 libnftables reads every element whenever it lists the table (``stats``, ``list``) or
-runs an echoed batch (a fingerprint rule's ``apply``).  In a namespace pair of its own
-(``dsn-ps-m-tx`` -> ``dsn-ps-m-rx``, removed afterwards) one per-source rule
+runs an echoed batch (which a fingerprint rule's ``apply`` was until the table's layout
+3).  In a namespace pair of its own (``<prefix>-tx`` -> ``<prefix>-rx``, removed afterwards) one per-source rule
 (UDP, 100 pps each) is filled by real packets, one from each of N sources in
 198.18.0.0/15, and at each size ``stats()`` and the apply (then withdrawal) of a
-fingerprint drop rule are timed, ``--runs`` times each; medians in milliseconds.
+fingerprint drop rule (and its withdrawal) are timed, ``--runs`` times each; medians in milliseconds.
 Bounded: at most ``METER_SIZE`` + 1 packets a size, sent at 20,000 a second.
 
 Prints a Markdown section for bench/RESULTS.md.
@@ -34,7 +34,6 @@ from tests.vethpair import VethPair, frame
 from ddos_shield.mitigate.nftables import METER_SIZE, NftablesBackend, remove_table
 from ddos_shield.records import Action, Match, Range, Rule, as_network
 
-TABLE = "dsn_ps_m"
 BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 
 
@@ -49,16 +48,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default=f"0,1000,10000,{METER_SIZE}")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--prefix", default="dsn-ps-m", help="namespace name prefix (dsn-*)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     sizes = sorted(min(int(s), METER_SIZE) for s in args.sizes.split(","))
     rows = []
-    pair = VethPair("dsn-ps-m").create()
+    table = args.prefix.replace("-", "_")
+    pair = VethPair(args.prefix).create()
     try:
         with pair.inside():
-            b = NftablesBackend([pair.rx_if], table=TABLE)
+            b = NftablesBackend([pair.rx_if], table=table)
         rule = b.apply(Rule(Match(proto=17), Action.RATE_LIMIT, time.time() + 3600, rate_pps=100, per_source=True))
         sent = 0
         for n in sizes:
@@ -66,7 +67,7 @@ def main() -> int:
             sent = n
             time.sleep(0.3)
             held = len(b.state().elements(f"m{rule.rule_id}_4"))
-            st, ap_ = [], []
+            st, ap_, wd = [], [], []
             for i in range(args.runs):
                 t = time.perf_counter()
                 b.stats()
@@ -75,22 +76,24 @@ def main() -> int:
                 t = time.perf_counter()
                 applied = b.apply(fp)
                 ap_.append(time.perf_counter() - t)
+                t = time.perf_counter()
                 b.withdraw(applied.rule_id)
-            rows.append((n, held, statistics.median(st) * 1000, statistics.median(ap_) * 1000, st, ap_))
+                wd.append(time.perf_counter() - t)
+            rows.append((n, held, *(statistics.median(x) * 1000 for x in (st, ap_, wd))))
             print(f"{n}: {held} held, stats {rows[-1][2]:.1f} ms, apply {rows[-1][3]:.1f} ms", file=sys.stderr)
     finally:
         with pair.inside():
-            remove_table(TABLE)
+            remove_table(table)
         pair.delete()
     print("## Per-source meters: what their elements cost (`bench/meter.py`)\n")
     print(
         f"Machine: Linux {platform.release()}, {os.cpu_count()} CPUs; measured "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; medians of {args.runs}.\n"
     )
-    print("| sources sent | elements in the meter | `stats()` | fingerprint rule `apply` |")
-    print("|---:|---:|---:|---:|")
-    for n, held, s, a, _, _ in rows:
-        print(f"| {n:,} | {held:,} | {s:.1f} ms | {a:.1f} ms |")
+    print("| sources sent | elements in the meter | `stats()` | fingerprint rule `apply` | its `withdraw` |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, held, s, a, w in rows:
+        print(f"| {n:,} | {held:,} | {s:.1f} ms | {a:.1f} ms | {w:.1f} ms |")
     return 0
 
 

@@ -23,15 +23,18 @@ from scapy.packet import Raw
 from ddos_shield.errors import DataPlaneError
 from ddos_shield.lab.netns import in_netns
 from ddos_shield.mitigate.nftables import (
+    LAYOUT_VERSION,
     Nft,
     NftablesBackend,
     check_rule,
     decode_comment,
     encode_comment,
     families,
+    match_exprs,
     prefix,
     remove_table,
     table_exists,
+    verdict_exprs,
 )
 from ddos_shield.records import Action, Match, Range, Rule, as_network
 from tests.vethpair import Observer, VethPair, frame
@@ -362,13 +365,13 @@ def test_refresh_on_a_kernel_that_ignores_re_added_timeouts(
     rule = backend.apply(Rule(Match(src=as_network("198.18.14.0/24")), Action.DROP, time.time() + 30))
     run = backend.nft.run
 
-    def before_6_12(cmds: list[dict[str, Any]], what: str, echo: bool = False) -> list[dict[str, Any]]:
+    def before_6_12(cmds: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
         # What Linux < 6.12 does with "add element" for an element that exists: nothing.
         if what.startswith("refresh rule"):
             cmds = [
                 c for c in cmds if not ("add" in c and c["add"].get("element", {}).get("name", "").startswith("drop"))
             ]
-        return run(cmds, what, echo)
+        return run(cmds, what)
 
     monkeypatch.setattr(backend.nft, "run", before_6_12)
     later = time.time() + 900
@@ -384,9 +387,9 @@ def test_apply_refresh_and_withdraw_work_from_the_index_without_listing_the_tabl
     backend.list()  # the index: this listing and the backend's own batches from now on
     run, listings = backend.nft.run, []
 
-    def counting(cmds: list[dict[str, Any]], what: str, echo: bool = False) -> list[dict[str, Any]]:
+    def counting(cmds: list[dict[str, Any]], what: str) -> list[dict[str, Any]]:
         listings.extend(c["list"] for c in cmds if "list" in c and "table" in c["list"])
-        return run(cmds, what, echo)
+        return run(cmds, what)
 
     monkeypatch.setattr(backend.nft, "run", counting)
     src = backend.apply(Rule(Match(src=as_network("198.18.15.1/32")), Action.DROP, FAR))
@@ -396,7 +399,7 @@ def test_apply_refresh_and_withdraw_work_from_the_index_without_listing_the_tabl
     backend.apply(src.refreshed(later))
     backend.apply(fp.refreshed(later))
     [many] = backend.apply_many([Rule(Match(src=as_network("198.18.16.1/32")), Action.DROP, FAR)])
-    backend.withdraw(fp.rule_id)  # deleted by the handles the install batch echoed
+    backend.withdraw(fp.rule_id)  # its chain deleted by name, the jumps to the others rewritten
     backend.withdraw(covered.rule_id)
     assert listings == []
     blast(pair, [udp4("198.18.15.1"), udp4("198.18.15.2", dport=15), udp4("198.18.16.1")], times=2)
@@ -441,7 +444,7 @@ def test_a_layout_1_table_is_upgraded_in_place(pair: VethPair, backend: Nftables
                 {"flush": {"chain": {**t, "name": "main"}}},
                 {"delete": {"set": {**t, "name": "host4"}}},
                 {"delete": {"set": {**t, "name": "host6"}}},
-                {"delete": {"element": {**t, "name": "layout", "elem": [2]}}},
+                {"delete": {"element": {**t, "name": "layout", "elem": [LAYOUT_VERSION]}}},
                 {"add": {"element": {**t, "name": "layout", "elem": [1]}}},
                 {"add": {"element": {**t, "name": "drop4", "elem": [el]}}},
             ],
@@ -459,6 +462,74 @@ def test_a_layout_1_table_is_upgraded_in_place(pair: VethPair, backend: Nftables
 
 
 @pytest.mark.lab
+def test_a_layout_2_table_is_upgraded_in_place(pair: VethPair, backend: NftablesBackend, observer: Observer) -> None:
+    """Layout 2 kept each fingerprint rule in the rules* chains themselves: make the table
+    look like one (a drop with counts on it, and a per-source rate limit), then reopen it."""
+    t = {"family": "netdev", "table": TABLE}
+    drop = Rule(Match(proto=17, dport=Range(21, 21)), Action.DROP, FAR, rule_id=50, attack_id=4, created_at=1.7e9)
+    limit = Rule(Match(proto=17, dport=Range(22, 22)), Action.RATE_LIMIT, FAR, rate_pps=50, rule_id=51, per_source=True)
+    whole = {"elem": {"val": prefix(as_network("0.0.0.0/0")), "timeout": 600}}
+    cmds: list[dict[str, Any]] = [
+        {"delete": {"element": {**t, "name": "layout", "elem": [LAYOUT_VERSION]}}},
+        {"add": {"element": {**t, "name": "layout", "elem": [2]}}},
+    ]
+    for r, meter in ((drop, ""), (limit, "m51_4")):
+        cmds.append(
+            {"add": {"set": {**t, "name": f"r{r.rule_id}_4", "type": "ipv4_addr", "flags": ["interval", "timeout"]}}}
+        )
+        cmds.append({"add": {"element": {**t, "name": f"r{r.rule_id}_4", "elem": [whole]}}})
+        if meter:
+            cmds.append(
+                {"add": {"set": {**t, "name": meter, "type": "ipv4_addr", "flags": ["timeout"], "timeout": 10}}}
+            )
+        expr = match_exprs(r.match, 4, f"r{r.rule_id}_4") + verdict_exprs(r, (7, 700, 7), meter)
+        cmds.append({"add": {"rule": {**t, "chain": "rules4_l4", "expr": expr, "comment": encode_comment(r)}}})
+    with pair.inside():
+        Nft().run(cmds, "test")
+        upgraded = NftablesBackend([pair.rx_if], table=TABLE)
+    state = upgraded.state()
+    assert state.jumps["rules4_l4"] == ["f50_4", "f51_4"]
+    v4 = Match(proto=17, dst=as_network("0.0.0.0/0"), dport=Range(21, 21))  # (its IPv4 rule only, here)
+    assert (state.entries[50].rule.match, state.entries[50].rule.attack_id) == (v4, 4)
+    assert state.entries[51].rule.per_source and state.entries[51].rule.rate_pps == 50
+    assert (upgraded.stats()[50].packets, upgraded.stats()[50].dropped) == (7, 7)  # counts carried over
+    blast(pair, [udp4("198.18.21.1", dport=21), udp4("198.18.21.1", dport=9)], times=2)
+    assert observer.received() == {"198.18.21.1": 2}
+    assert upgraded.stats()[50].packets == 9
+    upgraded.withdraw(50)
+    assert [r.rule_id for r in upgraded.list()] == [51]
+    assert not any(c.startswith("f50") for c in upgraded.state().chains)
+
+
+@pytest.mark.lab
+def test_withdrawing_a_rule_keeps_the_others_in_their_order(
+    pair: VethPair, backend: NftablesBackend, observer: Observer
+) -> None:
+    """Each chain rule in its own chain, reached by a jump: withdrawing one rewrites the
+    jumps to the others, in the same order."""
+    # an observe rule first: it counts the packets the drop after it then drops
+    seen = backend.apply(Rule(Match(proto=17, dport=Range(23, 23)), Action.OBSERVE, FAR))
+    rules = [backend.apply(Rule(Match(proto=17, dport=Range(23 + i, 23 + i)), Action.DROP, FAR)) for i in range(4)]
+    both = backend.apply(Rule(Match(proto=17), Action.OBSERVE, FAR))  # IPv4 and IPv6: two chains
+    backend.withdraw(rules[1].rule_id)
+    backend.apply(rules[2].refreshed(FAR + 1))
+    backend.withdraw(both.rule_id)
+    state = backend.state()
+    assert state.jumps["rules4_l4"] == [f"f{r.rule_id}_4" for r in (seen, rules[0], rules[2], rules[3])]
+    assert state.jumps["rules4"] == state.jumps["rules6"] == []
+    blast(pair, [udp4("198.18.22.1", dport=d) for d in (23, 24, 25, 26)], times=2)
+    assert observer.received() == {"198.18.22.1": 2}  # port 24's drop is gone
+    st = backend.stats()
+    assert (st[seen.rule_id].packets, st[rules[0].rule_id].dropped, st[rules[3].rule_id].dropped) == (2, 2, 2)
+    assert sorted(r.rule_id for r in backend.list()) == [
+        seen.rule_id,
+        rules[0].rule_id,
+        rules[2].rule_id,
+        rules[3].rule_id,
+    ]
+
+
+@pytest.mark.lab
 def test_fingerprint_expires_without_the_shield_and_is_collected(
     pair: VethPair, backend: NftablesBackend, observer: Observer
 ) -> None:
@@ -469,7 +540,10 @@ def test_fingerprint_expires_without_the_shield_and_is_collected(
     blast(pair, [udp4("198.18.12.1", dport=13)], times=2)
     assert observer.received() == {"198.18.12.1": 2}
     assert backend.list() == []
-    assert not any(name.startswith(f"r{rule.rule_id}_") for name in backend.state().sets)
+    state = backend.state()
+    assert not any(name.startswith(f"r{rule.rule_id}_") for name in state.sets)
+    assert not any(name.startswith(f"f{rule.rule_id}_") for name in state.chains)
+    assert state.jumps["rules4_l4"] == state.jumps["rules6_l4"] == []
 
 
 @pytest.mark.lab

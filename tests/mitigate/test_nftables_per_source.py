@@ -65,7 +65,7 @@ def test_a_listed_per_source_rule_is_rebuilt() -> None:
         {
             "rule": {
                 **t,
-                "chain": "rules6_l4",
+                "chain": "f5_6",
                 "handle": 9,
                 "comment": comment,
                 "expr": [

@@ -6,8 +6,8 @@ per change.  The table is its own state: rules, ids and expiry are read back fro
 the kernel, so a restarted shield adopts what it finds and a dead one leaves nothing
 in force for longer than the rules' timeouts.
 Between listings the backend keeps its own index of what it installed (ids,
-source-set elements, rule handles echoed by each batch, ``nft -e -a``), so that
-apply, refresh and withdraw cost one batch whatever the number of rules in force;
+source-set elements, the order of the jumps to the rules' chains), so that apply,
+refresh and withdraw cost one batch whatever the number of rules in force;
 :meth:`NftablesBackend.list` and ``stats`` read the kernel (and renew the index), and
 so does a change whose batch failed, before its one retry.
 
@@ -28,6 +28,8 @@ Layout (every packet of every interface walks ``main``, in this order)::
                  meta protocol ip6 jump rules6
                  exthdr frag missing jump rules6_l4
                  frag frag-off 0 jump rules6_l4
+    rules4 ...   only "jump f<id>_<family>", one per rule, in the order they were installed
+    f<id>_4      one chain per fingerprint or rate-limit rule and family: the rule
     blocked      counter dropped jump count_drop; drop
     rate_blocked counter rate_limited jump count_drop; drop
 
@@ -37,7 +39,8 @@ Chain names avoid nft keywords (drop, bypass, ...) so that a listing reloads wit
 Port and TCP-flag rules sit in the ``*_l4`` chains, entered only by packets that carry
 a transport header, so they never match a non-first fragment.
 
-A fingerprint or rate-limit rule is one nftables rule per address family plus a small
+A fingerprint or rate-limit rule is one nftables rule per address family, each in a
+chain of its own (``f<id>_4`` / ``f<id>_6``, jumped to from ``rules4`` ...), plus a small
 set of its own, ``r<id>_4`` / ``r<id>_6``, holding its destination prefix (``0.0.0.0/0``
 or ``::/0`` when it has none) with an element timeout; the rule looks the destination
 up in it.  When the element times out the rule stops matching, even if the shield is
@@ -52,6 +55,19 @@ case it is a rule like the others.  Hosts are kept out of the interval sets beca
 libnftables reads every element of every interval set in the ruleset before each
 command: with 10,000 hosts in ``drop4``, any batch took ~80 ms; a hash set costs nothing.
 Layout 1 (hosts in ``drop4``) is upgraded in place to layout 2 when the backend opens it.
+
+Why a chain per rule (layout 3): a rule in a shared chain is deleted by its handle, and
+the kernel tells a handle only to an echoed batch (``nft -e -a``); libnftables reads the
+whole table, every set element included, before running an echoed batch (or listing a
+chain): with 10,000 host drops in force a fingerprint rule's apply took ~28 ms against
+0.4 ms unechoed (bench/RESULTS.md).  A rule's own chain is deleted by name, and the
+jumps of the ``rules*`` chain that held it are rewritten in the same batch (flush, then
+one jump per remaining rule in the same order: ~1.2 ms with 200..1 rules in force
+against 0.25 ms by handle, the one cost that grows, with the rules and not with the
+elements), so no batch needs a handle or an echo.  The ``rules*`` chains hold only the shield's jumps: a
+rule added there by hand is dropped by the next withdrawal.  Layout 2 (the rules in the
+``rules*`` chains themselves) is upgraded in place to layout 3 when the backend opens
+it: each rule moves to its chain with its counters, in one batch.
 
 A per-source rate limit (``Rule.per_source``) is the same rule with a *meter* of its
 own, the dynamic set ``m<id>_4`` / ``m<id>_6`` keyed by source address: each source's
@@ -89,7 +105,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import math
@@ -108,7 +123,7 @@ from ddos_shield.records import Action, IPNetwork, Match, Range, Rule, RuleStats
 FAMILY = "netdev"
 DEFAULT_TABLE = "ddos_shield"
 #: Bumped when the table layout changes; a table of another layout is refused.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 #: Before every other ingress hook (tc runs before netfilter's ingress anyway).
 PRIORITY = -500
 #: Added back to nftables' byte counts and length matches (see the module docstring).
@@ -117,9 +132,10 @@ ETH_HLEN = 14
 MIN_BURST = 5
 #: Per-source rate limits: a source unseen this long leaves the rule's meter (seconds).
 #: Short, because every element costs: libnftables reads them all whenever it lists the
-#: table or runs an echoed batch (bench/meter.py: 10,000 elements made stats() 83 ms and a
-#: fingerprint rule's apply 29 ms, 16,384 178 and 53 ms; 65,536 1.55 s and 0.53 s in a one-off run); a source back
-#: after a pause gets a fresh burst, a tenth of a second's worth
+#: table (bench/meter.py: 10,000 elements made stats() 83 ms, 16,384 178 ms; 65,536 1.55 s
+#: in a one-off run; a rule's apply or withdraw does not list it: ~1 ms whatever the
+#: elements, since layout 3); a source back after a pause gets a fresh burst, a tenth of
+#: a second's worth
 METER_TIMEOUT = 10
 #: Per-source rate limits: most sources one rule's meter holds (kernel memory: ~200 bytes each)
 METER_SIZE = 16384
@@ -144,6 +160,7 @@ Cmds = list[dict[str, Any]]
 _Nets = list[IPNetwork]  # (the backend's "list" method hides the builtin in its class)
 _Rules = list[Rule]
 _RULE_SET = re.compile(r"^r(\d+)_([46])$")
+_RULE_CHAIN = re.compile(r"^f(\d+)_([46])$")
 _METER_SET = re.compile(r"^m(\d+)_([46])$")
 _SP_SET = re.compile(r"^sp(\d+)_([46])$")
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
@@ -156,22 +173,14 @@ class Nft:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(True)
-        # A context of its own for echoed batches (echoing every batch would print back
-        # the thousands of elements of a bulk source-drop batch for nothing), made now:
-        # a context talks to the network namespace it was created in.
-        self._echo = nftables.Nftables()
-        self._echo.set_json_output(True)
-        self._echo.set_handle_output(True)
-        self._echo.set_echo_output(True)
+        # No echoed batches (``nft -e``): libnftables reads the whole table, every set
+        # element included, before running one (see the module docstring, layout 3).
 
-    def run(self, cmds: Cmds, what: str, echo: bool = False) -> Cmds:
-        """Run one batch (atomic for changes); returns the output objects.  With
-        ``echo`` (``nft -e -a``), the output is the batch's commands as the kernel took
-        them, each added rule with its handle."""
+    def run(self, cmds: Cmds, what: str) -> Cmds:
+        """Run one batch (atomic for changes); returns the output objects (a listing's)."""
         if not cmds:
             return []
-        ctx = self._echo if echo else self._nft
-        rc, out, err = ctx.json_cmd({"nftables": cmds})
+        rc, out, err = self._nft.json_cmd({"nftables": cmds})
         if rc != 0:
             raise DataPlaneError(f"nftables: {what}: {str(err).strip() or f'error {rc}'}")
         if not out:
@@ -403,7 +412,8 @@ class Entry:
     family: int = 4  # element: the source set's family
     net: IPNetwork | None = None  # element: its value
     source_set: str = ""  # element: the set it is in (host4, drop4, ...)
-    handles: list[tuple[str, int]] = field(default_factory=list)  # chain: (chain, handle)
+    handles: list[tuple[str, int]] = field(default_factory=list)  # synproxy: (chain, handle)
+    chains: list[str] = field(default_factory=list)  # chain: its own chains (f<id>_4, f<id>_6)
     sets: list[str] = field(default_factory=list)  # chain: its destination sets
     meters: list[str] = field(default_factory=list)  # chain, per-source rate limit: its dynamic source sets
 
@@ -426,6 +436,8 @@ class TableState:
     next_id: int
     now: float
     sp_sets: set[str] = field(default_factory=set)  # the SYN proxy table's sets
+    #: each rules* chain's jumps, in order: the names of the rules' own chains
+    jumps: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in RULE_CHAINS})
     #: per family, the interval source set's elements: prefix -> rule id (0: an element the shield did not write)
     drops: dict[int, dict[IPNetwork, int]] = field(default_factory=lambda: {4: {}, 6: {}})
     #: the same for the host source set
@@ -509,6 +521,9 @@ def parse_state(objs: Cmds, now: float) -> TableState:
     grouped: dict[int, Cmds] = {}
     for r in rules:
         if r["chain"] in RULE_CHAINS:
+            targets = [x["jump"]["target"] for x in r["expr"] if "jump" in x]
+            state.jumps[r["chain"]] += targets
+        if _RULE_CHAIN.match(r["chain"]):
             info = decode_comment(r.get("comment"))
             if info is not None and "match" in info:
                 grouped.setdefault(info["id"], []).append(r)
@@ -522,7 +537,7 @@ def parse_state(objs: Cmds, now: float) -> TableState:
         expires: list[float] = []
         for r in parts:
             exprs = r["expr"]
-            entry.handles.append((r["chain"], int(r["handle"])))
+            entry.chains.append(r["chain"])
             cvals = _counter_values(exprs)
             if cvals:
                 packets += cvals[0][0]
@@ -678,9 +693,12 @@ class NftablesBackend(Backend):
                 {"flush": {"chain": self._obj(name="main")}},
                 *self._main_rules(),
                 {"delete": {"element": self._obj(name="layout", elem=[1])}},
-                {"add": {"element": self._obj(name="layout", elem=[LAYOUT_VERSION])}},
+                {"add": {"element": self._obj(name="layout", elem=[2])}},
             ]
-            self.nft.run(cmds, f"upgrade table {FAMILY} {self.table} to layout {LAYOUT_VERSION}")
+            self.nft.run(cmds, f"upgrade table {FAMILY} {self.table} to layout 2")
+            layout = [2]
+        if layout == [2]:
+            self.nft.run(self._upgrade_to_3(state), f"upgrade table {FAMILY} {self.table} to layout 3")
             layout = [LAYOUT_VERSION]
         if layout != [LAYOUT_VERSION]:
             raise DataPlaneError(
@@ -692,6 +710,49 @@ class NftablesBackend(Backend):
         cmds = [{"delete": {"chain": self._obj(name="in_" + i)}} for i in sorted(have - set(self.interfaces))]
         cmds += self._device_chains([i for i in self.interfaces if i not in have])
         self.nft.run(cmds, f"attach to {', '.join(self.interfaces)}")
+
+    def _upgrade_to_3(self, state: TableState) -> Cmds:
+        """Layout 2 -> 3: each shield rule of the ``rules*`` chains moves to a chain of its
+        own, as it was listed (its counters included), and the ``rules*`` chains are
+        rewritten to jump to them in the same order; one batch, so no packet sees the
+        rules missing.  Anything else in the ``rules*`` chains is dropped."""
+        cmds: Cmds = []
+        for dispatcher in RULE_CHAINS:
+            cmds.append({"flush": {"chain": self._obj(name=dispatcher)}})
+            for r in state.rules:
+                info = decode_comment(r.get("comment"))
+                if r["chain"] != dispatcher or info is None or "match" not in info:
+                    continue
+                chain = f"f{info['id']}_{dispatcher[5]}"  # rules4 / rules6_l4 -> its family
+                cmds.append({"add": {"chain": self._obj(name=chain)}})
+                cmds.append({"add": {"rule": self._obj(chain=chain, expr=r["expr"], comment=r["comment"])}})
+                cmds.append(self._jump(dispatcher, chain))
+        cmds.append({"delete": {"element": self._obj(name="layout", elem=[2])}})
+        cmds.append({"add": {"element": self._obj(name="layout", elem=[3])}})
+        return cmds
+
+    def _jump(self, dispatcher: str, chain: str) -> dict[str, Any]:
+        return {"add": {"rule": self._obj(chain=dispatcher, expr=[{"jump": {"target": chain}}])}}
+
+    def _dispatch(
+        self, state: TableState, drop: Iterable[str], add: Iterable[tuple[str, str]] = ()
+    ) -> tuple[Cmds, dict[str, list[str]]]:
+        """The commands that take the jumps to the chains ``drop`` out of the ``rules*``
+        chains (each one that held one is flushed and its other jumps added back, in
+        order: a jump rule would be deleted by a handle only an echoed batch tells) and
+        append jumps ``add`` (``rules*`` chain, rule chain); and the jumps the table
+        holds afterwards."""
+        gone = set(drop)
+        jumps = {d: [c for c in targets if c not in gone] for d, targets in state.jumps.items()}
+        cmds: Cmds = []
+        for d, targets in jumps.items():
+            if len(targets) != len(state.jumps[d]):
+                cmds.append({"flush": {"chain": self._obj(name=d)}})
+                cmds += [self._jump(d, c) for c in targets]
+        for d, chain in add:
+            jumps[d].append(chain)
+            cmds.append(self._jump(d, chain))
+        return cmds, jumps
 
     def _device_chains(self, ifnames: Iterable[str]) -> Cmds:
         cmds: Cmds = []
@@ -788,8 +849,8 @@ class NftablesBackend(Backend):
 
     def _index(self) -> TableState:
         """The backend's own index of the table: the last listing, kept up to date with
-        every batch this backend ran since (ids, source-set elements, rule handles from
-        the batch's echo).  Listing the table costs ~60 ms per 1,000 rules in force, so
+        every batch this backend ran since (ids, source-set elements, the jumps to the
+        rules' chains).  Listing the table costs ~60 ms per 1,000 rules in force, so
         apply/withdraw list it only when there is no index yet or after a failed batch;
         :meth:`list` and :meth:`stats` always read the kernel.  Counters and expiry in
         the index may be stale: a batch that meets an element already timed out fails,
@@ -944,7 +1005,7 @@ class NftablesBackend(Backend):
             return rule
         if rule.action == Action.SYN_PROXY:
             if old is not None:
-                cmds += self._delete(old)
+                cmds += self._dispatch(state, old.chains)[0] + self._delete(old)
             self.nft.run(cmds + self._install_synproxy(rule, timeout), f"install SYN proxy rule {rid}")
             # SYN proxy rules are few: the next change reads the table again rather
             # than the index following the inet table's handles too.
@@ -975,15 +1036,22 @@ class NftablesBackend(Backend):
             old.rule, state.next_id = rule, next_id
             return rule
         carry = (0, 0, 0)
-        if old is not None:
-            cmds += self._delete(old)
-            if old.kind == "chain":
-                carry = (old.packets, old.bytes - ETH_HLEN * old.packets, old.dropped)
+        if old is not None and old.kind == "chain":
+            carry = (old.packets, old.bytes - ETH_HLEN * old.packets, old.dropped)
         new = self._install(rule, state, timeout, carry, replacing=old)
-        echoed = self.nft.run(cmds + new, f"install rule {rid}", echo=any("rule" in c["add"] for c in new))
+        placed = _placement(rule) if any("chain" in c["add"] for c in new) else []
+        # In this order: the rule's chains exist before the rules* chains jump to them, and
+        # no jump is left to an old chain when it is deleted (the kernel checks both as it
+        # takes each command).  A chain the replacement keeps is flushed and reused.
+        jumps_cmds, jumps = self._dispatch(state, old.chains if old is not None else (), placed)
+        cmds += [c for c in new if "chain" in c["add"]] + jumps_cmds
+        if old is not None:
+            cmds += self._delete(old, keep={c for _, c in placed})
+        self.nft.run(cmds + [c for c in new if "chain" not in c["add"]], f"install rule {rid}")
         # The batch is in force: record it in the index.
         if old is not None:
             self._forget(state, rid)
+        state.jumps = jumps
         state.next_id = next_id
         source = rule.match.src
         if len(new) == 1 and source is not None:  # a source-set element
@@ -992,19 +1060,13 @@ class NftablesBackend(Backend):
             state.entries[rid] = Entry(rule, "element", family=source.version, net=source, source_set=name)
         else:
             names = [c["add"]["set"]["name"] for c in new if "set" in c["add"]]
-            entry = Entry(
+            state.entries[rid] = Entry(
                 rule,
                 "chain",
                 sets=[n for n in names if not _METER_SET.match(n)],
                 meters=[n for n in names if _METER_SET.match(n)],
+                chains=[c for _, c in placed],
             )
-            for o in echoed:
-                r = o.get("add", {}).get("rule")
-                if r is not None and r.get("chain") in RULE_CHAINS:
-                    entry.handles.append((r["chain"], int(r["handle"])))
-            if len(entry.handles) != len(entry.sets):
-                self._cache = None  # an echo without handles: read the table next time
-            state.entries[rid] = entry
         return rule
 
     def _add_source(self, net: IPNetwork, rule: Rule, timeout: int, name: str = "") -> dict[str, Any]:
@@ -1039,10 +1101,10 @@ class NftablesBackend(Backend):
                 return [self._add_source(m.src, rule, timeout)]
         cmds: Cmds = []
         comment = encode_comment(rule)
-        for fam in families(m):
+        for fam, (_, chain) in zip(families(m), _placement(rule), strict=True):
             name = f"r{rule.rule_id}_{fam}"
             net = m.dst or ipaddress.ip_network("0.0.0.0/0" if fam == 4 else "::/0")
-            chain = f"rules{fam}_l4" if m.needs_ports() else f"rules{fam}"
+            cmds.append({"add": {"chain": self._obj(name=chain)}})
             cmds.append({"add": {"set": self._obj(name=name, type=f"ipv{fam}_addr", flags=["interval", "timeout"])}})
             cmds.append({"add": {"element": self._obj(name=name, elem=[_timed(prefix(net), timeout)])}})
             meter = ""
@@ -1102,13 +1164,19 @@ class NftablesBackend(Backend):
             cmds.append({"add": {"rule": self._sp_obj(chain=chain, expr=drop, comment=comment)}})
         return cmds
 
-    def _delete(self, e: Entry) -> Cmds:
+    def _delete(self, e: Entry, keep: set[str] | frozenset[str] = frozenset()) -> Cmds:
+        """Delete ``e`` (a chain entry's chains except ``keep``, which are flushed only);
+        the jumps to its chains must be gone first (see :meth:`_dispatch`)."""
         if e.kind == "synproxy":
             cmds: Cmds = [{"delete": {"rule": self._sp_obj(chain=c, handle=h)}} for c, h in e.handles]
             return cmds + [{"delete": {"set": self._sp_obj(name=name)}} for name in e.sets]
         if e.kind == "element":
             return [{"delete": {"element": self._obj(name=e.source_set, elem=[prefix(e.src())])}}]
-        out: Cmds = [{"delete": {"rule": self._obj(chain=chain, handle=handle)}} for chain, handle in e.handles]
+        out: Cmds = []
+        for chain in e.chains:
+            out.append({"flush": {"chain": self._obj(name=chain)}})
+            if chain not in keep:
+                out.append({"delete": {"chain": self._obj(name=chain)}})
         out += [{"delete": {"set": self._obj(name=name)}} for name in e.sets + e.meters]
         return out
 
@@ -1118,8 +1186,9 @@ class NftablesBackend(Backend):
             e = state.entries.get(rule_id)
             if e is None:
                 return
+            jumps_cmds, jumps = self._dispatch(state, e.chains)
             try:
-                self.nft.run(self._delete(e), f"withdraw rule {rule_id}")
+                self.nft.run(jumps_cmds + self._delete(e), f"withdraw rule {rule_id}")
             except DataPlaneError:
                 # e.g. its element timed out already: the retry works from a fresh listing
                 self._cache = None
@@ -1129,6 +1198,7 @@ class NftablesBackend(Backend):
             if e.kind == "synproxy":
                 self._cache = None
             else:
+                state.jumps = jumps
                 self._forget(state, rule_id)
             return
 
@@ -1137,11 +1207,17 @@ class NftablesBackend(Backend):
         cmds: Cmds = []
         used: set[str] = set()
         for e in state.entries.values():
-            obj = self._sp_obj if e.kind == "synproxy" else self._obj
             if e.expired:
-                cmds += [{"delete": {"rule": obj(chain=c, handle=h)}} for c, h in e.handles]
+                cmds += [{"delete": {"rule": self._sp_obj(chain=c, handle=h)}} for c, h in e.handles]
             else:
-                used.update(e.sets + e.meters)
+                used.update(e.sets + e.meters + e.chains)
+        # The chains of expired rules, and any no rule uses (left by hand): their jumps
+        # first, then the chains.
+        stale = [c for c in sorted(state.chains) if _RULE_CHAIN.match(c) and c not in used]
+        jumps_cmds, jumps = self._dispatch(state, stale)
+        cmds += jumps_cmds
+        for c in stale:
+            cmds += [{"flush": {"chain": self._obj(name=c)}}, {"delete": {"chain": self._obj(name=c)}}]
         # Then the sets: those of expired rules, and any left behind by a crash.
         for name in state.sets:
             if (_RULE_SET.match(name) or _METER_SET.match(name)) and name not in used:
@@ -1150,9 +1226,12 @@ class NftablesBackend(Backend):
             if _SP_SET.match(name) and name not in used:
                 cmds.append({"delete": {"set": self._sp_obj(name=name)}})
         if cmds:
-            # On a race with another change, the next list() collects them.
-            with contextlib.suppress(DataPlaneError):
+            try:
                 self.nft.run(cmds, "collect expired rules")
+                state.jumps = jumps
+                state.chains -= set(stale)
+            except DataPlaneError:
+                self._cache = None  # on a race with another change, the next list() collects them
         for rid in [rid for rid, e in state.entries.items() if e.expired]:
             del state.entries[rid]
 
@@ -1165,6 +1244,15 @@ class NftablesBackend(Backend):
         """Delete the whole table (rules, counters, the data plane's counting too) and
         the SYN proxy table."""
         remove_table(self.table)
+
+
+def _placement(rule: Rule) -> list[tuple[str, str]]:
+    """Where a chain rule goes, per family: (its ``rules*`` chain, its own chain)."""
+    out = []
+    for fam in families(rule.match):
+        dispatcher = f"rules{fam}_l4" if rule.match.needs_ports() else f"rules{fam}"
+        out.append((dispatcher, f"f{rule.rule_id}_{fam}"))
+    return out
 
 
 def _timed(val: Any, timeout: int) -> dict[str, Any]:
