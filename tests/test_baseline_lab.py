@@ -23,7 +23,7 @@ from ddos_shield.config import parse
 from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import LabShield, lab_config
-from ddos_shield.lab.topology import Lab, lab_session
+from ddos_shield.lab.topology import Lab
 from ddos_shield.store.baseline import FILE_NAME
 
 pytestmark = [pytest.mark.lab, pytest.mark.kernel]
@@ -42,17 +42,6 @@ sensitivity = 6
 [groups.baseline.floor]
 syn = {{ pps = 50 }}
 """
-
-
-@pytest.fixture(scope="module")
-def the_lab() -> Iterator[Lab]:
-    with lab_session():
-        lb = Lab()
-        lb.up()
-        try:
-            yield lb
-        finally:
-            lb.down()
 
 
 @pytest.fixture

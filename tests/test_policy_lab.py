@@ -26,23 +26,12 @@ from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import LabShield, lab_config, legit_sources_blocked
 from ddos_shield.lab.netns import in_netns
-from ddos_shield.lab.topology import Lab, if_counters, lab_session
+from ddos_shield.lab.topology import Lab, if_counters
 from ddos_shield.records import Action
 
 pytestmark = [pytest.mark.lab, pytest.mark.kernel]
 
 STATE_DIR = Path("/run/ddos-shield-lab/state")
-
-
-@pytest.fixture(scope="module")
-def the_lab() -> Iterator[Lab]:
-    with lab_session():
-        lb = Lab()
-        lb.up()
-        try:
-            yield lb
-        finally:
-            lb.down()
 
 
 @pytest.fixture

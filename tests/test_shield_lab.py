@@ -20,24 +20,13 @@ from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import LabShield, measure_attack
 from ddos_shield.lab.netns import netns_socket
-from ddos_shield.lab.topology import Lab, if_counters, lab_session
+from ddos_shield.lab.topology import Lab, if_counters
 from ddos_shield.records import Match
 
 pytestmark = [pytest.mark.lab, pytest.mark.kernel]
 
 PPS = 10000
 SECONDS = 3.0
-
-
-@pytest.fixture(scope="module")
-def the_lab() -> Iterator[Lab]:
-    with lab_session():
-        lb = Lab()
-        lb.up()
-        try:
-            yield lb
-        finally:
-            lb.down()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from ddos_shield import lab
 from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import LabShield, legit_sources_blocked
-from ddos_shield.lab.topology import Lab, lab_session
+from ddos_shield.lab.topology import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.kernel]
 
@@ -32,17 +32,6 @@ min_destinations = 16
 udp = { pps = 4000 }
 syn = { pps = 2000 }
 """
-
-
-@pytest.fixture(scope="module")
-def the_lab() -> Iterator[Lab]:
-    with lab_session():
-        lb = Lab()
-        lb.up()
-        try:
-            yield lb
-        finally:
-            lb.down()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.client import LegitTraffic
 from ddos_shield.lab.demo import LabShield
 from ddos_shield.lab.netns import in_netns
-from ddos_shield.lab.topology import Lab, if_counters, lab_session, run_in
+from ddos_shield.lab.topology import Lab, if_counters, run_in
 from ddos_shield.mitigate.nftables import DEFAULT_TABLE, SYNPROXY_FAMILY, SYNPROXY_SUFFIX, remove_table
 
 pytestmark = [pytest.mark.lab, pytest.mark.kernel]
@@ -33,17 +32,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.kernel]
 SYNPROXY_GROUP = 'ladder = ["syn_proxy"]\n'
 FLOOD_PPS = 5000
 FLOOD_SECONDS = 12.0
-
-
-@pytest.fixture(scope="module")
-def the_lab() -> Iterator[Lab]:
-    with lab_session():
-        lb = Lab()
-        lb.up()
-        try:
-            yield lb
-        finally:
-            lb.down()
 
 
 def _synproxy_stats() -> dict[str, int]:

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,15 @@ from ddos_shield.api.tokens import TokenStore
 from ddos_shield.config import load
 from ddos_shield.lab.attack import AttackSpec, launch
 from ddos_shield.lab.demo import LabShield
-from ddos_shield.lab.topology import Lab, lab_session
-
-pytestmark = [pytest.mark.lab, pytest.mark.kernel]
+from ddos_shield.lab.topology import Lab
 
 CHROMIUM = "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.kernel,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (dev.sh installs it)"),
+]
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -41,19 +44,6 @@ ARGS = [
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 URL = "http://127.0.0.1:8470"
-
-
-@pytest.fixture(scope="module")
-def the_lab() -> Iterator[Lab]:
-    if os.geteuid() != 0 or not Path(CHROMIUM).exists():
-        pytest.skip("needs root and Debian's chromium")
-    with lab_session():
-        lb = Lab()
-        lb.up()
-        try:
-            yield lb
-        finally:
-            lb.down()
 
 
 def test_operator_withdraws_the_attacks_rule_and_a_viewer_sees_no_button(the_lab: Lab, tmp_path: Path) -> None:
