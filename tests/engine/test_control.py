@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ddos_shield.config import parse
-from ddos_shield.engine.ledger import Ledger
+from ddos_shield.engine.ledger import Entry, Ledger
 from ddos_shield.records import Action, Category, Match, Rule, as_network
 from tests.engine.test_engine import CONFIG, VICTIM, Harness, legit
 from tests.traffic import packets, spoofed_v4
@@ -261,6 +261,48 @@ def test_record_skips_malformed_entries_and_refuses_other_versions(tmp_path: Pat
     p.write_text(json.dumps({"version": 99, "mitigations": []}))
     with pytest.raises(Exception, match="format 99"):
         Ledger.load(p)
+
+
+def test_changes_after_the_last_snapshot_survive_a_kill_through_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between enforcing a rule and writing the record: the journal, written
+    before the backend is touched, holds the change, so the restart keeps the rule the
+    attack got and does not put back the one an operator withdrew."""
+    state = tmp_path / "mitigations.json"
+    h = Harness(state_file=state)
+    manual = h.engine.add_mitigation(
+        Match(src=as_network(f"{ATTACKER}/32")), Action.DROP, 60.0, actor=OPERATOR, reason="ticket 7"
+    )
+    assert state.exists() and not Path(f"{state}.journal").exists()  # a snapshot holds all
+    monkeypatch.setattr(Ledger, "save", lambda self: None)  # from here on the process "dies" before each snapshot
+    h.engine.withdraw_mitigation(manual.rule_id, actor=OPERATOR, reason="done")
+    h.run(3.0, [syn_flood])
+    (auto,) = h.dp.backend.list()
+    assert [m["rule"]["mitigation_id"] for m in json.loads(state.read_text())["mitigations"]] == [
+        manual.rule_id
+    ]  # stale
+    monkeypatch.undo()
+    h2 = Harness(state_file=state, dataplane=h.dp)
+    (rec,) = h2.events("mitigations_reconciled")
+    assert (rec["kept"], rec["reapplied"], rec["orphaned"]) == ([auto.rule_id], [], [])
+    assert [r.rule_id for r in h.dp.backend.list()] == [auto.rule_id]
+    assert not Path(f"{state}.journal").exists()  # the restart's snapshot took it in
+
+
+def test_a_torn_journal_line_is_counted_and_skipped(tmp_path: Path) -> None:
+    p = tmp_path / "mitigations.json"
+    led = Ledger(p)
+    rule = Rule(Match(src=as_network("198.18.0.1/32")), Action.DROP, 2e9, rule_id=led.new_id())
+    led.add(Entry(rule, backend="xdp", state="active", actor="cli:a", reason="x", origin="manual"))
+    led.add(Entry(rule.with_id(2), backend="xdp", state="active", actor="cli:a", reason="y", origin="manual"))
+    led.pop(2)
+    with open(f"{p}.journal", "a") as f:
+        f.write('{"put":{"rule":')  # the process killed in the middle of a line
+    again = Ledger.load(p)
+    assert (list(again.entries), again.malformed, again.next_id) == ([1], 1, 3)
+    again.save()
+    assert not Path(f"{p}.journal").exists() and list(Ledger.load(p).entries) == [1]
 
 
 def test_a_per_source_rate_limit_is_recorded_and_reapplied_as_one(tmp_path: Path) -> None:

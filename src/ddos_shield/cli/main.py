@@ -438,6 +438,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     if args.detach:
         from ddos_shield.dataplane import detach_all
         from ddos_shield.engine.ledger import FILE_NAME as LEDGER_FILE
+        from ddos_shield.engine.ledger import remove_record
 
         for what in detach_all(cfg):
             print(f"removed {what}")
@@ -446,10 +447,8 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         if stop_speaker(speaker_dir(cfg)):
             print("withdrew every BGP announcement and stopped the speaker")
         # the record of mitigations goes with them: a next start must not re-apply them
-        record = Path(cfg.shield.state_dir) / LEDGER_FILE
-        if record.exists():
-            record.unlink()
-            print(f"removed {record}")
+        for gone in remove_record(Path(cfg.shield.state_dir) / LEDGER_FILE):
+            print(f"removed {gone}")
     return 0
 
 

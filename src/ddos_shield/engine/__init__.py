@@ -666,20 +666,8 @@ class Engine:
         refused (its reason appended to ``failed``)."""
         now = self._clock()
         rule = rule.with_id(self.ledger.new_id())
-        try:
-            applied = self._enforcer(backend).apply(rule)
-        except ShieldError as e:
-            if failed is not None:
-                failed.append(str(e))
-            self.events.emit(
-                "mitigation_failed", now, actor=actor, reason=str(e), backend=backend, **rule_fields(rule, attack)
-            )
-            return None
-        if applied.rule_id != rule.rule_id:  # a backend that allocates its own ids: keep its id
-            self.ledger.reserve([applied.rule_id])
-        self._notify(applied, actor=actor, reason=reason)
         entry = Entry(
-            applied,
+            rule,
             backend=backend,
             state="dry_run" if self.dry_run else "active",
             actor=actor,
@@ -688,7 +676,24 @@ class Engine:
             step=step or ("manual" if origin == "manual" else ""),
             applied_at=now,
         )
+        # recorded (journaled) before it is enforced: a shield killed in between finds it
+        # in its record at the restart, not as an orphan in the kernel (engine/ledger.py)
         self.ledger.add(entry)
+        try:
+            applied = self._enforcer(backend).apply(rule)
+        except ShieldError as e:
+            self.ledger.pop(rule.rule_id)
+            if failed is not None:
+                failed.append(str(e))
+            self.events.emit(
+                "mitigation_failed", now, actor=actor, reason=str(e), backend=backend, **rule_fields(rule, attack)
+            )
+            return None
+        if applied != rule:  # a backend that allocates its own ids: keep its id
+            self.ledger.pop(rule.rule_id)
+            entry.rule = applied
+            self.ledger.add(entry)
+        self._notify(applied, actor=actor, reason=reason)
         self._changed(now)
         self.events.emit(
             "mitigation_applied",
@@ -774,7 +779,7 @@ class Engine:
 
         Without a record on disk (first start, or no ``state_file``) nothing is known
         to be orphaned: rules found are adopted and kept until their expiry."""
-        have_record = self.ledger.path is not None and self.ledger.path.exists()
+        have_record = self.ledger.on_disk
         grace = max(MIN_TTL, self.config.group_for_name("default").hold_seconds)
         report: dict[str, list[int]] = {"kept": [], "reapplied": [], "orphaned": [], "expired": [], "adopted": []}
         adopted: list[tuple[Rule, str]] = []
@@ -948,16 +953,19 @@ class Engine:
             interim = self.ledger.entries.get(entry.replaces) if entry.replaces else None
             if interim is not None:
                 b.withdraw(interim.mitigation_id)
+            pending = entry
+            # recorded as enforced before it is (see _enforce)
+            entry = self.ledger.add(
+                replace(entry, rule=rule, state="dry_run" if self.dry_run else "active", applied_at=now)
+            )
             try:
                 b.apply(rule)
             except ShieldError as e:
+                self.ledger.add(pending)
                 if interim is not None:
                     b.apply(interim.rule)
                 self.events.emit("mitigation_failed", now, actor=actor, reason=str(e), **rule_fields(rule))
                 raise ValueError(f"backend {entry.backend} refused the rule: {e}") from None
-            entry.rule = rule
-            entry.state = "dry_run" if self.dry_run else "active"
-            entry.applied_at = now
             self._notify(rule, actor=actor, reason=f"approved: {entry.reason}")
             approver = actor
             self.events.emit(
