@@ -25,6 +25,7 @@ from ddos_shield.lab.demo import LabShield
 from ddos_shield.lab.netns import in_netns
 from ddos_shield.lab.topology import Lab, if_counters, run_in
 from ddos_shield.mitigate.nftables import DEFAULT_TABLE, SYNPROXY_FAMILY, SYNPROXY_SUFFIX, remove_table
+from tests.synproxy import synproxy_stats
 
 pytestmark = [pytest.mark.lab, pytest.mark.kernel]
 
@@ -32,17 +33,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.kernel]
 SYNPROXY_GROUP = 'ladder = ["syn_proxy"]\n'
 FLOOD_PPS = 5000
 FLOOD_SECONDS = 12.0
-
-
-def _synproxy_stats() -> dict[str, int]:
-    """The SYN proxy's counters in the shield namespace, summed over CPUs (hex per CPU)."""
-    lines = run_in(lab.NS_SHIELD, ["cat", "/proc/net/stat/synproxy"]).stdout.splitlines()
-    names = lines[0].split()
-    total = dict.fromkeys(names, 0)
-    for line in lines[1:]:
-        for k, v in zip(names, line.split(), strict=False):
-            total[k] += int(v, 16)
-    return total
 
 
 def _half_open_at_victim() -> int:
@@ -93,13 +83,13 @@ def test_syn_proxy_keeps_the_victim_serving_under_a_spoofed_syn_flood(the_lab: L
             assert len(in_force) == 1, _proxy_rules()
             time.sleep(0.5)  # the SYNs already queued at the victim before the rule
             since = time.time()
-            sp0, rx0 = _synproxy_stats(), if_counters(lab.NS_VICTIM, lab.VICTIM_IF)["rx_packets"]
+            sp0, rx0 = synproxy_stats(lab.NS_SHIELD), if_counters(lab.NS_VICTIM, lab.VICTIM_IF)["rx_packets"]
             # those that reached it before the rule stay half-open until they time out
             half_open = [_half_open_at_victim()]
             for _ in range(8):
                 time.sleep(0.5)
                 half_open.append(_half_open_at_victim())
-            sp1, rx1 = _synproxy_stats(), if_counters(lab.NS_VICTIM, lab.VICTIM_IF)["rx_packets"]
+            sp1, rx1 = synproxy_stats(lab.NS_SHIELD), if_counters(lab.NS_VICTIM, lab.VICTIM_IF)["rx_packets"]
             until = time.time()
             assert flood.running, "the flood ended before the measurement did"
         finally:

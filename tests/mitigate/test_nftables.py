@@ -37,6 +37,7 @@ from ddos_shield.mitigate.nftables import (
     verdict_exprs,
 )
 from ddos_shield.records import Action, Match, Range, Rule, as_network
+from tests.synproxy import synproxy_stats
 from tests.vethpair import Observer, VethPair, frame
 
 #: this module's veth pair (tests/mitigate/conftest.py)
@@ -648,17 +649,6 @@ def _get(n: int) -> list[int]:
     return statuses
 
 
-def _synproxy_stats() -> dict[str, int]:
-    """The SYN proxy's own counters in the server namespace, summed over CPUs."""
-    lines = _ns_run(SP_SV, "cat", "/proc/net/stat/synproxy").split("\n")
-    names = lines[0].split()
-    total = dict.fromkeys(names, 0)
-    for line in lines[1:]:
-        for k, v in zip(names, line.split(), strict=False):
-            total[k] += int(v, 16)
-    return total
-
-
 def _half_open() -> int:
     return len(_ns_run(SP_SV, "ss", "-Htn", "state", "syn-recv").splitlines())
 
@@ -681,7 +671,7 @@ def test_syn_proxy_keeps_a_service_up_under_a_spoofed_syn_flood(web: str) -> Non
                 (applied.rule_id, Action.SYN_PROXY, rule.match)
             ]
         assert _get(3) == [200, 200, 200]  # through the proxy, before the flood
-        before = _synproxy_stats()
+        before = synproxy_stats(SP_SV)
         # spoofed SYNs, bounded in number and time, on a packet socket in the client namespace
         with in_netns(SP_CL):
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -699,7 +689,7 @@ def test_syn_proxy_keeps_a_service_up_under_a_spoofed_syn_flood(web: str) -> Non
         statuses = _get(20)  # real clients while the flood runs
         sender.join(timeout=30)
         sock.close()
-        after = _synproxy_stats()
+        after = synproxy_stats(SP_SV)
         with in_netns(SP_SV):
             hits = b.stats()[applied.rule_id]
         assert statuses == [200] * 20

@@ -690,7 +690,8 @@ class Engine:
             )
             return None
         if applied != rule:  # a backend that allocates its own ids: keep its id
-            self.ledger.pop(rule.rule_id)
+            if applied.rule_id != rule.rule_id:
+                self.ledger.pop(rule.rule_id)
             entry.rule = applied
             self.ledger.add(entry)
         self._notify(applied, actor=actor, reason=reason)

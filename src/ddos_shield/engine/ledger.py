@@ -57,13 +57,16 @@ STATES: tuple[State, ...] = ("active", "pending", "dry_run")
 ORIGINS: tuple[Origin, ...] = ("auto", "manual")
 
 
+def journal_of(path: Path) -> Path:
+    """The journal beside the record ``path``."""
+    return path.with_name(path.name + JOURNAL_SUFFIX)
+
+
 def remove_record(path: Path) -> list[Path]:
     """Delete a record (its snapshot and journal); the files removed."""
-    gone = []
-    for p in (path, path.with_name(path.name + JOURNAL_SUFFIX)):
-        if p.exists():
-            p.unlink()
-            gone.append(p)
+    gone = [p for p in (path, journal_of(path)) if p.exists()]
+    for p in gone:
+        p.unlink()
     return gone
 
 
@@ -133,7 +136,7 @@ class Ledger:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
-        self.journal_path = path.with_name(path.name + JOURNAL_SUFFIX) if path is not None else None
+        self.journal_path = journal_of(path) if path is not None else None
         self.entries: dict[int, Entry] = {}
         self.next_id = 1
         #: entries of the file or lines of the journal that could not be read (counted, skipped)
@@ -149,10 +152,8 @@ class Ledger:
         led = cls(path)
         if path is None:
             return led
-        journal = path.with_name(path.name + JOURNAL_SUFFIX)
         if not path.exists():
-            if journal.exists():
-                led._replay(journal)
+            led._replay()
             return led
         try:
             data = json.loads(path.read_text())
@@ -171,12 +172,14 @@ class Ledger:
                 continue
             led.entries[entry.mitigation_id] = entry
             led.next_id = max(led.next_id, entry.mitigation_id + 1)
-        if journal.exists():
-            led._replay(journal)
+        led._replay()
         return led
 
-    def _replay(self, journal: Path) -> None:
-        """Apply the journal's changes, in order, over what the snapshot holds."""
+    def _replay(self) -> None:
+        """Apply the journal's changes, if any, in order, over what the snapshot holds."""
+        journal = self.journal_path
+        if journal is None or not journal.exists():
+            return
         try:
             lines = journal.read_text().splitlines()
         except OSError as e:

@@ -518,16 +518,10 @@ def parse_state(objs: Cmds, now: float) -> TableState:
                 rule, "element", pk, int(c["bytes"]) + ETH_HLEN * pk, pk, family=fam, net=net, source_set=name
             )
 
-    grouped: dict[int, Cmds] = {}
     for r in rules:
         if r["chain"] in RULE_CHAINS:
-            targets = [x["jump"]["target"] for x in r["expr"] if "jump" in x]
-            state.jumps[r["chain"]] += targets
-        if _RULE_CHAIN.match(r["chain"]):
-            info = decode_comment(r.get("comment"))
-            if info is not None and "match" in info:
-                grouped.setdefault(info["id"], []).append(r)
-    for rid, parts in grouped.items():
+            state.jumps[r["chain"]] += [x["jump"]["target"] for x in r["expr"] if "jump" in x]
+    for rid, parts in _by_rule_id(r for r in rules if _RULE_CHAIN.match(r["chain"])).items():
         info = decode_comment(parts[0]["comment"]) or {}
         m: Match = info["match"]
         action, rate, per_source = Action.OBSERVE, 0, False
@@ -587,19 +581,22 @@ def parse_state(objs: Cmds, now: float) -> TableState:
     return state
 
 
+def _by_rule_id(rules: Iterable[dict[str, Any]]) -> dict[int, Cmds]:
+    """The listed nftables rules that carry one of our rules' comments, by its id."""
+    grouped: dict[int, Cmds] = {}
+    for r in rules:
+        info = decode_comment(r.get("comment"))
+        if info is not None and "match" in info:
+            grouped.setdefault(info["id"], []).append(r)
+    return grouped
+
+
 def parse_synproxy(objs: Cmds, state: TableState) -> None:
     """Add the SYN proxy rules of the ``inet`` table's listing to ``state.entries``."""
     sets: dict[str, dict[str, Any]] = {o["set"]["name"]: o["set"] for o in objs if "set" in o}
     state.sp_sets = set(sets)
-    grouped: dict[int, Cmds] = {}
-    for o in objs:
-        r = o.get("rule")
-        if r is None or r["chain"] not in SYNPROXY_CHAINS:
-            continue
-        info = decode_comment(r.get("comment"))
-        if info is not None and "match" in info:
-            grouped.setdefault(info["id"], []).append(r)
-    for rid, parts in grouped.items():
+    listed = (o["rule"] for o in objs if "rule" in o)
+    for rid, parts in _by_rule_id(r for r in listed if r["chain"] in SYNPROXY_CHAINS).items():
         info = decode_comment(parts[0]["comment"]) or {}
         m: Match = info["match"]
         entry = Entry(Rule(m, Action.SYN_PROXY, 0.0), "synproxy")
